@@ -1,0 +1,3 @@
+"""tlama-core: pretrain Llama-style language models on PyTorch Lightning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""TlamaConfig: the shape of a Llama-style model as one plain dataclass.
+
+The same typed fields are the Python API, the YAML keys of a LightningCLI run and the `config` dict stored in
+every checkpoint, so a model can always be rebuilt from what a run wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class TlamaConfig:
+    """Hyper-parameters of a Llama decoder. Defaults are a Llama-3-8B shape, as in the original tlama-core."""
+
+    vocab_size: int = 128000
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # None: as many key/value heads as query heads (no grouping)
+    max_seq_len: int = 2048
+    max_batch_size: int = 32  # rows of the KV cache allocated by `generate`
+    multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    weight_init_std: float = 0.02
+    weight_init_mean: float = 0.0
+    dropout: float = 0.0
+    # Llama ties nothing: untied input and output embeddings are what Meta and Hugging Face checkpoints
+    # carry. Small models gain from tying (fewer parameters spent on the vocabulary), so it is a switch.
+    tie_embeddings: bool = False
+    # The output layer is padded to a multiple of this many rows (faster matmuls on GPUs); the padded logits
+    # are cut off before the loss and before sampling, so they change nothing.
+    pad_vocab_multiple: int = 64
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len",
+                    "max_batch_size", "multiple_of", "pad_vocab_multiple")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TlamaConfig.{name}={value!r}: must be a positive integer.")
+        for name in ("norm_eps", "rope_theta", "weight_init_std"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TlamaConfig.{name}={getattr(self, name)!r}: must be > 0.")
+        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
+            raise ValueError(f"TlamaConfig.ffn_dim_multiplier={self.ffn_dim_multiplier!r}: must be > 0 or None.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TlamaConfig.dropout={self.dropout!r}: must be in [0, 1).")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"TlamaConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                f"choose d_model as a multiple of n_heads (e.g. {self.n_heads * max(1, self.d_model // self.n_heads)})."
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"TlamaConfig.n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}: "
+                "each key/value head must serve a whole group of query heads; pick n_kv_heads among the "
+                f"divisors of n_heads ({[d for d in range(1, self.n_heads + 1) if self.n_heads % d == 0]})."
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"TlamaConfig: head_dim = d_model / n_heads = {self.head_dim} is odd; rotary embeddings rotate "
+                "pairs of channels, so it must be even."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        """Llama's SwiGLU width: 2/3 of 4*d_model, scaled by ffn_dim_multiplier, rounded up to multiple_of."""
+        hidden = int(2 * 4 * self.d_model / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return m * ((self.vocab_size + m - 1) // m)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of the fields (what checkpoints and YAML files carry)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TlamaConfig:
+        """Rebuild a config from `to_dict()` output; unknown keys are an error that names them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"TlamaConfig.from_dict: unknown field(s) {unknown}; known fields are {sorted(known)}.")
+        return cls(**values)

@@ -1,0 +1,260 @@
+"""A Llama decoder you can read in one sitting: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Shapes: B batch, T time (tokens), C d_model, H query heads, K key/value heads, D head_dim, V vocabulary.
+Rotary embeddings use Meta's layout (channel pairs (0,1), (2,3), ... rotate together); Hugging Face checkpoints
+use another one and are converted on the way in and out (`tlama_core.models.hf`), never by changing this model.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tlama_core.models.config import TlamaConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (no mean subtraction, no bias), computed in fp32 for stability."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every (position, channel pair): two (max_seq_len, head_dim/2) fp32 tables."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair of x (B, T, heads, D) by its position's angle; cos/sin are (T, D/2)."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, heads, D/2, 2)
+    x0, x1 = pairs.unbind(-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Keys and values of every position generated so far, for one layer: (max_batch, K, max_seq, D) each."""
+
+    def __init__(self, batch: int, n_kv_heads: int, seq_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__()
+        shape = (batch, n_kv_heads, seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, K, T, D) at start_pos and return all keys and values up to its end."""
+        b, _, t, _ = k.shape
+        end = start_pos + t
+        self.k[:b, :, start_pos:end] = k
+        self.v[:b, :, start_pos:end] = v
+        return self.k[:b, :, :end], self.v[:b, :, :end]
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention: H query heads share K key/value heads (H % K == 0)."""
+
+    def __init__(self, config: TlamaConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.dropout = config.dropout
+        self.cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+        b, t, _ = x.shape  # (B, T, C)
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
+        mask, causal = None, True
+        if self.cache is not None:
+            k, v = self.cache.update(start_pos, k, v)  # (B, K, start_pos+T, D)
+            if start_pos > 0:
+                causal = False
+                if t > 1:  # new queries see every cached position and the causal part of their own block
+                    mask = torch.ones(t, start_pos + t, dtype=torch.bool, device=x.device).tril(start_pos)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, H, T, D)
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: TlamaConfig) -> None:
+        super().__init__()
+        hidden = config.ffn_hidden_dim
+        self.w1 = nn.Linear(config.d_model, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.d_model, bias=False)
+        self.w3 = nn.Linear(config.d_model, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then + feed_forward(norm(x))."""
+
+    def __init__(self, config: TlamaConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, start_pos))
+        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
+
+
+class Transformer(nn.Module):
+    """A Llama decoder. `logits, loss = model(tokens, start_pos=0, targets=None)`."""
+
+    def __init__(self, config: TlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.output = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # Recompute each block in the backward pass instead of storing its activations (long sequences).
+        self.activation_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(mean, std) everywhere, residual projections scaled by 1/sqrt(2*n_layers)."""
+        std, mean = self.config.weight_init_std, self.config.weight_init_mean
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                nn.init.ones_(p)  # norm weights
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, mean=mean, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(p, mean=mean, std=std)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (each tied tensor once); optionally without the input embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_embeddings.weight.numel() if exclude_embeddings else n
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) for tokens (B, T); with targets (B, T) also the mean cross-entropy."""
+        b, t = tokens.shape
+        if start_pos + t > self.config.max_seq_len:
+            raise ValueError(
+                f"Transformer: positions {start_pos}..{start_pos + t - 1} exceed max_seq_len="
+                f"{self.config.max_seq_len}; shorten the input or build the model with a larger max_seq_len."
+            )
+        cos, sin = self.rope_cos[start_pos:start_pos + t], self.rope_sin[start_pos:start_pos + t]
+        x = self.dropout(self.tok_embeddings(tokens))  # (B, T, C)
+        for layer in self.layers:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, start_pos, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, start_pos)
+        logits = self.output(self.norm(x))[..., :self.config.vocab_size]  # (B, T, V): padding cut off
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    @contextmanager
+    def kv_cache(self, batch_size: int) -> Iterator[None]:
+        """Give every attention layer a KV cache for the duration of the block, then free it."""
+        if batch_size > self.config.max_batch_size:
+            raise ValueError(
+                f"generate: batch of {batch_size} prompts exceeds max_batch_size={self.config.max_batch_size}; "
+                "generate in smaller batches or raise TlamaConfig.max_batch_size."
+            )
+        p = self.output.weight
+        for layer in self.layers:
+            layer.attention.cache = KVCache(batch_size, self.config.n_kv_heads, self.config.max_seq_len,
+                                            self.config.head_dim, p.dtype, p.device)
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.attention.cache = None
+
+    @torch.inference_mode()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, eos_id: int | None = None) -> torch.Tensor:
+        """Continue prompt (B, T) by max_new_tokens sampled tokens, returning (B, T + new) ids.
+
+        temperature=0 is greedy decoding; top_k keeps only the k likeliest tokens. With eos_id, generation stops
+        early once every row has produced it (rows that finished first are filled with eos_id).
+        The KV cache (max_batch_size x max_seq_len per layer) exists only while this runs.
+        """
+        if prompt.dim() != 2 or prompt.size(1) == 0:
+            raise ValueError(f"generate: prompt must be a (batch, time) tensor of ids, got shape {tuple(prompt.shape)}.")
+        if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(
+                f"generate: max_new_tokens={max_new_tokens} and temperature={temperature} must be >= 0, "
+                f"top_k={top_k} must be >= 1 or None."
+            )
+        b, t = prompt.shape
+        if t + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"generate: prompt of {t} tokens + max_new_tokens={max_new_tokens} = {t + max_new_tokens} exceeds "
+                f"max_seq_len={self.config.max_seq_len}; shorten the prompt or ask for fewer tokens."
+            )
+        was_training = self.training
+        self.eval()
+        out = prompt
+        done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
+        try:
+            with self.kv_cache(b):
+                logits, _ = self(prompt, start_pos=0)
+                for pos in range(t, t + max_new_tokens):
+                    next_id = sample(logits[:, -1], temperature, top_k)  # (B,)
+                    if eos_id is not None:
+                        next_id = torch.where(done, torch.full_like(next_id, eos_id), next_id)
+                        done |= next_id == eos_id
+                    out = torch.cat((out, next_id[:, None]), dim=1)
+                    if (eos_id is not None and bool(done.all())) or pos == t + max_new_tokens - 1:
+                        break
+                    logits, _ = self(next_id[:, None], start_pos=pos)
+        finally:
+            self.train(was_training)
+        return out
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """Draw one id per row from logits (B, V); temperature 0 takes the argmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
