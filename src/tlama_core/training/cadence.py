@@ -1,0 +1,117 @@
+"""The step cadence: what happens after an optimizer step (log row, checkpoint, best model, end of run).
+
+Lightning's ModelCheckpoint saves its periodic file at the end of the train batch, before that step's
+validation runs, so a resume from it would skip that validation (and its effect on the best loss); it also
+forgets its last saved step on resume (a second save mid-accumulation). This callback finishes a step only once
+its validation, if any, is done: the CSV row first, then the checkpoints, so a file never holds a step whose
+row or validation is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from tlama_core.training.batching import StepPlan
+from tlama_core.training.checkpointing import BEST_NAME, step_checkpoint_name
+from tlama_core.training.csv_log import CsvLog
+
+
+class StepCadence(Callback):
+    """Every `log_steps` a CSV row, every `checkpoint_steps` a checkpoint, a `best.ckpt` when val_loss improves,
+    and at the last step of the run: validation, a row and a checkpoint."""
+
+    def __init__(self, plan: StepPlan, log_steps: int, validation_steps: int, checkpoint_steps: int,
+                 checkpoints_dir: str | Path, csv_log: CsvLog | None, has_validation: bool) -> None:
+        self.plan = plan
+        self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
+        self.checkpoints_dir = Path(checkpoints_dir)
+        self.csv_log = csv_log
+        self.has_validation = has_validation
+        self.best_val_loss = math.inf
+        self.stop_requested = False  # set by a SIGINT/SIGTERM handler: finish this step, checkpoint, stop
+        self.enabled = True  # off while `Trainer.train_step()` drives single steps
+        self.progress: dict[str, float] = {}
+        self._pending_step: int | None = None
+        self._window_tokens = 0
+        self._window_seconds = 0.0
+
+    # Lightning saves and restores this with every checkpoint (callback state).
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_val_loss": self.best_val_loss}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_val_loss = float(state_dict.get("best_val_loss", math.inf))
+
+    def is_last_step(self, step: int) -> bool:
+        return step >= self.plan.max_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        rec = pl_module.last_step
+        self._window_tokens += rec.tokens
+        self._window_seconds += rec.seconds
+        if not self.enabled:
+            return
+        step = trainer.global_step
+        final = self.is_last_step(step) or self.stop_requested
+        if final:
+            trainer.should_stop = True  # Lightning then runs the validation check of this very batch
+        validates = self.has_validation and (step % self.validation_steps == 0 or self.is_last_step(step))
+        if validates:
+            self._pending_step = step  # finished in on_validation_end
+        else:
+            self._finish_step(trainer, pl_module, val=None, final=final)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self._pending_step != trainer.global_step:
+            return
+        self._pending_step = None
+        step = trainer.global_step
+        self._finish_step(trainer, pl_module, val=pl_module.last_val,
+                          final=self.is_last_step(step) or self.stop_requested)
+
+    def _finish_step(self, trainer, pl_module, val: dict[str, float] | None, final: bool) -> None:
+        step = trainer.global_step
+        rec = pl_module.last_step
+        logs = step % self.log_steps == 0 or val is not None or final
+        if logs or step % self.checkpoint_steps == 0:
+            loss = float(rec.loss)  # the one device sync of a logged step
+            if not math.isfinite(loss) or pl_module.first_bad_step is not None:
+                bad = pl_module.first_bad_step or step
+                raise FloatingPointError(
+                    f"training loss became non-finite at step {bad}; stopped without saving a checkpoint. Resume "
+                    "from the last checkpoint with a lower learning_rate or gradient_clip_val."
+                )
+        if logs:
+            self._write_row(trainer, pl_module, val)
+        improved = val is not None and val["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = val["val_loss"]
+        if step % self.checkpoint_steps == 0 or final:
+            trainer.save_checkpoint(self.checkpoints_dir / step_checkpoint_name(step), weights_only=False)
+        if improved:
+            trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
+
+    def _write_row(self, trainer, pl_module, val: dict[str, float] | None) -> None:
+        rec = pl_module.last_step
+        per_sec = self._window_tokens / self._window_seconds if self._window_seconds > 0 else None
+        per_device = per_sec / self.plan.world_size if per_sec else None
+        peak = pl_module.device_peak_flops()
+        mfu = per_device * pl_module.flops_per_token() / peak if (per_device and peak) else None
+        self._window_tokens, self._window_seconds = 0, 0.0
+        row = {
+            "epoch": trainer.current_epoch, "step": trainer.global_step, "timestamp": round(time.time(), 3),
+            "train_loss": float(rec.loss), "learning_rate": rec.lr,
+            "grad_norm": float(rec.grad_norm) if rec.grad_norm is not None else None,
+            "val_loss": val["val_loss"] if val else None, "val_bpc": val.get("val_bpc") if val else None,
+            "tokens_per_sec": per_sec, "tokens_per_sec_per_device": per_device, "mfu": mfu,
+        }
+        self.progress = {"loss": row["train_loss"], "lr": rec.lr, "tok/s": per_sec or 0.0}
+        if self.csv_log is not None and trainer.is_global_zero:
+            self.csv_log.write(row)

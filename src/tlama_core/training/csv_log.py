@@ -1,0 +1,74 @@
+"""The run's CSV log: one row per logged optimizer step, appended and flushed as it happens.
+
+Lightning's CSVLogger rewrites its whole file at each save and knows nothing of resuming, so a killed run could
+lose rows or keep rows of steps that the resumed run trains again; this log appends one line at a time and, on
+resume, keeps exactly the rows up to the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tlama_core.atomic import atomic_write
+
+COLUMNS = ("epoch", "step", "timestamp", "train_loss", "learning_rate", "grad_norm", "val_loss", "tokens_per_sec",
+           "tokens_per_sec_per_device", "mfu", "val_bpc")
+
+
+class CsvLog:
+    """Appends rows with the documented columns to `path`; empty cells for values not measured at that step."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file: io.TextIOWrapper | None = None
+
+    def open(self, resume_step: int | None = None) -> None:
+        """Start writing. A fresh run moves an older log aside; a resumed run keeps rows with step <= resume_step."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            if resume_step is None:
+                self.path.rename(self.path.with_name(f"{self.path.stem}-{int(time.time())}{self.path.suffix}"))
+            else:
+                kept = [r for r in read_rows(self.path) if int(r["step"]) <= resume_step]
+                atomic_write(self.path, lambda f: f.write(_format(kept).encode()))
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the run, closed by close()
+        if new:
+            self._file.write(",".join(COLUMNS) + "\n")
+            self._file.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._file is None:
+            self.open()
+        self._file.write(_format([row], header=False))
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """The log's rows as dicts of strings (a line cut short by a kill is dropped)."""
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get(COLUMNS[-1]) is not None]
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _format(rows: list[dict[str, Any]], header: bool = True) -> str:
+    lines = [",".join(COLUMNS)] if header else []
+    lines += [",".join(_cell(r.get(c)) for c in COLUMNS) for r in rows]
+    return "".join(line + "\n" for line in lines)

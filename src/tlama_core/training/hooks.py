@@ -1,0 +1,97 @@
+"""The callback bridge: the 14 documented Trainer hooks, called from Lightning's own callback hooks.
+
+User callbacks are plain objects defining any subset of the hooks; each hook gets the facade `Trainer` first.
+They run on the master process only, unless a callback sets `all_ranks = True`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
+         "on_step_end", "on_backward_start", "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end",
+         "on_validate_start", "on_validate_end", "on_checkpoint_end")
+
+
+class HookBridge(Callback):
+    """Translates Lightning's hooks into the documented ones, counting steps in optimizer steps."""
+
+    def __init__(self, owner: Any, callbacks: list[Any]) -> None:
+        self.owner = owner
+        self.callbacks = list(callbacks)
+        self.run_hooks = True  # False while `Trainer.train_step()` drives single steps: run-level hooks stay quiet
+
+    def fire(self, name: str, *args: Any, global_zero: bool = True) -> None:
+        for cb in self.callbacks:
+            hook = getattr(cb, name, None)
+            if hook is not None and (global_zero or getattr(cb, "all_ranks", False)):
+                hook(self.owner, *args)
+
+    def _fire(self, trainer: L.Trainer, name: str, *args: Any) -> None:
+        self.fire(name, *args, global_zero=trainer.is_global_zero)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.run_hooks:
+            self._fire(trainer, "on_train_start")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.run_hooks:
+            self._fire(trainer, "on_train_end")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.run_hooks:
+            self._fire(trainer, "on_epoch_start")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.run_hooks:
+            self._fire(trainer, "on_epoch_end")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            self._fire(trainer, "on_step_start")
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        # Lightning's loss here is already divided by the accumulation; the hook documents the micro-batch's own.
+        self._fire(trainer, "on_backward_start", pl_module.micro_loss)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self._fire(trainer, "on_backward_end")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._fire(trainer, "on_optimizer_step_start")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            # No Lightning hook follows the optimizer step itself; nothing user-visible happens between it and here.
+            self._fire(trainer, "on_optimizer_step_end")
+            if any(hasattr(cb, "on_step_end") for cb in self.callbacks):
+                self._fire(trainer, "on_step_end", step_metrics(pl_module))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._fire(trainer, "on_validate_start")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and pl_module.last_val is not None:
+            self._fire(trainer, "on_validate_end", dict(pl_module.last_val))
+
+    def checkpoint_written(self, path: Path) -> None:
+        """Listener of the checkpoint IO: the file exists on disk (only the master process writes files)."""
+        self.fire("on_checkpoint_end", str(path))
+
+
+def step_metrics(pl_module: Any) -> dict[str, float]:
+    """The latest optimizer step's metrics as plain floats (this reads device values: a sync on GPUs)."""
+    rec = pl_module.last_step
+    return {
+        "train_loss": float(rec.loss),
+        "lr": rec.lr,
+        "grad_norm": float(rec.grad_norm) if rec.grad_norm is not None else float("nan"),
+        "tokens_per_sec": rec.tokens / rec.seconds if rec.seconds > 0 else float("nan"),
+        "step": rec.step,
+    }

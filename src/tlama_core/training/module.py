@@ -1,0 +1,159 @@
+"""TlamaLightningModule: the Transformer, its optimizer and its step -> lr schedule, as Lightning wants them."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.training.batching import StepPlan, flops_per_token, peak_flops
+from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
+
+
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
+                    device_type: str = "cpu") -> torch.optim.AdamW:
+    """AdamW with weight decay on the 2-D weight matrices only (norms and biases decay 0), fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8,
+                             fused=device_type == "cuda" or None)
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step produced; tensors stay on the device until a number is asked for."""
+
+    step: int  # optimizer steps completed, this one included
+    loss: torch.Tensor  # mean over the step's micro-batches
+    lr: float
+    grad_norm: torch.Tensor | None  # before clipping
+    seconds: float
+    tokens: int  # on all devices
+
+
+class TlamaLightningModule(L.LightningModule):
+    """Wraps a Transformer for Lightning: loss per micro-batch, lr per optimizer step, step metrics, val loss.
+
+    Give either `config` (a new model, as the YAML/CLI does) or `model` (an existing Transformer, as the
+    `Trainer` facade does). `scheduler` maps an optimizer step (from 0) to a learning rate; without one the
+    rate is `learning_rate` throughout.
+    """
+
+    def __init__(self, config: TlamaConfig | None = None, learning_rate: float = 6e-4, weight_decay: float = 0.1,
+                 scheduler: LRSchedule | None = None, *, model: Transformer | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        super().__init__()
+        if (config is None) == (model is None):
+            raise ValueError("TlamaLightningModule: give exactly one of `config` (a new model) or `model`.")
+        if learning_rate < 0 or weight_decay < 0:
+            raise ValueError(
+                f"learning_rate={learning_rate} and weight_decay={weight_decay} must be >= 0."
+            )
+        self.model = model if model is not None else Transformer(config)
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.schedule: Callable[[int], float] = scheduler or constant_schedule(learning_rate)
+        self.optimizer = optimizer
+        # Set by the run that trains this module (`configure_run`): its seed (reseeds every optimizer step,
+        # see on_train_batch_start), its step plan (tokens per step) and whether to torch.compile the model.
+        self.seed = 1337
+        self.plan: StepPlan | None = None
+        self.compile_model = False
+        self.val_loss = MeanMetric()
+        self.last_step: StepRecord | None = None
+        self.last_val: dict[str, float] | None = None
+        self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
+        self.first_bad_step: int | None = None
+        self._reset_step_accumulators()
+
+    @property
+    def config(self) -> TlamaConfig:
+        return self.model.config
+
+    def _reset_step_accumulators(self) -> None:
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._grad_norm: torch.Tensor | None = None
+        self._step_started = time.perf_counter()
+
+    # ---- optimisation -------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile()
+
+    def configure_optimizers(self):
+        if self.optimizer is None:
+            self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, self.device.type)
+        if not hasattr(self, "_lr_scheduler"):
+            self._lr_scheduler = StepFunctionLR(self.optimizer, self.schedule)
+        # The same objects on every call: `Trainer.train_step()` re-enters fit and must keep optimizer state.
+        return {"optimizer": self.optimizer,
+                "lr_scheduler": {"scheduler": self._lr_scheduler, "interval": "step", "frequency": 1}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if batch_idx % self.trainer.accumulate_grad_batches == 0:
+            # Random ops (dropout) depend only on (seed, step, rank): a resumed run draws what an uninterrupted
+            # one would, with no RNG state in the checkpoint.
+            torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % 2**63)
+            self._reset_step_accumulators()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, targets=y)
+        self.micro_loss = loss.detach()
+        self._loss_sum = self._loss_sum + self.micro_loss
+        return loss  # Lightning divides it by the accumulation count before backward
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's own clipping discards the total norm; clip_grad_norm_ returns it, so the logged norm
+        # (before clipping) costs no second pass over the gradients.
+        max_norm = gradient_clip_val if gradient_clip_val else math.inf
+        strategy_clip = getattr(self.trainer.model, "clip_grad_norm_", None)  # FSDP shards need its own
+        if callable(strategy_clip) and self.trainer.model is not self:
+            self._grad_norm = strategy_clip(max_norm)
+        else:
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm, foreach=True)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        lr = optimizer.param_groups[0]["lr"]
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        loss = self._loss_sum / self.trainer.accumulate_grad_batches
+        self.last_step = StepRecord(self.global_step, loss, lr, self._grad_norm,
+                                    time.perf_counter() - self._step_started, self.plan.tokens_per_step)
+        if self.first_bad_step is None and not bool(torch.isfinite(loss)):
+            self.first_bad_step = self.global_step
+
+    # ---- validation ---------------------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, targets=y)
+        self.val_loss.update(loss, weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        val_loss = float(self.val_loss.compute())  # weighted by tokens and reduced over processes
+        self.val_loss.reset()
+        metrics = {"val_loss": val_loss}
+        loader = self.trainer.val_dataloaders
+        chars, tokens = getattr(loader, "text_chars", None), getattr(loader, "num_tokens", None)
+        if chars and tokens:
+            metrics["val_bpc"] = val_loss * tokens / chars / math.log(2)
+        self.last_val = metrics
+        self.log("val_loss", val_loss, prog_bar=True, logger=False)
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["model_config"] = self.config.to_dict()
+        checkpoint["step"] = int(self.global_step)
+
+    def flops_per_token(self) -> int:
+        return flops_per_token(self.config, self.plan.seq_length)
+
+    def device_peak_flops(self) -> float | None:
+        return peak_flops(self.device, str(self.trainer.precision))

@@ -1,0 +1,110 @@
+"""Learning-rate schedules as plain functions of the optimizer step, and the torch scheduler that applies them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+DECAY_TYPES = ("cosine", "linear", "exponential", "constant")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Linear warmup to max_lr, then a decay to min_lr at max_steps, then min_lr. Call it with a step.
+
+    A dataclass rather than a closure so that a YAML run can spell it out key by key and a checkpoint can
+    name it; `get_lr_scheduler` is the documented way to build one.
+    """
+
+    max_lr: float
+    min_lr: float
+    warmup_steps: int
+    max_steps: int
+    decay_type: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.max_lr <= 0:
+            raise ValueError(f"get_lr_scheduler: max_lr={self.max_lr} must be > 0.")
+        if not 0 <= self.min_lr <= self.max_lr:
+            raise ValueError(f"get_lr_scheduler: min_lr={self.min_lr} must be in [0, max_lr={self.max_lr}].")
+        if self.max_steps <= 0:
+            raise ValueError(f"get_lr_scheduler: max_steps={self.max_steps} must be > 0.")
+        if not 0 <= self.warmup_steps < self.max_steps:
+            raise ValueError(
+                f"get_lr_scheduler: warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}."
+            )
+        if self.decay_type not in DECAY_TYPES:
+            raise ValueError(
+                f"get_lr_scheduler: unknown decay_type={self.decay_type!r}; known types are {list(DECAY_TYPES)}."
+            )
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.max_lr * (step + 1) / self.warmup_steps
+        if step >= self.max_steps:
+            return self.min_lr
+        r = (step - self.warmup_steps) / (self.max_steps - self.warmup_steps)
+        factor = {
+            "cosine": lambda: 0.5 * (1.0 + math.cos(math.pi * r)),
+            "linear": lambda: 1.0 - r,
+            "exponential": lambda: math.exp(-3.0 * r),
+            "constant": lambda: 1.0,
+        }[self.decay_type]()
+        return self.min_lr + (self.max_lr - self.min_lr) * factor
+
+
+def get_lr_scheduler(max_lr: float, min_lr: float, warmup_steps: int, max_steps: int,
+                     decay_type: str = "cosine", final_div_factor: float | None = None) -> LRSchedule:
+    """A function step -> lr (step = optimizer step, from 0). final_div_factor, if given, sets min_lr = max_lr / it."""
+    if final_div_factor is not None:
+        if final_div_factor <= 1:
+            raise ValueError(f"get_lr_scheduler: final_div_factor={final_div_factor} must be > 1.")
+        min_lr = max_lr / final_div_factor
+    return LRSchedule(max_lr, min_lr, warmup_steps, max_steps, decay_type)
+
+
+def constant_schedule(lr: float) -> Callable[[int], float]:
+    """The schedule used when none is given: `learning_rate` at every step."""
+    return LRSchedule(max_lr=lr, min_lr=lr, warmup_steps=0, max_steps=1, decay_type="constant")
+
+
+class StepFunctionLR(LRScheduler):
+    """Sets every parameter group's lr to `fn(step)` before each optimizer step.
+
+    torch's LambdaLR multiplies each group's initial lr by a factor; the documented schedule returns the lr
+    itself, so this subclass applies it as is. Lightning steps it once per optimizer step and saves its
+    position (`last_epoch`) in checkpoints, which makes the schedule resume exactly.
+    """
+
+    def __init__(self, optimizer: Optimizer, fn: Callable[[int], float], last_epoch: int = -1) -> None:
+        self.fn = fn
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        return [float(self.fn(self.last_epoch))] * len(self.optimizer.param_groups)
+
+    def state_dict(self) -> dict:
+        # Only numbers: the default would pickle `fn` (a lambda or custom class), which checkpoints loaded
+        # with weights_only=True cannot hold.
+        return {"last_epoch": self.last_epoch, "_step_count": self._step_count,
+                "_last_lr": getattr(self, "_last_lr", None)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.__dict__.update(state_dict)
+
+
+def plot_lr_schedule(schedule: Callable[[int], float], steps: int, ax=None):
+    """Draw lr against step for the first `steps` steps (matplotlib, the `plot` extra); returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3))
+    xs = list(range(steps))
+    ax.plot(xs, [schedule(s) for s in xs])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    return ax

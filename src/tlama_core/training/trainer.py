@@ -1,0 +1,387 @@
+"""The documented `Trainer`: its parameters become a configured `lightning.Trainer`, which runs the loop.
+
+The facade translates (tokens -> accumulation, optimizer steps -> micro-batch counts, spec hooks -> Lightning
+hooks, mixed precision -> a precision plugin) and keeps the documented attributes in sync; Lightning executes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from tlama_core.atomic import remove_stale_temporaries
+from tlama_core.models import Transformer
+from tlama_core.training.batching import StepPlan, micro_batch_shape, plan_steps
+from tlama_core.training.cadence import StepCadence
+from tlama_core.training.checkpointing import (
+    BEST_NAME,
+    AtomicCheckpointIO,
+    find_last_checkpoint,
+    step_checkpoint_name,
+)
+from tlama_core.training.csv_log import CsvLog
+from tlama_core.training.hooks import HookBridge, step_metrics
+from tlama_core.training.module import TlamaLightningModule, build_optimizer
+
+LOG_NAME = "train_log.csv"
+
+
+class _ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing the step metrics of the latest logged step (loss, lr, tokens/s)."""
+
+    def __init__(self, cadence: StepCadence) -> None:
+        super().__init__()
+        self.cadence = cadence
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        metrics = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in self.cadence.progress.items()}
+        if pl_module.last_val:
+            metrics["val_loss"] = f"{pl_module.last_val['val_loss']:.4f}"
+        return metrics
+
+
+class _StepLoader:
+    """`accum` micro-batches at a time from one iterator over the train loader, kept across `train_step()` calls."""
+
+    def __init__(self, loader: Any, accum: int) -> None:
+        self.loader, self.accum = loader, accum
+        self._it: Iterator | None = None
+
+    def __len__(self) -> int:
+        return self.accum
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.accum):
+            try:
+                yield next(self._it)
+            except (StopIteration, TypeError):  # TypeError: no iterator yet
+                self._it = iter(self.loader)
+                yield next(self._it)
+
+
+class Trainer:
+    """Trains a Tlama model on Lightning; every documented parameter keeps its documented default.
+
+    Extras beyond the documented parameters (keyword-only): `compile` (torch.compile the model),
+    `validation_batches` (validate on the first N val batches), `accelerator`, `devices`, `num_nodes`,
+    `strategy` (passed to `lightning.Trainer`) and `trainer_kwargs` (any other `lightning.Trainer` keyword).
+    """
+
+    def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
+                 scheduler: Any = None, val_data_loader: Any | None = None, total_batch_size: int = 524288,
+                 gradient_accumulation: bool = True, weight_decay: float = 0.1, learning_rate: float = 6e-4,
+                 epochs: int = 1, steps: int | None = None, validation_steps: int = 250, checkpoint_steps: int = 5000,
+                 log_steps: int = 10, gradient_clip_val: float = 1.0, use_mixed_precision: bool = True,
+                 checkpoints_dir: str = "checkpoints", logs_dir: str = "logs", seed: int = 1337,
+                 verbose: bool = True, callbacks: list[Any] | None = None, master_process: bool = True, *,
+                 compile: bool = False, validation_batches: int | None = None, accelerator: str = "auto",
+                 devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
+                 trainer_kwargs: dict[str, Any] | None = None) -> None:
+        _check_counts(epochs=epochs, steps=steps, validation_steps=validation_steps,
+                      checkpoint_steps=checkpoint_steps, log_steps=log_steps, validation_batches=validation_batches)
+        for name, value in (("gradient_clip_val", gradient_clip_val), ("learning_rate", learning_rate),
+                            ("weight_decay", weight_decay)):
+            if value < 0:
+                raise ValueError(f"Trainer: {name}={value} must be >= 0.")
+        self.verbose = verbose
+        self.seed = seed
+        self._set_seed(seed)
+
+        module = model if isinstance(model, TlamaLightningModule) else TlamaLightningModule(
+            model=model, learning_rate=learning_rate, weight_decay=weight_decay, scheduler=scheduler,
+            optimizer=optimizer)
+        self._module = module
+        self.model: Transformer = module.model
+        self.scheduler = scheduler
+        self.train_data_loader, self.val_data_loader = train_data_loader, val_data_loader
+        batch_size, seq_length = micro_batch_shape(train_data_loader)
+        _check_data_fits_model(train_data_loader, seq_length, self.model.config)
+
+        self.device_type = _device_type(accelerator)
+        precision = "bf16-mixed" if use_mixed_precision and self.device_type == "cuda" else "32-true"
+        if self.device_type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed, bf16 autocast covers the rest
+            torch.backends.cudnn.allow_tf32 = True
+        self._checkpoint_io = AtomicCheckpointIO()
+        self._checkpoint_io.expected_config = self.model.config.to_dict()
+        self._lightning_kwargs = dict(
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision,
+            gradient_clip_val=gradient_clip_val or None, gradient_clip_algorithm="norm",
+            check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+            enable_model_summary=False, use_distributed_sampler=False, plugins=[self._checkpoint_io],
+            default_root_dir=checkpoints_dir, limit_val_batches=validation_batches or 1.0,
+            **(trainer_kwargs or {}),
+        )
+        probe = L.Trainer(**{**self._lightning_kwargs, "enable_progress_bar": False})
+        world_size = probe.world_size
+        self.plan: StepPlan = plan_steps(batch_size, seq_length, _len_or_none(train_data_loader), total_batch_size,
+                                         gradient_accumulation, steps, epochs, world_size)
+        self.grad_accum_steps = self.plan.grad_accum
+        module.seed, module.plan, module.compile_model = seed, self.plan, compile
+
+        self.master_process = master_process and probe.is_global_zero
+        self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
+        self.log_file = str(self.logs_dir / LOG_NAME)
+        self._csv = CsvLog(self.log_file) if self.master_process else None
+        self._bridge = HookBridge(self, callbacks or [])
+        self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
+        self._cadence = StepCadence(self.plan, log_steps, validation_steps, checkpoint_steps, checkpoints_dir,
+                                    self._csv, has_validation=val_data_loader is not None)
+        self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
+        self.device: torch.device = self._trainer.strategy.root_device
+        if optimizer is None and not _shards_parameters(strategy):
+            module.optimizer = build_optimizer(self.model, learning_rate, weight_decay, self.device_type)
+        self.optimizer = module.optimizer
+        self._stepper: L.Trainer | None = None
+        self._trained = False
+        self._bridge.fire("on_init_end", global_zero=self.master_process)
+
+    # ---- translation ---------------------------------------------------------------------------------
+    def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
+                           **overrides: Any) -> L.Trainer:
+        callbacks = [bridge, cadence] + ([_ProgressBar(cadence)] if progress else [])
+        kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress, "callbacks": callbacks,
+                  "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
+                  "limit_train_batches": self.plan.steps_per_epoch * self.plan.grad_accum,
+                  "accumulate_grad_batches": self.plan.grad_accum,
+                  "val_check_interval": self._cadence.validation_steps * self.plan.grad_accum, **overrides}
+        with _quiet_lightning(self.verbose and self.master_process):
+            return L.Trainer(**kwargs)
+
+    # ---- documented attributes -----------------------------------------------------------------------
+    @property
+    def current_step(self) -> int:
+        """Optimizer steps completed (the global step)."""
+        return self._active().global_step
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch
+
+    @property
+    def best_val_loss(self) -> float:
+        return self._cadence.best_val_loss
+
+    def _active(self) -> L.Trainer:
+        return self._stepper if self._stepper is not None else self._trainer
+
+    # ---- documented methods --------------------------------------------------------------------------
+    def _set_seed(self, seed: int) -> None:
+        """Seed Python, NumPy and torch (and loader workers) through Lightning's seeding."""
+        L.seed_everything(seed, workers=True, verbose=False)
+
+    def _log_metrics(self, metrics: dict[str, Any]) -> None:
+        """Append one row to the CSV log (master process only); epoch, step and timestamp are filled in."""
+        if self._csv is None:
+            return
+        row = {"epoch": self.current_epoch, "step": self.current_step, "timestamp": round(time.time(), 3), **metrics}
+        self._csv.write(row)
+
+    def _save_checkpoint(self, val_loss: float | None = None, is_best: bool = False) -> str | None:
+        """Save a checkpoint of the current step (and `best.ckpt` when is_best); returns the step file's path."""
+        if not self.master_process:
+            return None
+        path = self.checkpoints_dir / step_checkpoint_name(self.current_step)
+        trainer = self._active()
+        if trainer.lightning_module is not None and trainer.state.stage is not None:
+            trainer.save_checkpoint(path, weights_only=False)
+            if is_best:
+                trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
+            return str(path)
+        checkpoint = {  # outside fit Lightning has no model attached to save; the same contents by hand
+            "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
+            "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
+            "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
+            "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
+        }
+        self._checkpoint_io.save_checkpoint(checkpoint, path)
+        if is_best:
+            self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / BEST_NAME)
+        return str(path)
+
+    def validate(self) -> float | None:
+        """Mean validation loss over the val loader (its first `validation_batches`), or None without one."""
+        if self.val_data_loader is None:
+            return None
+        with _quiet_lightning(False):
+            self._trainer.validate(self._module, dataloaders=self.val_data_loader, verbose=False)
+        val_loss = self._module.last_val["val_loss"]
+        self._cadence.best_val_loss = min(self._cadence.best_val_loss, val_loss)
+        return val_loss
+
+    def train_step(self) -> dict[str, float]:
+        """Run exactly one optimizer step (all its micro-batches) and return its metrics.
+
+        Successive calls continue one data stream and one optimizer state. For driving steps by hand
+        (notebooks, debugging): `train()` runs a whole run instead, and the two are not mixed in one Trainer.
+        """
+        if self._trained:
+            raise RuntimeError("Trainer.train_step(): this Trainer already ran train(); build a new Trainer to step.")
+        if self._stepper is None:
+            bridge = HookBridge(self, self._bridge.callbacks)
+            bridge.run_hooks = False
+            self._checkpoint_io.listeners = [bridge.checkpoint_written]
+            cadence = StepCadence(self.plan, 1, 1, 1, self.checkpoints_dir, None, has_validation=False)
+            cadence.enabled = False
+            cadence.load_state_dict(self._cadence.state_dict())
+            self._cadence = cadence
+            self._stepper = self._lightning_trainer(cadence, bridge, progress=False, max_epochs=-1,
+                                                    limit_train_batches=None, val_check_interval=None,
+                                                    limit_val_batches=0)
+            self._step_loader = _StepLoader(self.train_data_loader, self.plan.grad_accum)
+        self._stepper.fit_loop.epoch_loop.max_steps = self._stepper.global_step + 1
+        with _quiet_lightning(False):
+            self._stepper.fit(self._module, train_dataloaders=self._step_loader)
+        return step_metrics(self._module)
+
+    def train(self, ckpt_path: str | None = None) -> dict[str, Any]:
+        """Run the whole training; `ckpt_path` (a file or "last") resumes exactly where that checkpoint stopped."""
+        if self._stepper is not None:
+            raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
+        ckpt = self._resolve_checkpoint(ckpt_path)
+        if self.master_process:
+            remove_stale_temporaries(self.checkpoints_dir)
+        start = time.perf_counter()
+        self._summary_start(ckpt)
+        self._trained = True
+        try:
+            with _quiet_lightning(self.verbose and self.master_process), self._stop_on_signals():
+                self._trainer.fit(self._module, train_dataloaders=self.train_data_loader,
+                                  val_dataloaders=self.val_data_loader, ckpt_path=ckpt)
+        finally:
+            if self._csv is not None:
+                self._csv.close()
+        elapsed = time.perf_counter() - start
+        last = self._module.last_step
+        result = {
+            "best_val_loss": self.best_val_loss,
+            "train_loss": float(last.loss) if last is not None else math.nan,
+            "steps_completed": self.current_step,
+            "epochs_completed": self.current_epoch,
+            "tokens": self.current_step * self.plan.tokens_per_step,
+            "total_training_time": elapsed,
+            "interrupted": self._cadence.stop_requested,
+        }
+        self._summary_end(result)
+        return result
+
+    # ---- run plumbing --------------------------------------------------------------------------------
+    def _resolve_checkpoint(self, ckpt_path: str | None) -> str | None:
+        if ckpt_path != "last":
+            return ckpt_path
+        last = find_last_checkpoint(self.checkpoints_dir)
+        if last is None:
+            warnings.warn(f"ckpt_path='last': no checkpoint in {self.checkpoints_dir} yet; starting fresh.",
+                          stacklevel=3)
+            return None
+        return str(last)
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: finish the current optimizer step, checkpoint it, and stop (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            self._cadence.stop_requested = True
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _summary_start(self, ckpt: str | None) -> None:
+        if not (self.verbose and self.master_process):
+            return
+        p = self.plan
+        print(f"tlama-core: {self.model.num_params() / 1e6:.2f}M parameters on {self.device} "
+              f"({self._trainer.precision}), {p.world_size} process(es)")
+        print(f"  {p.batch_size} x {p.seq_length} tokens per micro-batch, {p.grad_accum} accumulation step(s): "
+              f"{p.tokens_per_step:,} tokens per optimizer step; {p.steps_per_epoch} steps x {p.epochs} epoch(s)")
+        print(f"  log: {self.log_file}  checkpoints: {self.checkpoints_dir}/" + (f"  resuming {ckpt}" if ckpt else ""))
+
+    def _summary_end(self, result: dict[str, Any]) -> None:
+        if self.master_process and self._cadence.stop_requested:
+            print(f"tlama-core: interrupted; checkpoint of step {result['steps_completed']} saved in "
+                  f"{self.checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
+        if not (self.verbose and self.master_process):
+            return
+        print(f"tlama-core: {result['steps_completed']} steps, {result['tokens']:,} tokens in "
+              f"{result['total_training_time']:.1f} s; last train loss {result['train_loss']:.4f}, "
+              f"best val loss {result['best_val_loss']:.4f}")
+
+
+def _check_counts(**counts: int | None) -> None:
+    for name, value in counts.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"Trainer: {name}={value!r} must be an integer >= 1" + (
+                " (or None)." if name in ("steps", "validation_batches") else "."))
+
+
+def _check_data_fits_model(loader: Any, seq_length: int, config) -> None:
+    if seq_length > config.max_seq_len:
+        raise ValueError(
+            f"Trainer: the loader's seq_length={seq_length} exceeds the model's max_seq_len={config.max_seq_len}; "
+            "use shorter sequences or a model with a larger max_seq_len."
+        )
+    vocab = getattr(loader, "vocab_size", None)
+    if vocab is None:
+        first = next(iter(loader))
+        vocab = int(max(t.max() for t in first[:2])) + 1
+    if vocab > config.vocab_size:
+        raise ValueError(
+            f"Trainer: the tokenizer vocab ({vocab} ids) is larger than the model's vocab_size={config.vocab_size}; "
+            f"build the model with vocab_size >= {vocab}."
+        )
+
+
+def _device_type(accelerator: str) -> str:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _shards_parameters(strategy: Any) -> bool:
+    """FSDP-like strategies wrap the parameters at setup: the optimizer must be built after that."""
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    return "fsdp" in name.lower() or "modelparallel" in name.lower()
+
+
+def _len_or_none(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+@contextmanager
+def _quiet_lightning(verbose: bool) -> Iterator[None]:
+    """Keep Lightning's info lines (device summary) and loader-worker hints out of a quiet run's output."""
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    if not verbose:
+        lightning_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+            yield
+    finally:
+        lightning_logger.setLevel(level)
