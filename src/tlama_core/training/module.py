@@ -125,10 +125,11 @@ class TlamaLightningModule(L.LightningModule):
         lr = optimizer.param_groups[0]["lr"]
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         loss = self._loss_sum / self.trainer.accumulate_grad_batches
-        self.last_step = StepRecord(self.global_step, loss, lr, self._grad_norm,
+        step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
+        self.last_step = StepRecord(step, loss, lr, self._grad_norm,
                                     time.perf_counter() - self._step_started, self.plan.tokens_per_step)
         if self.first_bad_step is None and not bool(torch.isfinite(loss)):
-            self.first_bad_step = self.global_step
+            self.first_bad_step = step
 
     # ---- validation ---------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -151,6 +152,7 @@ class TlamaLightningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["step"] = int(self.global_step)
+        checkpoint["val_loss"] = self.last_val["val_loss"] if self.last_val else None
 
     def flops_per_token(self) -> int:
         return flops_per_token(self.config, self.plan.seq_length)

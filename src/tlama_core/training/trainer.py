@@ -124,7 +124,8 @@ class Trainer:
             default_root_dir=checkpoints_dir, limit_val_batches=validation_batches or 1.0,
             **(trainer_kwargs or {}),
         )
-        probe = L.Trainer(**{**self._lightning_kwargs, "enable_progress_bar": False})
+        with _quiet_lightning(verbose):
+            probe = L.Trainer(**{**self._lightning_kwargs, "enable_progress_bar": False})
         world_size = probe.world_size
         self.plan: StepPlan = plan_steps(batch_size, seq_length, _len_or_none(train_data_loader), total_batch_size,
                                          gradient_accumulation, steps, epochs, world_size)

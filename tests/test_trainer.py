@@ -1,0 +1,333 @@
+"""The Trainer facade against its documentation (../shared/SPEC.md) and against a hand-written loop."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+from trainer_utils import VOCAB, Recorder, WindowLoader, tiny_model
+
+from tlama_core.training import Trainer, get_lr_scheduler
+from tlama_core.training.batching import grad_accum_steps
+from tlama_core.training.checkpointing import load_checkpoint_file
+
+
+def make_trainer(tmp_path, model=None, loader=None, **kw) -> Trainer:
+    defaults = dict(total_batch_size=4 * 16 * 2, log_steps=1, validation_steps=100, checkpoint_steps=100,
+                    checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"), verbose=False)
+    return Trainer(model or tiny_model(), loader or WindowLoader(64, 4, 16), **{**defaults, **kw})
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- documented defaults and attributes -------------------------------------------------------------------
+def test_documented_defaults_and_attributes_after_construction(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loader = WindowLoader(8192, 32, 16)  # 512 tokens per micro-batch: the default 524288 -> 1024 steps of accum
+    t = Trainer(tiny_model(), loader, steps=2, verbose=False)
+    assert t.grad_accum_steps == 524288 // 512
+    assert (t.current_epoch, t.current_step, t.best_val_loss) == (0, 0, math.inf)
+    assert t.device == torch.device("cpu") and t.device_type == "cpu"
+    assert isinstance(t.optimizer, torch.optim.AdamW) and t.scheduler is None
+    assert t.log_file == str(tmp_path / "logs" / "train_log.csv") or t.log_file.endswith("logs/train_log.csv")
+    assert t.optimizer.param_groups[0]["lr"] == 6e-4
+    decays = {g["weight_decay"] for g in t.optimizer.param_groups}
+    assert decays == {0.1, 0.0}
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "checkpoints").exists()  # files are made lazily
+
+
+def test_weight_decay_only_on_matrices(tmp_path):
+    t = make_trainer(tmp_path)
+    decayed, plain = t.optimizer.param_groups
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(t.model.parameters()))
+
+
+def test_spec_accumulation_example_rounds_down_with_a_warning():
+    with pytest.warns(UserWarning, match="999424"):
+        assert grad_accum_steps(1_000_000, 8 * 2048) == 61
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert grad_accum_steps(1 << 20, 8 * 2048) == 64
+        assert grad_accum_steps(1_000_000, 8 * 2048, enabled=False) == 1
+
+
+def test_accumulation_counts_every_process():
+    assert grad_accum_steps(64 * 16, 16, world_size=2) == 32
+
+
+# ---- bad input at construction -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(total_batch_size=10), "total_batch_size=10"),
+    (dict(epochs=0), "epochs=0"),
+    (dict(steps=0), "steps=0"),
+    (dict(validation_steps=0), "validation_steps=0"),
+    (dict(checkpoint_steps=-1), "checkpoint_steps=-1"),
+    (dict(log_steps=0), "log_steps=0"),
+    (dict(gradient_clip_val=-1.0), "gradient_clip_val=-1.0"),
+    (dict(learning_rate=-1e-3), "learning_rate=-0.001"),
+    (dict(weight_decay=-0.1), "weight_decay=-0.1"),
+])
+def test_bad_parameters_fail_at_construction(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(tmp_path, **kwargs)
+
+
+def test_sequence_longer_than_model_names_both_numbers(tmp_path):
+    with pytest.raises(ValueError, match=r"seq_length=64.*max_seq_len=32"):
+        make_trainer(tmp_path, loader=WindowLoader(16, 4, 64), total_batch_size=256)
+
+
+def test_tokenizer_vocab_larger_than_model_says_vocab(tmp_path):
+    with pytest.raises(ValueError, match=r"vocab \(100 ids\).*vocab_size=64"):
+        make_trainer(tmp_path, loader=WindowLoader(64, 4, 16, vocab=100))
+
+
+def test_loader_without_shape_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="batch size and sequence length"):
+        make_trainer(tmp_path, loader=[["not", "tensors"]])
+
+
+def test_batch_shape_read_from_first_batch_when_loader_has_no_attributes(tmp_path):
+    data = torch.randint(0, VOCAB, (32, 17))
+    batches = [(data[i:i + 4, :-1], data[i:i + 4, 1:]) for i in range(0, 32, 4)]
+    t = make_trainer(tmp_path, loader=batches, total_batch_size=4 * 16 * 4)
+    assert t.grad_accum_steps == 4 and t.plan.steps_per_epoch == 2
+
+
+# ---- the run against a reference ---------------------------------------------------------------------------
+def hand_loop_losses(model, loader, accum, steps, schedule, clip=1.0, weight_decay=0.1):
+    """The reference: plain PyTorch, the same optimizer groups, clipping and per-step lr."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1.0, betas=(0.9, 0.95), eps=1e-8)
+    batches = iter(loader)
+    losses = []
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = schedule(step)
+        total = 0.0
+        for _ in range(accum):
+            x, y = next(batches)
+            _, loss = model(x, targets=y)
+            (loss / accum).backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total / accum)
+    return losses
+
+
+def test_losses_equal_a_hand_written_loop(tmp_path):
+    schedule = get_lr_scheduler(3e-3, 3e-4, warmup_steps=2, max_steps=8)
+    loader = WindowLoader(64, 4, 16)
+    reference = hand_loop_losses(tiny_model(), loader, accum=2, steps=8, schedule=schedule)
+    t = make_trainer(tmp_path, loader=loader, scheduler=schedule)
+    t.train()
+    rows = read_csv(t.log_file)
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx(reference, rel=1e-5)
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([schedule(s) for s in range(8)])
+
+
+def test_accumulated_gradient_equals_the_large_batch_gradient(tmp_path):
+    loader = WindowLoader(8, 2, 16)  # 4 micro-batches of 2 make one step of 8 sequences
+    reference = copy.deepcopy(tiny_model())
+    x = torch.cat([b[0] for b in loader])
+    y = torch.cat([b[1] for b in loader])
+    _, loss = reference(x, targets=y)
+    loss.backward()
+
+    class GradProbe:
+        def on_optimizer_step_start(self, trainer):
+            self.grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+
+    probe = GradProbe()
+    t = make_trainer(tmp_path, loader=loader, total_batch_size=8 * 16, callbacks=[probe], steps=1,
+                     gradient_clip_val=0.0)
+    t.train()
+    assert t.grad_accum_steps == 4
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(probe.grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f'{name}: {m}')
+
+
+def test_same_seed_same_losses_bit_for_bit(tmp_path):
+    runs = []
+    for i in range(2):
+        t = make_trainer(tmp_path / str(i), model=tiny_model(dropout=0.1), loader=WindowLoader(64, 4, 16), seed=7)
+        t.train()
+        runs.append([r["train_loss"] for r in read_csv(t.log_file)])
+    assert runs[0] == runs[1]
+
+
+# ---- hooks -------------------------------------------------------------------------------------------------
+def test_hooks_fire_in_order_with_documented_counts_and_arguments(tmp_path):
+    rec = Recorder()
+    steps, accum, epochs = 3, 2, 2
+    t = make_trainer(tmp_path, loader=WindowLoader(24, 4, 16), val_data_loader=WindowLoader(8, 4, 16, seed=1),
+                     callbacks=[rec], epochs=epochs, validation_steps=2, checkpoint_steps=4)
+    assert t.plan.steps_per_epoch == steps and t.grad_accum_steps == accum
+    t.train()
+    counts = Counter(rec.names())
+    total_steps = steps * epochs
+    assert counts["on_init_end"] == counts["on_train_start"] == counts["on_train_end"] == 1
+    assert counts["on_epoch_start"] == counts["on_epoch_end"] == epochs
+    for hook in ("on_step_start", "on_step_end", "on_optimizer_step_start", "on_optimizer_step_end"):
+        assert counts[hook] == total_steps, hook
+    assert counts["on_backward_start"] == counts["on_backward_end"] == total_steps * accum
+    validated_at = [e[1] for e in rec.events if e[0] == "on_validate_end"]
+    assert validated_at == [2, 4, 6]  # every 2 optimizer steps; the last step is one of them
+    assert rec.names()[0] == "on_init_end" and rec.names()[1] == "on_train_start"
+    assert rec.names()[-1] == "on_train_end"
+    one_step = rec.names()[rec.names().index("on_step_start"):rec.names().index("on_step_end") + 1]
+    assert one_step == ["on_step_start", "on_backward_start", "on_backward_end", "on_backward_start",
+                        "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end", "on_step_end"]
+    for name, step, *args in rec.events:
+        if name == "on_step_end":
+            assert args[0]["train_loss"] > 0 and set(args[0]) >= {"train_loss", "lr", "grad_norm", "tokens_per_sec"}
+            assert step >= 1
+        if name == "on_backward_start":
+            assert args[0].dim() == 0 and args[0] > 3.0  # the micro-batch's own loss, not divided by accum
+        if name == "on_validate_end":
+            assert set(args[0]) >= {"val_loss"}
+        if name == "on_checkpoint_end":
+            assert load_checkpoint_file(args[0])["step"] == step
+    saved = sorted(e[2].rsplit("/", 1)[1] for e in rec.events if e[0] == "on_checkpoint_end")
+    assert saved.count("best.ckpt") >= 1 and "step=00000004.ckpt" in saved and "step=00000006.ckpt" in saved
+
+
+def test_step_end_metrics_loss_is_the_mean_over_micro_batches(tmp_path):
+    seen = []
+
+    class Watch:
+        def on_backward_start(self, trainer, loss):
+            seen.append(float(loss))
+
+        def on_step_end(self, trainer, metrics):
+            seen.append(("end", metrics["train_loss"]))
+
+    make_trainer(tmp_path, callbacks=[Watch()], steps=2, total_batch_size=4 * 16 * 4).train()
+    micro, end = seen[:4], seen[4]
+    assert end[1] == pytest.approx(sum(micro) / 4, rel=1e-6)
+
+
+# ---- CSV log and checkpoints -------------------------------------------------------------------------------
+def test_csv_log_has_documented_columns_and_rows_per_log_step(tmp_path):
+    t = make_trainer(tmp_path, loader=WindowLoader(80, 4, 16), val_data_loader=WindowLoader(8, 4, 16, seed=1),
+                     log_steps=3, validation_steps=4)
+    t.train()  # 10 steps: rows at 3, 6, 9 (log), 4, 8 (validation) and 10 (the end, validated)
+    rows = read_csv(t.log_file)
+    assert list(rows[0])[:8] == ["epoch", "step", "timestamp", "train_loss", "learning_rate", "grad_norm",
+                                 "val_loss", "tokens_per_sec"]
+    assert [int(r["step"]) for r in rows] == [3, 4, 6, 8, 9, 10]
+    assert [bool(r["val_loss"]) for r in rows] == [False, True, False, True, False, True]
+    for r in rows:
+        assert float(r["tokens_per_sec"]) > 0 and float(r["grad_norm"]) > 0 and r["epoch"] == "0"
+        assert r["mfu"] == ""  # no peak FLOP/s is known for a CPU: left empty rather than invented
+    assert float(rows[-1]["val_loss"]) == pytest.approx(t.best_val_loss) or t.best_val_loss < float(rows[-1]["val_loss"])
+
+
+def test_checkpoints_hold_the_documented_contents(tmp_path):
+    t = make_trainer(tmp_path, val_data_loader=WindowLoader(8, 4, 16, seed=1), validation_steps=4,
+                     checkpoint_steps=4)
+    t.train()  # 8 steps
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["best.ckpt", "step=00000004.ckpt", "step=00000008.ckpt"]
+    ckpt = load_checkpoint_file(tmp_path / "ckpt" / "step=00000004.ckpt")
+    assert ckpt["step"] == ckpt["global_step"] == 4 and isinstance(ckpt["epoch"], int)
+    assert ckpt["model_config"] == t.model.config.to_dict()
+    assert set(ckpt["state_dict"]) == {"model." + k for k in t.model.state_dict()}
+    assert ckpt["optimizer_states"][0]["state"]  # AdamW moments
+    assert math.isfinite(ckpt["val_loss"])
+    best = load_checkpoint_file(tmp_path / "ckpt" / "best.ckpt")
+    assert best["val_loss"] == pytest.approx(t.best_val_loss)
+
+
+# ---- validate(), train_step() and the documented private methods ------------------------------------------
+def test_validate_returns_the_token_mean_loss_over_the_val_loader(tmp_path):
+    val = WindowLoader(12, 4, 16, seed=3)
+    t = make_trainer(tmp_path, val_data_loader=val)
+    with torch.no_grad():
+        expected = sum(t.model(x, targets=y)[1].item() for x, y in val) / len(val)
+    assert t.validate() == pytest.approx(expected, rel=1e-6)
+    assert t.best_val_loss == pytest.approx(expected, rel=1e-6)
+    assert make_trainer(tmp_path / "b").validate() is None
+
+
+def test_validation_batches_limits_validation(tmp_path):
+    val = WindowLoader(40, 4, 16, seed=3)
+    t = make_trainer(tmp_path, val_data_loader=val, validation_batches=2)
+    with torch.no_grad():
+        expected = sum(t.model(x, targets=y)[1].item() for x, y in list(val)[:2]) / 2
+    assert t.validate() == pytest.approx(expected, rel=1e-6)
+
+
+def test_train_step_runs_one_optimizer_step_and_continues_the_stream(tmp_path):
+    loader = WindowLoader(64, 4, 16)
+    full = make_trainer(tmp_path / "full", loader=loader, steps=3)
+    full.train()
+    expected = [float(r["train_loss"]) for r in read_csv(full.log_file)]
+    rec = Recorder()
+    t = make_trainer(tmp_path / "step", loader=loader, callbacks=[rec])
+    losses = []
+    for i in range(3):
+        metrics = t.train_step()
+        assert t.current_step == i + 1 and t.current_epoch == 0
+        assert set(metrics) >= {"train_loss", "lr", "grad_norm", "tokens_per_sec"}
+        losses.append(metrics["train_loss"])
+    assert losses == pytest.approx(expected, rel=1e-6)
+    counts = Counter(rec.names())
+    assert counts["on_step_start"] == counts["on_step_end"] == 3
+    assert counts["on_train_start"] == counts["on_epoch_start"] == counts["on_train_end"] == 0
+    with pytest.raises(RuntimeError, match="train_step"):
+        t.train()
+
+
+def test_save_checkpoint_and_log_metrics_called_directly(tmp_path):
+    rec = Recorder()
+    t = make_trainer(tmp_path, callbacks=[rec])
+    path = t._save_checkpoint(val_loss=1.5, is_best=True)
+    ckpt = load_checkpoint_file(path)
+    assert ckpt["val_loss"] == 1.5 and ckpt["step"] == 0 and ckpt["model_config"] == t.model.config.to_dict()
+    assert (tmp_path / "ckpt" / "best.ckpt").exists()
+    assert [e[2] for e in rec.events if e[0] == "on_checkpoint_end"][0] == path
+    t._log_metrics({"train_loss": 2.0, "learning_rate": 1e-3})
+    rows = read_csv(t.log_file)
+    assert rows[-1]["train_loss"] == "2.0" and rows[-1]["step"] == "0" and rows[-1]["val_loss"] == ""
+
+
+def test_set_seed_makes_random_draws_repeat(tmp_path):
+    t = make_trainer(tmp_path)
+    t._set_seed(5)
+    a = torch.rand(3)
+    t._set_seed(5)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints_clean(tmp_path):
+    class Poison:
+        def on_step_start(self, trainer):
+            if trainer.current_step == 2:
+                with torch.no_grad():
+                    trainer.model.output.weight.fill_(float("nan"))
+
+    t = make_trainer(tmp_path, callbacks=[Poison()], checkpoint_steps=1, steps=6)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        t.train()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step=00000001.ckpt", "step=00000002.ckpt"]
+
+
+def test_verbose_false_prints_nothing(tmp_path, capfd):
+    make_trainer(tmp_path, steps=2).train()
+    out, err = capfd.readouterr()
+    assert out == ""

@@ -1,0 +1,48 @@
+"""Small models and in-memory loaders for the Trainer tests (no files, no tokenizer)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tlama_core.models import TlamaConfig, Transformer
+
+VOCAB = 64
+
+
+class WindowLoader(DataLoader):
+    """A DataLoader over fixed random windows that carries the attributes the Trainer reads."""
+
+    def __init__(self, n_samples: int, batch_size: int, seq_length: int, seed: int = 0, vocab: int = VOCAB):
+        g = torch.Generator().manual_seed(seed)
+        data = torch.randint(0, vocab, (n_samples, seq_length + 1), generator=g)
+        super().__init__(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=batch_size, drop_last=True)
+        self.seq_length = seq_length
+        self.vocab_size = vocab
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    return Transformer(TlamaConfig(**{**cfg, **overrides}))
+
+
+class Recorder:
+    """A spec callback that records every hook call as (hook, current_step, extra)."""
+
+    HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
+             "on_step_end", "on_backward_start", "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end",
+             "on_validate_start", "on_validate_end", "on_checkpoint_end")
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        for name in self.HOOKS:
+            setattr(self, name, self._make(name))
+
+    def _make(self, name):
+        def hook(trainer, *args):
+            self.events.append((name, trainer.current_step, *args))
+        return hook
+
+    def names(self) -> list[str]:
+        return [e[0] for e in self.events]
