@@ -46,3 +46,26 @@ class Recorder:
 
     def names(self) -> list[str]:
         return [e[0] for e in self.events]
+
+
+class ResumableLoader(WindowLoader):
+    """WindowLoader with Lightning's loader-state protocol: resumes at the batch where it was saved."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumed = 0
+        self._skip = 0
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        self.consumed = skip
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                self.consumed += 1
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = state["consumed"]

@@ -47,6 +47,11 @@ class StepCadence(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_val_loss = float(state_dict.get("best_val_loss", math.inf))
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step.
+        if self.enabled and self.csv_log is not None and trainer.is_global_zero:
+            self.csv_log.open(resume_step=trainer.global_step if trainer.ckpt_path else None)
+
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
 

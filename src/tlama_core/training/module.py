@@ -154,6 +154,14 @@ class TlamaLightningModule(L.LightningModule):
         checkpoint["step"] = int(self.global_step)
         checkpoint["val_loss"] = self.last_val["val_loss"] if self.last_val else None
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A checkpoint from an epoch's last batch says so (is_last_batch); when this run gives the epoch more
+        # steps (a raised `steps`), Lightning would otherwise end the resumed epoch at once.
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        epoch_batches = self.plan.steps_per_epoch * self.plan.grad_accum if self.plan else 0
+        if progress and progress["current"]["completed"] < epoch_batches:
+            progress["is_last_batch"] = False
+
     def flops_per_token(self) -> int:
         return flops_per_token(self.config, self.plan.seq_length)
 

@@ -1,0 +1,93 @@
+"""Exact resume, safe loading and atomic checkpoint files."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+from trainer_utils import ResumableLoader, tiny_model
+
+from tlama_core.training import Trainer, get_lr_scheduler
+from tlama_core.training.checkpointing import CheckpointError, find_last_checkpoint
+
+
+def make(root, model=None, **kw) -> Trainer:
+    defaults = dict(val_data_loader=ResumableLoader(8, 4, 16, seed=1), total_batch_size=128, log_steps=1,
+                    validation_steps=3, checkpoint_steps=2, epochs=2, verbose=False,
+                    scheduler=get_lr_scheduler(3e-3, 3e-4, 2, 10),
+                    checkpoints_dir=str(root / "ckpt"), logs_dir=str(root / "logs"))
+    return Trainer(model or tiny_model(dropout=0.1), ResumableLoader(40, 4, 16), **{**defaults, **kw})
+
+
+def rows(trainer) -> list[dict[str, str]]:
+    with open(trainer.log_file, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("full")
+    t = make(root)
+    result = t.train()
+    return root, rows(t), result
+
+
+@pytest.mark.parametrize("name", ["step=00000002.ckpt", "step=00000004.ckpt", "step=00000006.ckpt"])
+def test_resume_continues_exactly_as_an_uninterrupted_run(uninterrupted, tmp_path, name):
+    """Mid-epoch (2, 4), across the epoch boundary and from a step that validated (6): same losses, bit for bit."""
+    root, full_rows, full = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    t = make(tmp_path)
+    result = t.train(ckpt_path=str(tmp_path / "ckpt" / name))
+    resumed = rows(t)
+    assert [r["step"] for r in resumed] == [r["step"] for r in full_rows]  # no row duplicated or lost
+    for a, b in zip(full_rows, resumed, strict=True):
+        assert (a["train_loss"], a["val_loss"], a["learning_rate"]) == (b["train_loss"], b["val_loss"],
+                                                                        b["learning_rate"]), a["step"]
+    assert result["steps_completed"] == full["steps_completed"] == 10
+    assert result["epochs_completed"] == full["epochs_completed"] == 2
+    assert result["best_val_loss"] == full["best_val_loss"]
+
+
+def test_resume_from_last_picks_the_newest_step_checkpoint(uninterrupted, tmp_path):
+    root, full_rows, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "ckpt" / "step=00000010.ckpt").unlink()
+    (tmp_path / "ckpt" / "step=00000012.ckpt.tmp").write_bytes(b"half a file")  # a save killed midway
+    assert find_last_checkpoint(tmp_path / "ckpt").name == "step=00000008.ckpt"
+    t = make(tmp_path)
+    t.train(ckpt_path="last")
+    assert [r["train_loss"] for r in rows(t)] == [r["train_loss"] for r in full_rows]
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))  # leftovers are cleaned up by the next run
+
+
+def test_last_without_checkpoints_starts_fresh_with_a_warning(tmp_path):
+    t = make(tmp_path, epochs=1, steps=1)
+    with pytest.warns(UserWarning, match="no checkpoint"):
+        assert t.train(ckpt_path="last")["steps_completed"] == 1
+
+
+def test_truncated_checkpoint_is_an_error_naming_the_file(uninterrupted, tmp_path):
+    root, _, _ = uninterrupted
+    bad = tmp_path / "step=00000004.ckpt"
+    data = (root / "ckpt" / "step=00000004.ckpt").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="step=00000004.ckpt.*truncated, corrupt"):
+        make(tmp_path / "run").train(ckpt_path=str(bad))
+
+
+def test_foreign_file_is_an_error_naming_the_file(tmp_path):
+    import torch
+
+    foreign = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="other.ckpt is not a tlama-core training checkpoint"):
+        make(tmp_path / "run").train(ckpt_path=str(foreign))
+
+
+def test_checkpoint_of_another_shape_names_the_differing_field(uninterrupted, tmp_path):
+    root, _, _ = uninterrupted
+    other = make(tmp_path, model=tiny_model(n_layers=3))
+    with pytest.raises(CheckpointError, match="n_layers: checkpoint 2, model 3"):
+        other.train(ckpt_path=str(root / "ckpt" / "step=00000004.ckpt"))
