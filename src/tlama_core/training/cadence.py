@@ -86,7 +86,9 @@ class StepCadence(Callback):
         rec = pl_module.last_step
         logs = step % self.log_steps == 0 or val is not None or final
         if logs or step % self.checkpoint_steps == 0:
-            loss = float(rec.loss)  # the one device sync of a logged step
+            # The mean over processes (every rank reaches this point at the same step): the one sync of a step.
+            rec.loss = trainer.strategy.reduce(rec.loss, reduce_op="mean")
+            loss = float(rec.loss)
             if not math.isfinite(loss) or pl_module.first_bad_step is not None:
                 bad = pl_module.first_bad_step or step
                 raise FloatingPointError(
