@@ -75,8 +75,9 @@ class Trainer:
     """Trains a Tlama model on Lightning; every documented parameter keeps its documented default.
 
     Extras beyond the documented parameters (keyword-only): `compile` (torch.compile the model),
-    `validation_batches` (validate on the first N val batches), `accelerator`, `devices`, `num_nodes`,
-    `strategy` (passed to `lightning.Trainer`) and `trainer_kwargs` (any other `lightning.Trainer` keyword).
+    `activation_checkpointing` (recompute each block in the backward pass: long sequences), `validation_batches`
+    (validate on the first N val batches), `accelerator`, `devices`, `num_nodes`, `strategy` (passed to
+    `lightning.Trainer`) and `trainer_kwargs` (any other `lightning.Trainer` keyword).
     """
 
     def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
@@ -86,7 +87,8 @@ class Trainer:
                  log_steps: int = 10, gradient_clip_val: float = 1.0, use_mixed_precision: bool = True,
                  checkpoints_dir: str = "checkpoints", logs_dir: str = "logs", seed: int = 1337,
                  verbose: bool = True, callbacks: list[Any] | None = None, master_process: bool = True, *,
-                 compile: bool = False, validation_batches: int | None = None, accelerator: str = "auto",
+                 compile: bool = False, activation_checkpointing: bool = False,
+                 validation_batches: int | None = None, accelerator: str = "auto",
                  devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
                  trainer_kwargs: dict[str, Any] | None = None) -> None:
         _check_counts(epochs=epochs, steps=steps, validation_steps=validation_steps,
@@ -131,6 +133,7 @@ class Trainer:
                                          gradient_accumulation, steps, epochs, world_size)
         self.grad_accum_steps = self.plan.grad_accum
         module.seed, module.plan, module.compile_model = seed, self.plan, compile
+        self.model.activation_checkpointing = activation_checkpointing
 
         self.master_process = master_process and probe.is_global_zero
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
@@ -153,6 +156,7 @@ class Trainer:
     def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
                            **overrides: Any) -> L.Trainer:
         callbacks = [bridge, cadence] + ([_ProgressBar(cadence)] if progress else [])
+        callbacks += list(self._lightning_kwargs.get("callbacks") or [])  # Lightning callbacks from trainer_kwargs
         kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress, "callbacks": callbacks,
                   "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
                   "limit_train_batches": self.plan.steps_per_epoch * self.plan.grad_accum,
@@ -298,6 +302,9 @@ class Trainer:
 
         def request_stop(signum, frame) -> None:
             self._cadence.stop_requested = True
+            # Lightning chains its own SIGTERM handler before this one (inside fit); its flag makes the loops
+            # raise SIGTERMException, a silent exit 0 mid-step with no checkpoint. The cadence owns the stop.
+            self._trainer._signal_connector.received_sigterm = False
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -1,0 +1,44 @@
+"""A tiny training run for the DDP tests: `python ddp_run.py OUT DEVICES TOTAL_BATCH [STEPS] [--resume]`.
+
+Lightning's DDP launcher re-runs this script once per extra process, exactly as it would a user's train.py.
+Each rank writes the first token of every window it trained on to OUT/batches_rank{R}.txt.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from tlama_core.data import builtin_tokenizer_path, create_dataloader
+from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.training import Trainer
+
+
+class RecordBatches(Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with open(self.out / f"batches_rank{trainer.global_rank}.txt", "a") as f:
+            f.write(" ".join(map(str, batch[0][:, :4].flatten().tolist())) + "\n")
+
+
+def main() -> None:
+    out, devices, total = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    steps = int(sys.argv[4]) if len(sys.argv) > 4 and not sys.argv[4].startswith("--") else 6
+    corpus = out / "corpus.txt"
+    loader = create_dataloader(corpus, builtin_tokenizer_path(), batch_size=2, seq_length=32, shuffle=True,
+                               cache_dir=out / "cache")
+    torch.manual_seed(0)  # the same initial weights in every run (DDP then broadcasts rank 0's)
+    model = Transformer(TlamaConfig(vocab_size=1024, d_model=32, n_layers=2, n_heads=4, max_seq_len=32))
+    trainer = Trainer(model, loader, total_batch_size=total, steps=steps, log_steps=1, checkpoint_steps=2,
+                      validation_steps=100, checkpoints_dir=str(out / "ckpt"), logs_dir=str(out / "logs"), seed=3,
+                      verbose=False, accelerator="cpu", devices=devices,
+                      strategy="ddp" if devices > 1 else "auto",
+                      trainer_kwargs={"callbacks": [RecordBatches(out)]})
+    trainer.train(ckpt_path="last" if "--resume" in sys.argv else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Two CPU processes under Lightning's DDP (gloo), launched from a script the way a user launches theirs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tlama_core.data import builtin_corpus_path
+
+SCRIPT = Path(__file__).with_name("ddp_run.py")
+
+
+def run(out: Path, devices: int, total: int, *extra: str) -> None:
+    out.mkdir(exist_ok=True)
+    if not (out / "corpus.txt").exists():
+        (out / "corpus.txt").write_text(Path(builtin_corpus_path()).read_text()[:40_000])
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), str(total), *extra],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def windows(path: Path) -> list[tuple[str, ...]]:
+    """The windows a rank trained on (their first 4 tokens each), in order."""
+    tokens = path.read_text().split()
+    return [tuple(tokens[i:i + 4]) for i in range(0, len(tokens), 4)]
+
+
+def losses(out: Path) -> list[float]:
+    with open(out / "logs" / "train_log.csv", newline="") as f:
+        return [float(r["train_loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_with_twice_the_accumulation(tmp_path):
+    micro = 2 * 32
+    run(tmp_path / "ddp", 2, total=micro * 2 * 2)  # 2 processes x 2 micro-batches
+    run(tmp_path / "one", 1, total=micro * 2 * 2)  # 1 process x 4 micro-batches
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+
+    rank0, rank1 = windows(ddp / "batches_rank0.txt"), windows(ddp / "batches_rank1.txt")
+    assert len(rank0) == len(rank1) == 6 * 2 * 2  # 6 steps x 2 micro-batches x 2 windows
+    assert not set(rank0) & set(rank1)  # the ranks read disjoint windows
+    single = windows(one / "batches_rank0.txt")
+    per_step = 2 * 2  # windows per step and rank
+    for step in range(6):  # together they read, step by step, the windows the single process read
+        both = rank0[step * per_step:(step + 1) * per_step] + rank1[step * per_step:(step + 1) * per_step]
+        assert sorted(both) == sorted(single[step * 2 * per_step:(step + 1) * 2 * per_step])
+
+    assert sorted(p.name for p in (ddp / "logs").iterdir()) == ["train_log.csv"]  # one log, written by rank 0
+    assert sorted(p.name for p in (ddp / "ckpt").iterdir()) == [f"step={s:08d}.ckpt" for s in (2, 4, 6)]
+    # The same windows per step and gradients averaged over processes: the same losses up to float summation
+    # order (DDP reduces gradients in another order than one process accumulating them).
+    assert losses(ddp) == pytest.approx(losses(one), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_run_resumes_from_its_checkpoint(tmp_path):
+    micro = 2 * 32
+    run(tmp_path / "full", 2, micro * 4, "6")
+    run(tmp_path / "cut", 2, micro * 4, "4")
+    run(tmp_path / "cut", 2, micro * 4, "6", "--resume")
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
