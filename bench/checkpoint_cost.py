@@ -1,0 +1,78 @@
+"""What a checkpoint costs: save and load of a ~100M-parameter model with AdamW state, against one training step.
+
+Saves go through `AtomicCheckpointIO` (NAME.tmp, fsync, rename) and are compared with a plain `torch.save` of
+the same dict to the same directory; the two alternate for several rounds and medians are compared, so drifting
+machine load hits both alike. Target: torch.save time / atomic save time >= 0.9.
+
+    python bench/checkpoint_cost.py [--rounds 5] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.training.checkpointing import AtomicCheckpointIO
+from tlama_core.training.module import build_optimizer
+
+CONFIG = TlamaConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, max_seq_len=256)
+BATCH, SEQ = 4, 256
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir on the system disk)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = Transformer(CONFIG)
+    optimizer = build_optimizer(model, 6e-4, 0.1)
+    tokens = torch.randint(0, CONFIG.vocab_size, (BATCH, SEQ + 1))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(x, targets=y)[1].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    train_step()  # warm-up; also creates the AdamW state that the checkpoint carries
+    step = statistics.median(seconds(train_step) for _ in range(args.rounds))
+
+    checkpoint = {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()],
+                  "model_config": CONFIG.to_dict(), "global_step": 1}
+    io = AtomicCheckpointIO()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        ours_path, plain_path = Path(tmp) / "ours.ckpt", Path(tmp) / "plain.ckpt"
+        io.save_checkpoint(checkpoint, ours_path)  # warm-up of both paths (page cache, allocator)
+        torch.save(checkpoint, plain_path)
+        saves = [(seconds(lambda: io.save_checkpoint(checkpoint, ours_path)),
+                  seconds(lambda: torch.save(checkpoint, plain_path))) for _ in range(args.rounds)]
+        load = statistics.median(seconds(lambda: io.load_checkpoint(ours_path)) for _ in range(args.rounds))
+        size = ours_path.stat().st_size
+
+    ours = statistics.median(s for s, _ in saves)
+    plain = statistics.median(p for _, p in saves)
+    print(f"model: {model.num_params() / 1e6:.1f}M parameters; checkpoint {size / 1e9:.2f} GB (weights + AdamW)")
+    print(f"training step ({BATCH} x {SEQ}, fwd+bwd+AdamW, CPU, {torch.get_num_threads()} threads): {step:.3f} s")
+    print(f"atomic save  {ours:.3f} s = {ours / step:.2f} training steps")
+    print(f"load         {load:.3f} s = {load / step:.2f} training steps")
+    print(f"torch.save   {plain:.3f} s (no fsync, not atomic)")
+    print(f"torch.save / atomic save = {plain / ours:.3f} (target >= 0.9); median of {args.rounds} alternating rounds")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""A tiny training run that resumes from its newest checkpoint: the subject of tests/test_interruption.py.
+
+    python tests/kill_run.py ROOT [--steps 40] [--d_model 32] [--step_sleep 0.0]
+
+Started again after a kill, it continues with `train(ckpt_path="last")`; it prints the result as one JSON line.
+`--step_sleep` slows each optimizer step down (without changing any number) so a signal can land mid-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # trainer_utils, when run as a script
+
+from trainer_utils import ResumableLoader, tiny_model  # noqa: E402
+
+from tlama_core.training import Trainer, get_lr_scheduler  # noqa: E402
+
+
+class _SlowSteps:
+    """A spec callback that sleeps at the start of every optimizer step."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_start(self, trainer) -> None:
+        time.sleep(self.seconds)
+
+
+def build_trainer(root: str | Path, steps: int = 40, d_model: int = 32, step_sleep: float = 0.0) -> Trainer:
+    """The run under test: dropout, 2 micro-batches per step, validation every 5 steps, a row every step."""
+    root = Path(root)
+    callbacks = [_SlowSteps(step_sleep)] if step_sleep else []
+    return Trainer(tiny_model(dropout=0.1, d_model=d_model), ResumableLoader(400, 4, 16),
+                   val_data_loader=ResumableLoader(8, 4, 16, seed=1), total_batch_size=128, steps=steps,
+                   scheduler=get_lr_scheduler(3e-3, 3e-4, 4, steps), log_steps=1, validation_steps=5,
+                   checkpoint_steps=2, verbose=False, seed=7, callbacks=callbacks,
+                   checkpoints_dir=str(root / "ckpt"), logs_dir=str(root / "logs"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--d_model", type=int, default=32)
+    parser.add_argument("--step_sleep", type=float, default=0.0)
+    args = parser.parse_args()
+    trainer = build_trainer(args.root, args.steps, args.d_model, args.step_sleep)
+    print("training", flush=True)
+    result = trainer.train(ckpt_path="last")
+    print(json.dumps({k: result[k] for k in ("steps_completed", "interrupted", "train_loss")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
