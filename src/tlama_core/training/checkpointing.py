@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tlama_core.atomic import atomic_open
+from tlama_core.atomic import atomic_path
 
 STEP_FILE = re.compile(r"^step=(\d+)\.ckpt$")
 BEST_NAME = "best.ckpt"
@@ -79,8 +79,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        with atomic_open(path) as f:
-            torch.save(checkpoint, f)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
         for listener in self.listeners:
             listener(path)
 
