@@ -1,0 +1,131 @@
+"""Sentencepiece tokenizers: train a BPE model, load any `.model` file.
+
+Special ids of the models trained here: unk=0, bos=1, eos=2, no pad piece (pad_id=-1; batches are dense windows
+of the token stream, nothing is padded). The defaults keep text lossless, so `decode(encode(text)) == text`:
+identity normalization, whitespace kept as written, no dummy space added at the start of a line, and "\n" as
+one piece of its own (sentencepiece trains on lines without their newline, and our cache encodes line by line).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+
+from tlama_core.atomic import atomic_write
+
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
+
+# Trainer options behind the lossless, deterministic defaults described above; any can be overridden.
+DEFAULT_TRAINER_OPTIONS: dict[str, Any] = {
+    "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID,
+    "normalization_rule_name": "identity",
+    "remove_extra_whitespaces": False,
+    "add_dummy_prefix": False,
+    "user_defined_symbols": ["\n"],
+    "allow_whitespace_only_pieces": True,
+    "split_digits": True,
+    "byte_fallback": False,
+    "input_sentence_size": 0,  # 0: train on every line (deterministic; set a cap for very large inputs)
+    "shuffle_input_sentence": False,
+    "num_threads": 1,
+    "minloglevel": 2,
+}
+
+
+def load_tokenizer(path: str | os.PathLike) -> spm.SentencePieceProcessor:
+    """Load a sentencepiece `.model` file (trained here or anywhere else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tokenizer_path={str(path)!r}: no such file; pass a sentencepiece .model file "
+            "(train one with tlama_core.data.train_tokenizer or use builtin_tokenizer_path())."
+        )
+    return spm.SentencePieceProcessor(model_file=str(path))
+
+
+def optional_id(special_id: int) -> int | None:
+    """A sentencepiece special id, or None where the model has none (sentencepiece says -1)."""
+    return special_id if special_id >= 0 else None
+
+
+def newline_is_a_boundary(sp: spm.SentencePieceProcessor) -> bool:
+    """True when encoding lines together gives exactly the ids of encoding them one by one.
+
+    That holds when the normalizer keeps text as written (no dummy prefix, no whitespace clean-up, "\n" kept) and
+    "\n" is a piece no other piece contains: no merge (BPE) or segment (unigram) can then cross a line end.
+    The tokenizers trained here qualify; sentencepiece's defaults (nmt_nfkc drops newlines) do not.
+    """
+    probe = "a  b \n  c \n\nd"
+    newline = sp.piece_to_id("\n")
+    return (
+        sp.normalize(probe) == probe.replace(" ", "\u2581")
+        and newline != sp.unk_id()
+        and sp.encode("\n") == [newline]
+        and not any("\n" in sp.id_to_piece(i) for i in range(sp.get_piece_size()) if i != newline)
+    )
+
+
+def tokenizer_output_path(model_prefix_or_output_path: str | os.PathLike) -> Path:
+    """`out.model` stays as is; a prefix `out` becomes `out.model` (sentencepiece's own convention)."""
+    path = Path(model_prefix_or_output_path)
+    return path if path.suffix == ".model" else path.with_name(path.name + ".model")
+
+
+def train_tokenizer(
+    input_files: str | os.PathLike | Sequence[str | os.PathLike],
+    model_prefix_or_output_path: str | os.PathLike,
+    vocab_size: int,
+    character_coverage: float = 1.0,
+    model_type: str = "bpe",
+    **trainer_options: Any,
+) -> Path:
+    """Train a sentencepiece model on text files (one sentence per line) and write it atomically.
+
+    `trainer_options` are passed to `sentencepiece.SentencePieceTrainer.train` over DEFAULT_TRAINER_OPTIONS
+    (e.g. `input_sentence_size=2_000_000` to sample very large inputs). Returns the path of the `.model` file.
+    """
+    files = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
+    if not files:
+        raise ValueError("train_tokenizer: input_files is empty; pass one or more text files.")
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"train_tokenizer: input file {str(f)!r} does not exist.")
+    return train_tokenizer_from_lines(_lines_of(files), model_prefix_or_output_path, vocab_size,
+                                      character_coverage, model_type, **trainer_options)
+
+
+def train_tokenizer_from_lines(
+    lines: Iterable[str],
+    model_prefix_or_output_path: str | os.PathLike,
+    vocab_size: int,
+    character_coverage: float = 1.0,
+    model_type: str = "bpe",
+    **trainer_options: Any,
+) -> Path:
+    """`train_tokenizer` on lines of text held by the caller (e.g. one split of a corpus)."""
+    if not isinstance(vocab_size, int) or vocab_size <= len(DEFAULT_TRAINER_OPTIONS["user_defined_symbols"]) + 3:
+        raise ValueError(f"train_tokenizer: vocab_size={vocab_size!r} must be an integer > 4.")
+    out = tokenizer_output_path(model_prefix_or_output_path)
+    model = io.BytesIO()
+    options = {**DEFAULT_TRAINER_OPTIONS, **trainer_options}
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+            character_coverage=character_coverage, model_type=model_type, **options,
+        )
+    except RuntimeError as e:  # e.g. "Vocabulary size is too high": say which call and what to change
+        raise ValueError(f"train_tokenizer(vocab_size={vocab_size}, model_type={model_type!r}) failed: {e}") from e
+    atomic_write(out, lambda f: f.write(model.getvalue()))
+    return out
+
+
+def _lines_of(files: Sequence[str | os.PathLike]) -> Iterable[str]:
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace", newline="") as text:
+            for line in text:
+                yield line.rstrip("\n")  # a "\r" stays: it is a character the model will see

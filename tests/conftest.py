@@ -1,0 +1,54 @@
+"""Shared fixtures. Keep each one small and say who uses it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+
+from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, load_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes a token cache into the user's home: $TLAMA_CACHE_DIR points at a session temp dir."""
+    old = os.environ.get("TLAMA_CACHE_DIR")
+    os.environ["TLAMA_CACHE_DIR"] = str(tmp_path_factory.mktemp("token-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TLAMA_CACHE_DIR", None)
+    else:
+        os.environ["TLAMA_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def data_sp() -> spm.SentencePieceProcessor:
+    """The built-in Shakespeare BPE tokenizer (data tests)."""
+    return load_tokenizer(builtin_tokenizer_path())
+
+
+@pytest.fixture
+def data_text(tmp_path: Path) -> Path:
+    """A small text file: the first 20,000 characters of Tiny Shakespeare (data tests)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(builtin_corpus_path().read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_ids(data_sp: spm.SentencePieceProcessor) -> Callable[..., list[int]]:
+    """What the token cache must hold for `docs`: each line encoded on its own, EOS between documents."""
+
+    def ids(docs: list[str], sp: spm.SentencePieceProcessor = data_sp) -> list[int]:
+        out: list[int] = []
+        for i, doc in enumerate(docs):
+            if i > 0:
+                out.append(sp.eos_id())
+            for line in doc.splitlines(keepends=True):
+                out.extend(sp.encode(line))
+        return out
+
+    return ids

@@ -1,0 +1,159 @@
+"""The token cache: contents equal a reference encoding, built once, rebuilt when text or tokenizer change."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import warnings
+
+import numpy as np
+import pytest
+
+from tlama_core.data import builtin_tokenizer_path, load_tokenizer, train_tokenizer
+from tlama_core.data import cache as cache_module
+from tlama_core.data import text as text_module
+from tlama_core.data.cache import cached_tokens
+from tlama_core.data.sources import resolve_source
+from tlama_core.data.tokenizer import newline_is_a_boundary
+
+
+def ids_of(entry) -> np.ndarray:
+    return np.fromfile(entry.path, dtype=entry.dtype)
+
+
+def test_cache_holds_the_tokenizer_encoding_of_each_line(data_text, data_sp, reference_ids, tmp_path):
+    entry = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path / "cache")
+    text = data_text.read_text(encoding="utf-8")
+    assert ids_of(entry).tolist() == reference_ids([text])
+    assert data_sp.decode(ids_of(entry).tolist()) == text
+    assert entry.meta["text_chars"] == len(text)
+    assert entry.meta["num_tokens"] == len(ids_of(entry))
+    assert entry.dtype == np.uint16
+
+
+def test_cache_files_are_complete_and_no_temporary_is_left(data_text, tmp_path):
+    cache = tmp_path / "cache"
+    entry = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.path.name, entry.path.name + ".json"])
+    sidecar = json.loads((cache / (entry.path.name + ".json")).read_text())
+    assert sidecar["num_tokens"] * 2 == entry.path.stat().st_size
+
+
+def test_a_temporary_left_by_a_killed_build_is_removed(data_text, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "old-corpus-0123.bin.tmp").write_bytes(b"half written")
+    entry = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.path.name, entry.path.name + ".json"])
+
+
+def test_parallel_build_equals_serial_build(data_text, tmp_path, monkeypatch, reference_ids):
+    serial = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path / "serial")
+    monkeypatch.setattr(text_module, "PIECE_BYTES", 512)  # ~40 pieces, cut anywhere
+    monkeypatch.setattr(cache_module, "PARALLEL_MIN_BYTES", 0)
+    parallel = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path / "parallel", processes=2)
+    assert np.array_equal(ids_of(parallel), ids_of(serial))
+    assert parallel.meta["text_chars"] == serial.meta["text_chars"]
+
+
+FOREIGN_TOKENIZERS = {  # options a tokenizer made elsewhere may have: lines must then be encoded one by one
+    "sentencepiece-defaults": {"normalization_rule_name": "nmt_nfkc", "remove_extra_whitespaces": True,
+                               "add_dummy_prefix": True, "user_defined_symbols": []},
+    "llama-like": {"add_dummy_prefix": True, "user_defined_symbols": [], "byte_fallback": True},
+}
+
+
+@pytest.mark.parametrize("options", FOREIGN_TOKENIZERS.values(), ids=FOREIGN_TOKENIZERS.keys())
+def test_tokenizer_that_can_merge_across_lines_is_encoded_line_by_line(data_text, tmp_path, reference_ids, options):
+    tok = train_tokenizer(data_text, tmp_path / "other.model", vocab_size=400, **options)
+    sp = load_tokenizer(tok)
+    assert not newline_is_a_boundary(sp)
+    assert newline_is_a_boundary(load_tokenizer(builtin_tokenizer_path()))
+    entry = cached_tokens(resolve_source(data_text), tok, tmp_path / "cache")
+    assert ids_of(entry).tolist() == reference_ids([data_text.read_text(encoding="utf-8")], sp)
+
+
+def test_second_load_reuses_the_cache_without_tokenizing(data_text, tmp_path, monkeypatch):
+    first = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    mtime = first.path.stat().st_mtime_ns
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(cache_module, "build", no_encoding)
+    second = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    assert second.path == first.path and second.path.stat().st_mtime_ns == mtime
+
+
+def test_changed_text_makes_a_new_entry(data_text, tmp_path, data_sp):
+    first = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    data_text.write_text("Now is the winter of our discontent\n", encoding="utf-8")
+    second = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    assert second.path != first.path
+    assert data_sp.decode(ids_of(second).tolist()) == "Now is the winter of our discontent\n"
+
+
+def test_changed_tokenizer_makes_a_new_entry(data_text, tmp_path):
+    tok = train_tokenizer(data_text, tmp_path / "tok.model", vocab_size=300)
+    first = cached_tokens(resolve_source(data_text), tok, tmp_path / "cache")
+    train_tokenizer(data_text, tok, vocab_size=400)  # same path, new model
+    second = cached_tokens(resolve_source(data_text), tok, tmp_path / "cache")
+    assert second.path != first.path
+    assert second.meta["vocab_size"] == 400
+    expected = [i for line in data_text.read_text().splitlines(keepends=True) for i in load_tokenizer(tok).encode(line)]
+    assert ids_of(second).tolist() == expected
+
+
+def test_incomplete_entry_is_rebuilt(data_text, tmp_path):
+    entry = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    good = ids_of(entry)
+    entry.path.write_bytes(entry.path.read_bytes()[:100])  # e.g. a copy cut short
+    rebuilt = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    assert np.array_equal(ids_of(rebuilt), good)
+
+
+def test_ids_are_uint16_up_to_65536_pieces_and_uint32_beyond():
+    assert cache_module.ids_dtype(1024) == cache_module.ids_dtype(65536) == np.uint16
+    assert cache_module.ids_dtype(65537) == cache_module.ids_dtype(128_256) == np.uint32
+
+
+def test_uint32_cache_reads_back_the_same_ids(data_text, tmp_path, monkeypatch, reference_ids):
+    monkeypatch.setattr(cache_module, "ids_dtype", lambda vocab_size: np.dtype(np.uint32))  # as for a 128k vocab
+    entry = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    assert entry.dtype == np.uint32 and entry.path.stat().st_size == 4 * entry.meta["num_tokens"]
+    assert ids_of(entry).tolist() == reference_ids([data_text.read_text(encoding="utf-8")])
+
+
+def test_non_utf8_bytes_are_replaced_with_a_warning_naming_the_file(tmp_path, reference_ids):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Caf\u00e9 au lait\n".encode("latin-1") * 3)
+    with pytest.warns(UserWarning, match="latin1.txt"):
+        entry = cached_tokens(resolve_source(bad), builtin_tokenizer_path(), tmp_path / "cache")
+    assert ids_of(entry).tolist() == reference_ids(["Caf\ufffd au lait\n" * 3])
+    assert entry.meta["text_chars"] == len("Caf\ufffd au lait\n" * 3)
+
+
+def test_line_longer_than_the_scan_limit_is_cut_between_characters(tmp_path, monkeypatch):
+    monkeypatch.setattr(text_module, "PIECE_BYTES", 100)
+    monkeypatch.setattr(text_module, "MAX_SCAN_BYTES", 7)  # no newline within reach: cut at a character start
+    long_line = "d\u00e9j\u00e0 vu, \u00e9t\u00e9 " * 40 + "\n"  # 2-byte characters everywhere
+    path = tmp_path / "long.txt"
+    path.write_text(long_line * 3, encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a piece cut inside a character would decode to U+FFFD with a warning
+        entry = cached_tokens(resolve_source(path), builtin_tokenizer_path(), tmp_path / "cache")
+    assert entry.meta["text_chars"] == 3 * len(long_line)
+    assert len(text_module.pieces(text_module.segments((path,), None))) > 3
+
+
+def _build_in_child(args) -> str:
+    path, cache_dir = args
+    return str(cached_tokens(resolve_source(path), builtin_tokenizer_path(), cache_dir).path)
+
+
+def test_processes_building_the_same_entry_together_agree(data_text, tmp_path):
+    # e.g. DDP ranks that all create their loader at once: the lock makes one build, the others read it
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        paths = pool.map(_build_in_child, [(data_text, tmp_path / "cache")] * 3)
+    assert len(set(paths)) == 1
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".bin", ".json"]

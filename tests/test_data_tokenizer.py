@@ -1,0 +1,61 @@
+"""Tokenizer training and loading, and the built-in corpus it ships with."""
+
+from __future__ import annotations
+
+import pytest
+
+from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, load_tokenizer, train_tokenizer
+from tlama_core.data.corpus import BUILTIN_VOCAB_SIZE, build_builtin_tokenizer
+from tlama_core.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+
+def test_train_tokenizer_writes_a_model_with_the_documented_special_ids(data_text, tmp_path):
+    out = train_tokenizer(data_text, tmp_path / "tok", vocab_size=300)
+    assert out == tmp_path / "tok.model" and out.is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+    sp = load_tokenizer(out)
+    assert sp.get_piece_size() == 300
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (UNK_ID, BOS_ID, EOS_ID, PAD_ID) == (0, 1, 2, -1)
+
+
+def test_trained_tokenizer_is_lossless_on_its_text(data_text, tmp_path):
+    sp = load_tokenizer(train_tokenizer([data_text], tmp_path / "tok.model", vocab_size=400))
+    text = data_text.read_text(encoding="utf-8")
+    ids = [i for line in text.splitlines(keepends=True) for i in sp.encode(line)]
+    assert sp.decode(ids) == text  # newlines, indentation and line-initial words survive
+    assert sp.unk_id() not in ids
+
+
+def test_train_tokenizer_is_deterministic(data_text, tmp_path):
+    a = train_tokenizer(data_text, tmp_path / "a.model", vocab_size=300).read_bytes()
+    b = train_tokenizer(data_text, tmp_path / "b.model", vocab_size=300).read_bytes()
+    assert a == b
+
+
+def test_train_tokenizer_names_a_missing_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        train_tokenizer(tmp_path / "nope.txt", tmp_path / "tok", vocab_size=300)
+
+
+def test_train_tokenizer_rejects_a_vocab_too_large_for_the_text(data_text, tmp_path):
+    with pytest.raises(ValueError, match="vocab_size=100000"):
+        train_tokenizer(data_text, tmp_path / "tok", vocab_size=100_000)
+    assert not (tmp_path / "tok.model").exists()
+
+
+def test_load_tokenizer_names_the_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.model"):
+        load_tokenizer(tmp_path / "missing.model")
+
+
+def test_builtin_tokenizer_is_the_one_trained_on_the_train_split(tmp_path):
+    shipped = builtin_tokenizer_path()
+    assert shipped.name == f"shakespeare-bpe-{BUILTIN_VOCAB_SIZE}.model"
+    rebuilt = build_builtin_tokenizer(BUILTIN_VOCAB_SIZE, tmp_path / "rebuilt.model")
+    assert rebuilt.read_bytes() == shipped.read_bytes()
+    assert load_tokenizer(shipped).get_piece_size() == 1024
+
+
+def test_builtin_corpus_is_tiny_shakespeare():
+    text = builtin_corpus_path().read_text(encoding="utf-8")
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:\n")
