@@ -12,12 +12,12 @@ from tlama_core.training import Trainer, get_lr_scheduler
 from tlama_core.training.checkpointing import CheckpointError, find_last_checkpoint
 
 
-def make(root, model=None, **kw) -> Trainer:
+def make(root, model=None, loader=None, **kw) -> Trainer:
     defaults = dict(val_data_loader=ResumableLoader(8, 4, 16, seed=1), total_batch_size=128, log_steps=1,
                     validation_steps=3, checkpoint_steps=2, epochs=2, verbose=False,
                     scheduler=get_lr_scheduler(3e-3, 3e-4, 2, 10),
                     checkpoints_dir=str(root / "ckpt"), logs_dir=str(root / "logs"))
-    return Trainer(model or tiny_model(dropout=0.1), ResumableLoader(40, 4, 16), **{**defaults, **kw})
+    return Trainer(model or tiny_model(dropout=0.1), loader or ResumableLoader(40, 4, 16), **{**defaults, **kw})
 
 
 def rows(trainer) -> list[dict[str, str]]:
@@ -91,3 +91,27 @@ def test_checkpoint_of_another_shape_names_the_differing_field(uninterrupted, tm
     other = make(tmp_path, model=tiny_model(n_layers=3))
     with pytest.raises(CheckpointError, match="n_layers: checkpoint 2, model 3"):
         other.train(ckpt_path=str(root / "ckpt" / "step=00000004.ckpt"))
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("before, after", [((1, None), (2, None)), ((1, 3), (1, 5)), ((2, None), (3, None))])
+def test_raising_epochs_or_steps_on_resume_trains_on_as_one_longer_run(tmp_path, validate, before, after):
+    """A finished run resumed with more epochs or more steps per epoch continues as if planned so from the start."""
+    from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, create_dataloader
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(builtin_corpus_path().read_text()[:6000])
+
+    def run(root, epochs_steps, ckpt_path=None) -> Trainer:
+        def loader(seed):
+            return create_dataloader(corpus, builtin_tokenizer_path(), 4, 16, seed=seed, cache_dir=tmp_path / "c")
+        t = make(root, model=tiny_model(dropout=0.1, vocab_size=1024), loader=loader(0), epochs=epochs_steps[0],
+                 steps=epochs_steps[1], val_data_loader=loader(1) if validate else None)
+        t.train(ckpt_path=ckpt_path)
+        return t
+
+    longer = run(tmp_path / "long", after)
+    run(tmp_path / "short", before)
+    resumed = run(tmp_path / "short", after, ckpt_path="last")
+    assert (resumed.current_step, resumed.current_epoch) == (longer.current_step, longer.current_epoch)
+    assert [r["train_loss"] for r in rows(resumed)] == [r["train_loss"] for r in rows(longer)]

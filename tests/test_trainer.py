@@ -31,8 +31,8 @@ def read_csv(path) -> list[dict[str, str]]:
 # ---- documented defaults and attributes -------------------------------------------------------------------
 def test_documented_defaults_and_attributes_after_construction(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    loader = WindowLoader(8192, 32, 16)  # 512 tokens per micro-batch: the default 524288 -> 1024 steps of accum
-    t = Trainer(tiny_model(), loader, steps=2, verbose=False)
+    loader = WindowLoader(32 * 1024, 32, 16)  # 512 tokens per micro-batch: the default 524288 -> 1024 of accum
+    t = Trainer(tiny_model(), loader, verbose=False)
     assert t.grad_accum_steps == 524288 // 512
     assert (t.current_epoch, t.current_step, t.best_val_loss) == (0, 0, math.inf)
     assert t.device == torch.device("cpu") and t.device_type == "cpu"
@@ -42,6 +42,15 @@ def test_documented_defaults_and_attributes_after_construction(tmp_path, monkeyp
     decays = {g["weight_decay"] for g in t.optimizer.param_groups}
     assert decays == {0.1, 0.0}
     assert not (tmp_path / "logs").exists() and not (tmp_path / "checkpoints").exists()  # files are made lazily
+
+
+def test_a_lightning_module_brings_its_own_learning_rate_and_weight_decay(tmp_path):
+    from tlama_core.training import TlamaLightningModule
+
+    module = TlamaLightningModule(model=tiny_model(), learning_rate=1e-2, weight_decay=0.0)
+    t = make_trainer(tmp_path, model=module)
+    assert [g["weight_decay"] for g in t.optimizer.param_groups] == [0.0, 0.0]
+    assert t.optimizer.param_groups[0]["lr"] == 1e-2
 
 
 def test_weight_decay_only_on_matrices(tmp_path):
@@ -79,6 +88,25 @@ def test_accumulation_counts_every_process():
 def test_bad_parameters_fail_at_construction(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_trainer(tmp_path, **kwargs)
+
+
+def test_more_steps_than_the_loader_holds_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"steps=9 optimizer steps per epoch need 18 micro-batches.*gives 16"):
+        make_trainer(tmp_path, steps=9)
+
+
+def test_request_stop_from_a_hook_ends_the_run_at_that_step(tmp_path):
+    class StopAtThree:
+        def on_step_end(self, trainer, metrics):
+            if trainer.current_step == 3:
+                trainer.request_stop()
+
+    t = make_trainer(tmp_path, callbacks=[StopAtThree()], checkpoint_steps=100,
+                     val_data_loader=WindowLoader(8, 4, 16, seed=1))
+    result = t.train()
+    assert result["steps_completed"] == 3 and result["stopped_early"] and not result["interrupted"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best.ckpt", "step=00000003.ckpt"]
+    assert read_csv(t.log_file)[-1]["val_loss"] != ""  # the stopping step was validated
 
 
 def test_sequence_longer_than_model_names_both_numbers(tmp_path):

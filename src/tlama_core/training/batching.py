@@ -89,6 +89,12 @@ def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, 
     """Count a run in optimizer steps. An epoch holds whole steps only: a short last window is dropped
     (its loss would be divided by the full accumulation count)."""
     accum = grad_accum_steps(total_batch_size, batch_size * seq_length, world_size, gradient_accumulation)
+    if steps is not None and batches_per_epoch is not None and steps * accum > batches_per_epoch:
+        raise ValueError(
+            f"steps={steps} optimizer steps per epoch need {steps * accum} micro-batches, but train_data_loader "
+            f"gives {batches_per_epoch} per epoch ({batches_per_epoch // accum} steps); lower steps (or use "
+            "epochs), lower total_batch_size, or add data."
+        )
     if steps is None:
         if batches_per_epoch is None:
             raise ValueError("steps=None needs a train loader with a length; pass steps=N optimizer steps per epoch.")

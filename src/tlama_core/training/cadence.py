@@ -33,10 +33,11 @@ class StepCadence(Callback):
         self.csv_log = csv_log
         self.has_validation = has_validation
         self.best_val_loss = math.inf
-        self.stop_requested = False  # set by a SIGINT/SIGTERM handler: finish this step, checkpoint, stop
+        self.stop_requested = False  # finish this step, checkpoint it, stop
+        self.stop_reason: str | None = None  # "signal" (SIGINT/SIGTERM) or "request" (Trainer.request_stop)
         self.enabled = True  # off while `Trainer.train_step()` drives single steps
         self.progress: dict[str, float] = {}
-        self._pending_step: int | None = None
+        self._pending_step: int | None = None  # a step whose row and checkpoint wait for its validation
         self._window_tokens = 0
         self._window_seconds = 0.0
 
@@ -51,6 +52,10 @@ class StepCadence(Callback):
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step.
         if self.enabled and self.csv_log is not None and trainer.is_global_zero:
             self.csv_log.open(resume_step=trainer.global_step if trainer.ckpt_path else None)
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_requested = True
+        self.stop_reason = self.stop_reason or reason
 
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
@@ -67,22 +72,22 @@ class StepCadence(Callback):
         final = self.is_last_step(step) or self.stop_requested
         if final:
             trainer.should_stop = True  # Lightning then runs the validation check of this very batch
-        validates = self.has_validation and (step % self.validation_steps == 0 or self.is_last_step(step))
+        # Lightning validates at every validation step and when the run stops (should_stop): then finish later.
+        validates = self.has_validation and (step % self.validation_steps == 0 or final)
         if validates:
             self._pending_step = step  # finished in on_validation_end
         else:
-            self._finish_step(trainer, pl_module, val=None, final=final)
+            self._finish_step(trainer, pl_module, val=None)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self._pending_step != trainer.global_step:
             return
         self._pending_step = None
-        step = trainer.global_step
-        self._finish_step(trainer, pl_module, val=pl_module.last_val,
-                          final=self.is_last_step(step) or self.stop_requested)
+        self._finish_step(trainer, pl_module, val=pl_module.last_val)
 
-    def _finish_step(self, trainer, pl_module, val: dict[str, float] | None, final: bool) -> None:
+    def _finish_step(self, trainer, pl_module, val: dict[str, float] | None) -> None:
         step = trainer.global_step
+        final = self.is_last_step(step) or self.stop_requested
         rec = pl_module.last_step
         logs = step % self.log_steps == 0 or val is not None or final
         if logs or step % self.checkpoint_steps == 0:

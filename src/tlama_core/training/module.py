@@ -157,10 +157,18 @@ class TlamaLightningModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A checkpoint from an epoch's last batch says so (is_last_batch); when this run gives the epoch more
         # steps (a raised `steps`), Lightning would otherwise end the resumed epoch at once.
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        progress = fit_loop.get("epoch_loop.batch_progress")
         epoch_batches = self.plan.steps_per_epoch * self.plan.grad_accum if self.plan else 0
-        if progress and progress["current"]["completed"] < epoch_batches:
+        if progress and progress["current"]["processed"] < epoch_batches:
             progress["is_last_batch"] = False
+        elif progress:
+            # The epoch is over for this run's plan while the loader stopped inside its pass (`steps` below the
+            # loader's length): the next epoch starts a new pass, as it does in an uninterrupted run, where
+            # Lightning sets the new epoch before iterating; on resume it iterates first.
+            for state in fit_loop.get("state_dict", {}).get("combined_loader", []):
+                if isinstance(state, dict) and {"epoch", "batch"} <= set(state) and state["batch"] > 0:
+                    state["epoch"], state["batch"] = state["epoch"] + 1, 0
 
     def flops_per_token(self) -> int:
         return flops_per_token(self.config, self.plan.seq_length)

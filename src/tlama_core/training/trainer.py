@@ -146,7 +146,7 @@ class Trainer:
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
         self.device: torch.device = self._trainer.strategy.root_device
         if optimizer is None and not _shards_parameters(strategy):
-            module.optimizer = build_optimizer(self.model, learning_rate, weight_decay, self.device_type)
+            module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type)
         self.optimizer = module.optimizer
         self._stepper: L.Trainer | None = None
         self._trained = False
@@ -251,6 +251,12 @@ class Trainer:
             self._stepper.fit(self._module, train_dataloaders=self._step_loader)
         return step_metrics(self._module)
 
+    def request_stop(self) -> None:
+        """Stop `train()` after the current optimizer step (validated, logged and checkpointed); callable from
+        any hook, e.g. early stopping in `on_validate_end`. The result then says `stopped_early`."""
+        self._cadence.request_stop("request")
+        self._active().should_stop = True
+
     def train(self, ckpt_path: str | None = None) -> dict[str, Any]:
         """Run the whole training; `ckpt_path` (a file or "last") resumes exactly where that checkpoint stopped."""
         if self._stepper is not None:
@@ -277,7 +283,8 @@ class Trainer:
             "epochs_completed": self.current_epoch,
             "tokens": self.current_step * self.plan.tokens_per_step,
             "total_training_time": elapsed,
-            "interrupted": self._cadence.stop_requested,
+            "interrupted": self._cadence.stop_reason == "signal",
+            "stopped_early": self._cadence.stop_reason == "request",
         }
         self._summary_end(result)
         return result
@@ -301,7 +308,7 @@ class Trainer:
             return
 
         def request_stop(signum, frame) -> None:
-            self._cadence.stop_requested = True
+            self._cadence.request_stop("signal")
             # Lightning chains its own SIGTERM handler before this one (inside fit); its flag makes the loops
             # raise SIGTERMException, a silent exit 0 mid-step with no checkpoint. The cadence owns the stop.
             self._trainer._signal_connector.received_sigterm = False
@@ -324,7 +331,7 @@ class Trainer:
         print(f"  log: {self.log_file}  checkpoints: {self.checkpoints_dir}/" + (f"  resuming {ckpt}" if ckpt else ""))
 
     def _summary_end(self, result: dict[str, Any]) -> None:
-        if self.master_process and self._cadence.stop_requested:
+        if self.master_process and result["interrupted"]:
             print(f"tlama-core: interrupted; checkpoint of step {result['steps_completed']} saved in "
                   f"{self.checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
         if not (self.verbose and self.master_process):

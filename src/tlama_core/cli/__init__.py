@@ -1,0 +1,137 @@
+"""The `tlama` command: `fit` (a LightningCLI YAML run) and the small tools around a run.
+
+    tlama fit [--config run.yaml] [--key value ...]       train (tlama fit --help lists every key)
+    tlama generate --checkpoint PATH --prompt TEXT         sample text from a checkpoint
+    tlama tokenizer train --input FILES... --vocab_size N --output PATH
+    tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
+    tlama convert to-hf --checkpoint PATH --out DIR        a Hugging Face Llama directory
+    tlama convert from-hf --model DIR --out DIR            Hugging Face weights as our safetensors
+
+Each tool is a plain function (`generate`, `plot_log`, `convert_to_hf`, ...) that this module parses flags for;
+heavy imports (torch, Lightning) happen only inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jsonargparse import ArgumentParser, Namespace
+
+from tlama_core import __version__
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `tlama` console script; `argv` defaults to sys.argv[1:]."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fit"]:  # LightningCLI builds its own parser
+        from tlama_core.cli.fit import fit
+
+        fit(argv[1:])
+        return
+    parser, commands = build_parser()
+    cfg = parser.parse_args(argv)
+    path = [cfg.command]
+    while "subcommand" in cfg[".".join(path)]:
+        path.append(cfg[".".join(path)].subcommand)
+    sub_parser, run = commands[" ".join(path)]
+    try:
+        run(cfg[".".join(path)])
+    except (ValueError, FileNotFoundError, ImportError) as err:  # user errors, each naming the flag or file
+        sub_parser.error(str(err))
+
+
+def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Callable[[Namespace], Any]]]]:
+    """The `tlama` parser and, per command ("convert to-hf"), its own parser and the function that runs it."""
+    parser = ArgumentParser(prog="tlama", description="Pretrain Llama-style models: train, sample, convert.")
+    parser.add_argument("--version", action="version", version=f"tlama-core {__version__}")
+    commands = parser.add_subcommands(dest="command")
+    runs: dict[str, tuple[ArgumentParser, Callable[[Namespace], Any]]] = {}
+
+    def add(name: str, group: Any, sub: ArgumentParser, help: str, run: Callable[[Namespace], Any] | None) -> None:
+        group.add_subcommand(name.split()[-1], sub, help=help)
+        if run is not None:
+            runs[name] = (sub, run)
+
+    fit = ArgumentParser(description="Train a model: `tlama fit --help` lists every key of its YAML.")
+    add("fit", commands, fit, "Train a model from a YAML config and flags (LightningCLI).", None)
+
+    gen = ArgumentParser(description="Continue a prompt with a trained model and print the text.")
+    gen.add_argument("--checkpoint", type=str, required=True,
+                     help="A .ckpt file, or a checkpoints directory (its newest step checkpoint).")
+    gen.add_argument("--prompt", type=str, required=True, help="Text to continue.")
+    gen.add_argument("--max_new_tokens", type=int, default=200, help="Tokens to sample after the prompt.")
+    gen.add_argument("--temperature", type=float, default=0.8, help="Sampling temperature; 0: greedy.")
+    gen.add_argument("--top_k", type=int | None, default=50, help="Sample among the k likeliest tokens; null: all.")
+    gen.add_argument("--tokenizer", type=str | None, default=None,
+                     help="Sentencepiece .model; default: the run's (its config.yaml), else the built-in one.")
+    gen.add_argument("--seed", type=int | None, default=None, help="Seed for repeatable samples.")
+    gen.add_argument("--device", type=str, default="auto", help="cpu, cuda, ...; auto: cuda if available.")
+    add("generate", commands, gen, "Sample text from a checkpoint.", _generate)
+
+    tok = ArgumentParser(description="Sentencepiece tokenizers.")
+    add("tokenizer", commands, tok, "Train a tokenizer.", None)
+    tok_commands = tok.add_subcommands(dest="subcommand")
+    tok_train = ArgumentParser(description="Train a sentencepiece BPE tokenizer on text files.")
+    tok_train.add_argument("--input", type=str, nargs="+", required=True, help="Text files (one sentence per line).")
+    tok_train.add_argument("--vocab_size", type=int, required=True, help="Pieces in the vocabulary.")
+    tok_train.add_argument("--output", type=str, required=True, help="The .model file to write (or its prefix).")
+    tok_train.add_argument("--model_type", type=str, default="bpe", help="bpe, unigram, char or word.")
+    tok_train.add_argument("--character_coverage", type=float, default=1.0,
+                           help="Share of characters the vocabulary covers (rarer ones become unk).")
+    add("tokenizer train", tok_commands, tok_train, "Train a sentencepiece tokenizer.", _tokenizer_train)
+
+    plot = ArgumentParser(description="Plot train/validation loss and learning rate of a run's CSV log.")
+    plot.add_argument("log", type=str, help="The run's CSV log (logs_dir/train_log.csv).")
+    plot.add_argument("-o", "--output", type=str | None, default=None,
+                      help="PNG file to write; default: beside the log, with the .png suffix.")
+    add("plot", commands, plot, "Plot a run's loss and learning rate (needs matplotlib).", _plot)
+
+    conv = ArgumentParser(description="Convert weights to and from Hugging Face Llama directories.")
+    add("convert", commands, conv, "Convert weights to or from Hugging Face.", None)
+    conv_commands = conv.add_subcommands(dest="subcommand")
+    to_hf = ArgumentParser(description="Write a checkpoint's model as a Hugging Face Llama directory.")
+    to_hf.add_argument("--checkpoint", type=str, required=True, help="A .ckpt file or a checkpoints directory.")
+    to_hf.add_argument("--out", type=str, required=True, help="Output directory.")
+    to_hf.add_argument("--tokenizer", type=str | None, default=None,
+                       help="Sentencepiece .model to include; default: the run's, else the built-in one.")
+    add("convert to-hf", conv_commands, to_hf, "Checkpoint -> Hugging Face Llama directory.", _to_hf)
+    from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory.")
+    from_hf.add_argument("--model", type=str, required=True, help="Hugging Face Llama directory (safetensors).")
+    from_hf.add_argument("--out", type=str, required=True, help="Output directory.")
+    add("convert from-hf", conv_commands, from_hf, "Hugging Face Llama directory -> our safetensors.", _from_hf)
+    return parser, runs
+
+
+def _generate(cfg: Namespace) -> None:
+    from tlama_core.cli.generate import generate
+
+    print(generate(cfg.checkpoint, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.tokenizer,
+                   cfg.seed, cfg.device))
+
+
+def _tokenizer_train(cfg: Namespace) -> None:
+    from tlama_core.data import train_tokenizer
+
+    path = train_tokenizer(cfg.input, cfg.output, cfg.vocab_size, character_coverage=cfg.character_coverage,
+                           model_type=cfg.model_type)
+    print(f"tokenizer written to {path}")
+
+
+def _plot(cfg: Namespace) -> None:
+    from tlama_core.cli.plot import plot_log
+
+    print(f"plot written to {plot_log(cfg.log, cfg.output)}")
+
+
+def _to_hf(cfg: Namespace) -> None:
+    from tlama_core.cli.convert import convert_to_hf
+
+    print(f"Hugging Face Llama directory written to {convert_to_hf(cfg.checkpoint, cfg.out, cfg.tokenizer)}")
+
+
+def _from_hf(cfg: Namespace) -> None:
+    from tlama_core.cli.convert import convert_from_hf
+
+    print(f"safetensors directory written to {convert_from_hf(cfg.model, cfg.out)}")

@@ -1,0 +1,210 @@
+"""`tlama fit`: a LightningCLI run of TlamaLightningModule and TlamaDataModule, executed by the `Trainer` facade.
+
+The YAML has three sections: `model:` (TlamaLightningModule: the TlamaConfig, learning rate, weight decay and
+LRSchedule), `data:` (TlamaDataModule) and `trainer:` (the facade's own parameters, under the same names, see
+`RunSettings`). LightningCLI parses, validates and instantiates; the facade then translates and trains, so a YAML
+run and a Python run with the same values write the same CSV log and checkpoints and reach the same losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from tlama_core import __version__
+from tlama_core.atomic import atomic_write
+from tlama_core.data import TlamaDataModule
+from tlama_core.training import TlamaLightningModule, Trainer
+from tlama_core.training.checkpointing import CheckpointError
+
+CONFIG_NAME = "config.yaml"  # written into trainer.checkpoints_dir by every run
+
+
+@dataclass
+class RunSettings:
+    """The `trainer:` section: the Trainer facade's run parameters, with the same names and defaults.
+
+    The model, its optimisation (learning rate, weight decay, schedule) and the data are the `model:` and
+    `data:` sections.
+
+    Args:
+        total_batch_size: Tokens per optimizer step on all devices; turned into gradient accumulation steps
+            (floor division, with a warning when it is not a multiple of one micro-batch).
+        gradient_accumulation: Accumulate gradients to reach total_batch_size (false: one micro-batch per step).
+        epochs: Passes over the training data.
+        steps: Optimizer steps per epoch; null: as many as the training data holds.
+        validation_steps: Validate every N optimizer steps (and at the end of the run).
+        checkpoint_steps: Save `checkpoints_dir/step=NNNNNNNN.ckpt` every N optimizer steps (and at the end).
+        log_steps: Append a row to `logs_dir/train_log.csv` every N optimizer steps.
+        gradient_clip_val: Clip the gradient norm to this value (0: no clipping).
+        use_mixed_precision: bf16 autocast on CUDA devices (CPUs always train in fp32).
+        checkpoints_dir: Directory of the checkpoints, `best.ckpt` and this run's `config.yaml`.
+        logs_dir: Directory of `train_log.csv`.
+        seed: Seeds Python, NumPy and torch before the model is built, so a run is reproducible.
+        verbose: Print the run summary and a progress bar.
+        callbacks: Objects with any of the Trainer's hook methods (on_step_end, on_validate_end, ...), given
+            as `{class_path: package.module.Class, init_args: {...}}`.
+        master_process: Whether this process writes logs and checkpoints (false on non-zero ranks).
+        compile: torch.compile the model.
+        activation_checkpointing: Recompute each block in the backward pass instead of storing its activations
+            (less memory for long sequences, ~30% more compute).
+        validation_batches: Validate on the first N validation batches only; null: all of them.
+        accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps.
+        devices: Devices per node: auto, a count, or a list of device indices.
+        num_nodes: Machines taking part in the run.
+        strategy: Lightning strategy: auto, ddp, fsdp, ...
+        trainer_kwargs: Any other `lightning.Trainer` keyword arguments.
+    """
+
+    total_batch_size: int = 524288
+    gradient_accumulation: bool = True
+    epochs: int = 1
+    steps: int | None = None
+    validation_steps: int = 250
+    checkpoint_steps: int = 5000
+    log_steps: int = 10
+    gradient_clip_val: float = 1.0
+    use_mixed_precision: bool = True
+    checkpoints_dir: str = "checkpoints"
+    logs_dir: str = "logs"
+    seed: int = 1337
+    verbose: bool = True
+    callbacks: list[object] | None = None
+    master_process: bool = True
+    compile: bool = False
+    activation_checkpointing: bool = False
+    validation_batches: int | None = None
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    trainer_kwargs: dict[str, Any] | None = None
+
+
+# What `tlama fit` trains when the YAML leaves a key out: the run of configs/shakespeare-cpu.yaml (a ~3.7M
+# parameter model on the built-in corpus, ~5 minutes on 2 CPU cores). tests/test_cli.py keeps the two equal.
+BUILTIN_RUN: dict[str, Any] = {
+    "model.config": {"vocab_size": 1024, "d_model": 256, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4,
+                     "max_seq_len": 256, "multiple_of": 64, "max_batch_size": 8},
+    "model.learning_rate": 1e-3,
+    "model.weight_decay": 0.1,
+    "model.scheduler": {"max_lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 30, "max_steps": 336,
+                        "decay_type": "cosine"},
+    "data.batch_size": 16,
+    "data.seq_length": 256,
+    "trainer.total_batch_size": 8192,
+    "trainer.epochs": 7,
+    "trainer.validation_steps": 100,
+    "trainer.validation_batches": 20,
+    "trainer.checkpoint_steps": 250,
+    "trainer.log_steps": 10,
+}
+
+
+class TlamaCLI(LightningCLI):
+    """LightningCLI over TlamaLightningModule and TlamaDataModule whose `trainer:` section is the facade's.
+
+    `TlamaCLI(args)` parses and builds everything (model, data, `Trainer` facade) without training; `run()` saves
+    the resolved config next to the checkpoints and trains. Errors in the YAML or the flags, and values the
+    classes reject when they are built, end the program with jsonargparse's message and exit code 2.
+    """
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        with warnings.catch_warnings():  # `args` given while sys.argv holds `tlama fit ...`: intended here
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().__init__(
+                TlamaLightningModule, TlamaDataModule, save_config_callback=None, args=args, run=False,
+                auto_configure_optimizers=False, load_from_checkpoint_support=False,
+                parser_kwargs={"prog": "tlama fit", "description": "Train a Tlama model (a LightningCLI run).",
+                               "dump_header": [f"tlama-core {__version__}: tlama fit --config THIS_FILE"]},
+            )
+
+    # ---- parser ---------------------------------------------------------------------------------------
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunSettings, "trainer", sub_configs=True)
+        # `model` and `optimizer` are the facade's way in (an existing Transformer / optimizer): not YAML keys.
+        parser.add_class_arguments(TlamaLightningModule, "model", skip={"model", "optimizer"}, sub_configs=True)
+        parser.add_lightning_class_args(TlamaDataModule, "data")
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help='Resume from this checkpoint file, or "last": the newest in trainer.checkpoints_dir.')
+        # LightningCLI seeds with `seed_everything` before it builds the model: make that trainer.seed.
+        parser.link_arguments("trainer.seed", "seed_everything")
+        parser.set_defaults(BUILTIN_RUN)
+
+    # ---- building -------------------------------------------------------------------------------------
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as err:  # raised by the classes, naming the parameter and value
+            if os.environ.get("JSONARGPARSE_DEBUG"):
+                raise
+            self.parser.error(str(err))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        settings: RunSettings = self.config_init.trainer
+        values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+        values["callbacks"] = [self._callback(entry, i) for i, entry in enumerate(settings.callbacks or [])]
+        ckpt_path = self.config.ckpt_path
+        if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
+            self.parser.error(f'Parser key "ckpt_path": no checkpoint file {ckpt_path!r} (or give "last").')
+        data: TlamaDataModule = self.datamodule
+        return Trainer(model=self.model, train_data_loader=data.train_dataloader(),
+                       val_data_loader=data.val_dataloader(), **values, **kwargs)
+
+    def _callback(self, entry: Any, index: int) -> Any:
+        """jsonargparse builds `{class_path, init_args}` entries; one it could not build is still a dict (or a
+        bare class path, a str): build it here so the error says what is wrong."""
+        if isinstance(entry, str):
+            entry = {"class_path": entry}
+        if not (isinstance(entry, dict) and "class_path" in entry):
+            return entry
+        key, path = f'Parser key "trainer.callbacks[{index}]"', entry["class_path"]
+        module_name, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError) as err:
+            self.parser.error(f"{key}: cannot import {path!r} ({err}).")
+        try:
+            return cls(**entry.get("init_args", {}))
+        except TypeError as err:
+            self.parser.error(f"{key}: {path}({entry.get('init_args', {})}) failed: {err}.")
+
+    # ---- running --------------------------------------------------------------------------------------
+    def save_config(self) -> Path | None:
+        """Write the resolved configuration to `checkpoints_dir/config.yaml` (master process only, atomically).
+
+        `ckpt_path` is left out: the file describes the run, and `tlama fit --config` on it starts that run again.
+        """
+        if not self.trainer.master_process:
+            return None
+        config = self.config.clone()
+        config.ckpt_path = None
+        text = self.parser.dump(config, skip_unset=False)
+        path = self.trainer.checkpoints_dir / CONFIG_NAME
+        atomic_write(path, lambda f: f.write(text.encode()))
+        return path
+
+    def run(self) -> dict[str, Any]:
+        """Save the config, train (resuming from `--ckpt_path`) and return the facade's result dict."""
+        self.save_config()
+        try:
+            result = self.trainer.train(ckpt_path=self.config.ckpt_path)
+        except CheckpointError as err:  # a checkpoint of another model, or a corrupt file: named in the message
+            self.parser.error(str(err))
+        if self.trainer.verbose and self.trainer.master_process:
+            print(f'Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "ROMEO:"')
+        return result
+
+
+def fit(args: list[str] | None = None) -> dict[str, Any]:
+    """`tlama fit ARGS`: parse, build, train; returns the `Trainer.train()` result."""
+    return TlamaCLI(args).run()

@@ -1,0 +1,207 @@
+"""`tlama fit`: a YAML run is the facade run, writes its config, resumes, and reports bad keys like jsonargparse."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tlama_core.cli import main
+from tlama_core.cli.fit import RunSettings
+from tlama_core.data import TlamaDataModule
+from tlama_core.models import TlamaConfig
+from tlama_core.training import TlamaLightningModule, Trainer, get_lr_scheduler
+from tlama_core.training.csv_log import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A run of a few seconds: a 2-layer, 32-wide model, 4 x 32-token micro-batches, 2 accumulated per step.
+TINY_RUN = {
+    "trainer": {"total_batch_size": 256, "steps": 4, "epochs": 1, "validation_steps": 2, "validation_batches": 2,
+                "checkpoint_steps": 2, "log_steps": 1, "seed": 7, "verbose": False},
+    "model": {"config": {"vocab_size": 1024, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                         "max_seq_len": 32, "multiple_of": 32},
+              "learning_rate": 1e-3, "weight_decay": 0.05,
+              "scheduler": {"max_lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 1, "max_steps": 4}},
+    "data": {"batch_size": 4, "seq_length": 32},
+}
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def losses(log: str | Path) -> list[tuple[str, ...]]:
+    return [(r["step"], r["train_loss"], r["learning_rate"], r["grad_norm"], r["val_loss"]) for r in read_rows(log)]
+
+
+def test_run_settings_are_the_trainer_parameters_with_their_defaults():
+    trainer = inspect.signature(Trainer.__init__).parameters
+    not_run_settings = {"self", "model", "train_data_loader", "val_data_loader", "optimizer", "scheduler",
+                        "learning_rate", "weight_decay"}
+    fields = {f.name: f.default for f in dataclasses.fields(RunSettings)}
+    assert set(fields) == set(trainer) - not_run_settings
+    assert fields == {name: trainer[name].default for name in fields}
+
+
+def test_print_config_without_a_config_is_the_shakespeare_cpu_run(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--print_config"])
+    assert exit_.value.code == 0
+    default = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs/shakespeare-cpu.yaml"), "--print_config"])
+    assert capsys.readouterr().out == default, (
+        "configs/shakespeare-cpu.yaml and tlama_core.cli.fit.BUILTIN_RUN differ: `tlama fit` without a config "
+        "must train what the YAML says; change both together.")
+    config = yaml.safe_load(default)
+    assert set(config) == {"trainer", "model", "data", "ckpt_path"}
+    assert set(config["trainer"]) == {f.name for f in dataclasses.fields(RunSettings)}
+    assert set(config["model"]["config"]) == {f.name for f in dataclasses.fields(TlamaConfig)}
+    assert config["data"]["train_path"] is None and config["data"]["tokenizer_path"] is None  # built-in corpus
+
+
+def test_fit_writes_the_log_the_checkpoints_and_a_config_that_round_trips(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN))])
+    assert [r[0] for r in losses("logs/train_log.csv")] == ["1", "2", "3", "4"]
+    assert sorted(p.name for p in Path("checkpoints").iterdir()) == [
+        "best.ckpt", "config.yaml", "step=00000002.ckpt", "step=00000004.ckpt"]
+    saved = yaml.safe_load(Path("checkpoints/config.yaml").read_text())
+    assert saved["trainer"]["steps"] == 4 and saved["model"]["config"]["d_model"] == 32
+    assert saved["ckpt_path"] is None
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "checkpoints/config.yaml", "--print_config"])
+    assert capsys.readouterr().out == Path("checkpoints/config.yaml").read_text()
+
+
+def test_yaml_run_and_hand_built_facade_run_reach_the_same_losses(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)),
+          "--trainer.checkpoints_dir", "cli/checkpoints", "--trainer.logs_dir", "cli/logs"])
+
+    run, model = TINY_RUN["trainer"], TINY_RUN["model"]
+    torch.manual_seed(run["seed"])
+    module = TlamaLightningModule(TlamaConfig(**model["config"]), learning_rate=model["learning_rate"],
+                                  weight_decay=model["weight_decay"], scheduler=get_lr_scheduler(**model["scheduler"]))
+    data = TlamaDataModule(**TINY_RUN["data"])
+    Trainer(model=module, train_data_loader=data.train_dataloader(), val_data_loader=data.val_dataloader(),
+            checkpoints_dir="py/checkpoints", logs_dir="py/logs", **run).train()
+
+    assert losses("cli/logs/train_log.csv") == losses("py/logs/train_log.csv")
+    assert len(losses("py/logs/train_log.csv")) == 4
+
+
+def test_ckpt_path_last_resumes_after_the_newest_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = str(write_yaml(tmp_path / "run.yaml", TINY_RUN))
+    main(["fit", "--config", config])
+    uninterrupted = losses("logs/train_log.csv")
+    # As if the run had been killed before saving step 4; the resumed run drops the log rows after step 2 itself.
+    Path("checkpoints/step=00000004.ckpt").unlink()
+    main(["fit", "--config", config, "--ckpt_path", "last", "--trainer.verbose", "true"])
+    assert "resuming checkpoints/step=00000002.ckpt" in capsys.readouterr().out
+    assert losses("logs/train_log.csv") == uninterrupted
+    assert Path("checkpoints/step=00000004.ckpt").is_file()
+
+
+def test_unknown_key_in_flags_or_yaml_exits_2_naming_the_key(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--trainer.epochz", "3"])
+    assert exit_.value.code == 2
+    assert "epochz" in capsys.readouterr().err
+
+    bad = write_yaml(tmp_path / "bad.yaml", {"model": {"config": {"d_modl": 64}}})
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(bad)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.config" in err and "d_modl" in err
+
+
+def test_value_of_the_wrong_type_exits_2_naming_the_key(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--trainer.steps", "many"])
+    assert exit_.value.code == 2
+    assert 'Parser key "trainer.steps"' in capsys.readouterr().err
+
+
+def test_value_a_class_rejects_exits_2_with_its_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--model.config.d_model", "30", "--model.config.n_heads", "4"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "d_model=30" in err and "n_heads=4" in err and "Traceback" not in err
+    assert not Path("checkpoints").exists()
+
+
+class StepFile:
+    """A spec-style callback (no base class) that appends each finished step to a JSON-lines file."""
+
+    def __init__(self, path: str, tag: str = "") -> None:
+        self.path, self.tag = path, tag
+
+    def on_step_end(self, trainer, metrics) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"tag": self.tag, "step": trainer.current_step, "loss": metrics["train_loss"]}) + "\n")
+
+
+def test_callbacks_given_in_yaml_are_built_and_called(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    callbacks = [{"class_path": f"{__name__}.StepFile", "init_args": {"path": "steps.jsonl", "tag": "yaml"}}]
+    run = {**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "callbacks": callbacks}}
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run))])
+    lines = [json.loads(line) for line in Path("steps.jsonl").read_text().splitlines()]
+    assert [(x["tag"], x["step"]) for x in lines] == [("yaml", 1), ("yaml", 2), ("yaml", 3), ("yaml", 4)]
+    assert yaml.safe_load(Path("checkpoints/config.yaml").read_text())["trainer"]["callbacks"] == callbacks
+
+
+def test_callback_that_cannot_be_imported_exits_2_naming_its_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = {**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "callbacks": [{"class_path": f"{__name__}.Nope"}]}}
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run))])
+    assert exit_.value.code == 2
+    assert "trainer.callbacks[0]" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_file_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), "--ckpt_path", "nope.ckpt"])
+    assert exit_.value.code == 2
+    assert "nope.ckpt" in capsys.readouterr().err
+
+
+# The GPU presets: their keys parse, and the same file trains on a CPU once shrunk by flags.
+SHRINK = ["--model.config.vocab_size", "1024", "--model.config.d_model", "32", "--model.config.n_layers", "2",
+          "--model.config.n_heads", "4", "--model.config.n_kv_heads", "2", "--model.config.ffn_hidden_size", "64",
+          "--model.config.max_seq_len", "32", "--model.scheduler.warmup_steps", "1", "--model.scheduler.max_steps",
+          "2", "--data.train_path", "null", "--data.tokenizer_path", "null", "--data.batch_size", "2",
+          "--data.seq_length", "32", "--data.num_workers", "0", "--trainer.total_batch_size", "128",
+          "--trainer.steps", "2", "--trainer.validation_batches", "1", "--trainer.compile", "false",
+          "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+          "--trainer.log_steps", "1", "--trainer.checkpoints_dir", "checkpoints", "--trainer.logs_dir", "logs",
+          "--trainer.verbose", "false"]
+
+
+@pytest.mark.parametrize("preset", ["gpt2-small-gpu", "llama-1b-fsdp"])
+def test_gpu_preset_parses_and_trains_on_cpu_when_shrunk(preset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs" / f"{preset}.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", config, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["use_mixed_precision"] is True
+    main(["fit", "--config", config, *SHRINK])
+    assert [r[0] for r in losses("logs/train_log.csv")] == ["1", "2"]
+    saved = yaml.safe_load(Path("checkpoints/config.yaml").read_text())
+    assert saved["model"]["config"]["d_model"] == 32 and saved["trainer"]["strategy"] == "auto"

@@ -1,0 +1,139 @@
+"""The small `tlama` commands around a run: generate, tokenizer train, plot, convert, and the console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tlama_core.cli import main
+from tlama_core.cli.generate import resolve_tokenizer
+from tlama_core.data import builtin_tokenizer_path, load_tokenizer
+from tlama_core.models import Transformer
+
+TINY = ["--model.config.d_model", "32", "--model.config.n_layers", "2", "--model.config.n_heads", "4",
+        "--model.config.n_kv_heads", "2", "--model.config.max_seq_len", "64", "--model.scheduler.warmup_steps", "1",
+        "--model.scheduler.max_steps", "4", "--data.batch_size", "4", "--data.seq_length", "32",
+        "--trainer.total_batch_size", "256", "--trainer.steps", "4", "--trainer.epochs", "1",
+        "--trainer.validation_steps", "2", "--trainer.validation_batches", "2", "--trainer.checkpoint_steps", "2",
+        "--trainer.log_steps", "1", "--trainer.verbose", "false"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A finished 4-step run: RUN/checkpoints (step 2, step 4, best, config.yaml) and RUN/logs/train_log.csv."""
+    root = tmp_path_factory.mktemp("run")
+    main(["fit", *TINY, "--trainer.checkpoints_dir", str(root / "checkpoints"),
+          "--trainer.logs_dir", str(root / "logs")])
+    return root
+
+
+def test_generate_prints_the_prompt_and_the_requested_number_of_tokens(run, capsys):
+    main(["generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:", "--max_new_tokens", "12",
+          "--temperature", "0"])
+    printed = capsys.readouterr().out
+
+    sp = load_tokenizer(builtin_tokenizer_path())
+    model = Transformer.from_checkpoint(run / "checkpoints" / "step=00000004.ckpt")  # the directory's newest
+    prompt = sp.encode("ROMEO:")
+    ids = model.generate(torch.tensor([prompt]), max_new_tokens=12, temperature=0)[0].tolist()
+    assert len(ids) == len(prompt) + 12
+    assert printed == sp.decode(ids) + "\n"
+    assert printed.startswith("ROMEO:")
+
+
+def test_generate_with_a_seed_repeats_its_sample(run, capsys):
+    args = ["generate", "--checkpoint", str(run / "checkpoints" / "step=00000002.ckpt"), "--prompt", "KING",
+            "--max_new_tokens", "20", "--seed", "3"]
+    main(args)
+    first = capsys.readouterr().out
+    main(args)
+    assert capsys.readouterr().out == first
+
+
+def test_generate_past_max_seq_len_exits_2_with_the_model_message(run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:", "--max_new_tokens", "500"])
+    assert exit_.value.code == 2
+    assert "max_seq_len=64" in capsys.readouterr().err
+
+
+def test_generate_without_a_checkpoint_exits_2_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x"])
+    assert exit_.value.code == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_tokenizer_defaults_to_the_one_the_run_used(tmp_path):
+    ckpt = tmp_path / "step=00000001.ckpt"
+    assert resolve_tokenizer(ckpt) == builtin_tokenizer_path()  # no config.yaml: the built-in one
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"tokenizer_path": None}}))
+    assert resolve_tokenizer(ckpt) == builtin_tokenizer_path()  # the run used the built-in one
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"tokenizer_path": "my.model"}}))
+    assert resolve_tokenizer(ckpt) == Path("my.model")
+    assert resolve_tokenizer(ckpt, "given.model") == Path("given.model")
+
+
+def test_tokenizer_train_writes_a_model_of_the_requested_size(data_text, tmp_path, capsys):
+    second = tmp_path / "more.txt"
+    second.write_text("To be, or not to be, that is the question.\n" * 50)
+    out = tmp_path / "tok" / "small.model"
+    main(["tokenizer", "train", "--input", str(data_text), str(second), "--vocab_size", "300", "--output", str(out)])
+    assert str(out) in capsys.readouterr().out
+    sp = load_tokenizer(out)
+    assert sp.get_piece_size() == 300
+    assert sp.decode(sp.encode("To be, or not to be")) == "To be, or not to be"
+
+
+def test_plot_writes_a_png_beside_the_log(run, capsys):
+    main(["plot", str(run / "logs" / "train_log.csv")])
+    png = run / "logs" / "train_log.png"
+    assert str(png) in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_to_a_named_file(run, tmp_path):
+    main(["plot", str(run / "logs" / "train_log.csv"), "-o", str(tmp_path / "loss.png")])
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(run, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", str(run / "logs" / "train_log.csv")])
+    assert exit_.value.code == 2
+    assert 'pip install "tlama-core[plot]"' in capsys.readouterr().err
+
+
+def test_plot_of_a_missing_log_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", str(tmp_path / "nope.csv")])
+    assert exit_.value.code == 2
+    assert "nope.csv" in capsys.readouterr().err
+
+
+def test_convert_to_hf_and_back_keeps_the_model(run, tmp_path):
+    main(["convert", "to-hf", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "hf")])
+    assert {p.name for p in (tmp_path / "hf").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.model"}
+    main(["convert", "from-hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")])
+
+    original = Transformer.from_checkpoint(run / "checkpoints" / "step=00000004.ckpt")
+    converted = Transformer.from_safetensors(tmp_path / "ours")
+    tokens = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(converted(tokens)[0], original(tokens)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_console_script_runs_generate(run):
+    script = Path(sys.executable).with_name("tlama")
+    assert script.is_file(), "the `tlama` console script is missing: pip install -e ."
+    done = subprocess.run([str(script), "generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:",
+                           "--max_new_tokens", "5", "--seed", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ROMEO:")
