@@ -66,3 +66,30 @@ def test_ddp_run_resumes_from_its_checkpoint(tmp_path):
     run(tmp_path / "cut", 2, micro * 4, "4")
     run(tmp_path / "cut", 2, micro * 4, "6", "--resume")
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_tlama_fit_with_two_devices(tmp_path):
+    """The same DDP run from the command line: one CSV, one set of checkpoints, the run's config beside them."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(Path(builtin_corpus_path()).read_text()[:40_000])
+    tlama = Path(sys.executable).with_name("tlama")
+    flags = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+             "--trainer.total_batch_size", "256", "--trainer.epochs", "1", "--trainer.steps", "4",
+             "--trainer.validation_steps", "2", "--trainer.validation_batches", "2", "--trainer.checkpoint_steps", "2",
+             "--trainer.verbose", "false", "--data.train_path", str(corpus), "--data.batch_size", "2",
+             "--data.seq_length", "32", "--data.cache_dir", str(tmp_path / "cache"),
+             "--model.config.d_model", "32", "--model.config.n_layers", "2", "--model.config.n_heads", "4",
+             "--model.config.n_kv_heads", "2", "--model.config.max_seq_len", "32",
+             "--model.scheduler.warmup_steps", "1", "--model.scheduler.max_steps", "4"]
+    done = subprocess.run([str(tlama), "fit", *flags], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["train_log.csv"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "best.ckpt", "config.yaml", "step=00000002.ckpt", "step=00000004.ckpt"]
+    with open(tmp_path / "logs" / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]  # validation steps (log_steps defaults to 10)
+    # tokens/s counts both processes: twice the per-device figure
+    assert float(rows[-1]["tokens_per_sec"]) == pytest.approx(2 * float(rows[-1]["tokens_per_sec_per_device"]))
