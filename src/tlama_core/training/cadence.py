@@ -94,8 +94,9 @@ class StepCadence(Callback):
             # The mean over processes (every rank reaches this point at the same step): the one sync of a step.
             rec.loss = trainer.strategy.reduce(rec.loss, reduce_op="mean")
             loss = float(rec.loss)
-            if not math.isfinite(loss) or pl_module.first_bad_step is not None:
-                bad = pl_module.first_bad_step or step
+            first_bad = int(pl_module.first_bad_step)
+            if not math.isfinite(loss) or first_bad:
+                bad = first_bad or step
                 raise FloatingPointError(
                     f"training loss became non-finite at step {bad}; stopped without saving a checkpoint. Resume "
                     "from the last checkpoint with a lower learning_rate or gradient_clip_val."

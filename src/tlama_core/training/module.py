@@ -71,7 +71,9 @@ class TlamaLightningModule(L.LightningModule):
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
-        self.first_bad_step: int | None = None
+        # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
+        # would synchronise the device; the cadence reads it at logged and checkpointed steps.
+        self.first_bad_step = torch.zeros((), dtype=torch.long)
         self._reset_step_accumulators()
 
     @property
@@ -128,8 +130,10 @@ class TlamaLightningModule(L.LightningModule):
         step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
         self.last_step = StepRecord(step, loss, lr, self._grad_norm,
                                     time.perf_counter() - self._step_started, self.plan.tokens_per_step)
-        if self.first_bad_step is None and not bool(torch.isfinite(loss)):
-            self.first_bad_step = step
+        if self.first_bad_step.device != loss.device:
+            self.first_bad_step = self.first_bad_step.to(loss.device)
+        bad_now = (self.first_bad_step == 0) & ~torch.isfinite(loss)
+        self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
 
     # ---- validation ---------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
