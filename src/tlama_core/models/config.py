@@ -24,6 +24,9 @@ class TlamaConfig:
     max_batch_size: int = 32  # rows of the KV cache allocated by `generate`
     multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this
     ffn_dim_multiplier: float | None = None
+    # An explicit SwiGLU hidden size, overriding the two fields above: imported checkpoints (Hugging Face
+    # `intermediate_size`) state theirs outright rather than as a rounding rule.
+    ffn_hidden_size: int | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 500000.0
     weight_init_std: float = 0.02
@@ -42,9 +45,12 @@ class TlamaConfig:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len",
                     "max_batch_size", "multiple_of", "pad_vocab_multiple")
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"TlamaConfig.{name}={value!r}: must be a positive integer.")
+            if not _is_positive_int(getattr(self, name)):
+                raise ValueError(f"TlamaConfig.{name}={getattr(self, name)!r}: must be a positive integer.")
+        if self.ffn_hidden_size is not None and not _is_positive_int(self.ffn_hidden_size):
+            raise ValueError(
+                f"TlamaConfig.ffn_hidden_size={self.ffn_hidden_size!r}: must be a positive integer or None."
+            )
         for name in ("norm_eps", "rope_theta", "weight_init_std"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TlamaConfig.{name}={getattr(self, name)!r}: must be > 0.")
@@ -75,7 +81,12 @@ class TlamaConfig:
 
     @property
     def ffn_hidden_dim(self) -> int:
-        """Llama's SwiGLU width: 2/3 of 4*d_model, scaled by ffn_dim_multiplier, rounded up to multiple_of."""
+        """Llama's SwiGLU width: 2/3 of 4*d_model, scaled by ffn_dim_multiplier, rounded up to multiple_of.
+
+        `ffn_hidden_size`, when set, is the width as it stands.
+        """
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
         hidden = int(2 * 4 * self.d_model / 3)
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)
@@ -98,3 +109,7 @@ class TlamaConfig:
         if unknown:
             raise ValueError(f"TlamaConfig.from_dict: unknown field(s) {unknown}; known fields are {sorted(known)}.")
         return cls(**values)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

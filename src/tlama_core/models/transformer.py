@@ -8,8 +8,9 @@ use another one and are converted on the way in and out (`tlama_core.models.hf`)
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tlama_core.models.config import TlamaConfig
+from tlama_core.models.ops import cross_entropy, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -28,42 +30,40 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of every (position, channel pair): two (max_seq_len, head_dim/2) fp32 tables."""
+def rope_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
+    """cos and sin of every (position, channel pair) angle: a (max_seq_len, head_dim/2, 2) fp32 table."""
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)
-    return angles.cos().float(), angles.sin().float()
+    return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each channel pair of x (B, T, heads, D) by its position's angle; cos/sin are (T, D/2)."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, heads, D/2, 2)
-    x0, x1 = pairs.unbind(-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair of x (B, T, heads, D) by its position's angle; turns is (T, 1, D/2) complex.
+
+    A pair (a, b) read as the complex number a + ib rotates by multiplying with cos + i sin, as in Meta's code:
+    one kernel instead of the half dozen a real-valued rotation takes.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, heads, D/2) complex
+    return torch.view_as_real(pairs * turns).flatten(-2).type_as(x)  # (B, T, heads, D)
 
 
-class KVCache(nn.Module):
-    """Keys and values of every position generated so far, for one layer: (max_batch, K, max_seq, D) each."""
+class KVCache:
+    """Keys and values of every position generated so far, for one layer: (B, K, seq_len, D) each, preallocated."""
 
     def __init__(self, batch: int, n_kv_heads: int, seq_len: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device) -> None:
-        super().__init__()
-        shape = (batch, n_kv_heads, seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(batch, n_kv_heads, seq_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
 
     def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, K, T, D) at start_pos and return all keys and values up to its end."""
-        b, _, t, _ = k.shape
-        end = start_pos + t
-        self.k[:b, :, start_pos:end] = k
-        self.v[:b, :, start_pos:end] = v
-        return self.k[:b, :, :end], self.v[:b, :, :end]
+        """Store k, v (B, K, T, D) at start_pos and return every key and value up to their end."""
+        t, end = k.size(2), start_pos + k.size(2)
+        self.k.narrow(2, start_pos, t).copy_(k)  # in place: no torch.cat, no copy of the past per step
+        self.v.narrow(2, start_pos, t).copy_(v)
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
 
 class Attention(nn.Module):
@@ -79,12 +79,12 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, turns: torch.Tensor, start_pos: int) -> torch.Tensor:
         b, t, _ = x.shape  # (B, T, C)
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, turns), apply_rope(k, turns)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
         mask, causal = None, True
         if self.cache is not None:
@@ -123,11 +123,11 @@ class Block(nn.Module):
         self.attention = Attention(config)
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.feed_forward = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, start_pos))
-        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
+    def forward(self, x: torch.Tensor, turns: torch.Tensor, start_pos: int) -> torch.Tensor:
+        x = x + F.dropout(self.attention(self.attention_norm(x), turns, start_pos), self.dropout, self.training)
+        return x + F.dropout(self.feed_forward(self.ffn_norm(x)), self.dropout, self.training)
 
 
 class Transformer(nn.Module):
@@ -137,18 +137,34 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.padded_vocab_size, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.output = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope", rope_table(config.head_dim, config.max_seq_len, config.rope_theta),
+                             persistent=False)
         # Recompute each block in the backward pass instead of storing its activations (long sequences).
         self.activation_checkpointing = False
         self.reset_parameters()
+
+    @classmethod
+    def from_safetensors(cls, directory: str | os.PathLike) -> Transformer:
+        """Load what `tlama_core.models.save_safetensors` wrote (eval mode)."""
+        from tlama_core.models.weights import load_safetensors
+        return load_safetensors(directory)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> Transformer:
+        """Rebuild the model of a training checkpoint for inference (eval mode, CPU)."""
+        from tlama_core.models.weights import load_checkpoint
+        return load_checkpoint(path)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Transformer:
+        """Load a Hugging Face Llama directory (eval mode); `tlama_core.models.to_hf` writes one."""
+        from tlama_core.models.hf import from_hf
+        return from_hf(directory)
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(mean, std) everywhere, residual projections scaled by 1/sqrt(2*n_layers)."""
@@ -169,37 +185,41 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, start_pos: int = 0,
                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for tokens (B, T); with targets (B, T) also the mean cross-entropy."""
+        logits = self.output(self.hidden_states(tokens, start_pos))[..., :self.config.vocab_size]  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    def hidden_states(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """The normalised last-layer features (B, T, C) of tokens (B, T) at positions start_pos, start_pos+1..."""
         b, t = tokens.shape
         if start_pos + t > self.config.max_seq_len:
             raise ValueError(
                 f"Transformer: positions {start_pos}..{start_pos + t - 1} exceed max_seq_len="
                 f"{self.config.max_seq_len}; shorten the input or build the model with a larger max_seq_len."
             )
-        cos, sin = self.rope_cos[start_pos:start_pos + t], self.rope_sin[start_pos:start_pos + t]
-        x = self.dropout(self.tok_embeddings(tokens))  # (B, T, C)
+        turns = torch.view_as_complex(self.rope[start_pos:start_pos + t].float())[:, None]  # (T, 1, D/2) complex
+        x = F.dropout(self.tok_embeddings(tokens), self.config.dropout, self.training)  # (B, T, C)
         for layer in self.layers:
             if self.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, start_pos, use_reentrant=False)
+                x = checkpoint(layer, x, turns, start_pos, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, start_pos)
-        logits = self.output(self.norm(x))[..., :self.config.vocab_size]  # (B, T, V): padding cut off
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return logits, loss
+                x = layer(x, turns, start_pos)
+        return self.norm(x)
 
     @contextmanager
-    def kv_cache(self, batch_size: int) -> Iterator[None]:
-        """Give every attention layer a KV cache for the duration of the block, then free it."""
+    def kv_cache(self, batch_size: int, seq_len: int | None = None) -> Iterator[None]:
+        """Give every attention layer a KV cache of seq_len (default max_seq_len) positions while the block runs."""
         if batch_size > self.config.max_batch_size:
             raise ValueError(
                 f"generate: batch of {batch_size} prompts exceeds max_batch_size={self.config.max_batch_size}; "
                 "generate in smaller batches or raise TlamaConfig.max_batch_size."
             )
-        p = self.output.weight
+        c, p = self.config, self.output.weight
         for layer in self.layers:
-            layer.attention.cache = KVCache(batch_size, self.config.n_kv_heads, self.config.max_seq_len,
-                                            self.config.head_dim, p.dtype, p.device)
+            layer.attention.cache = KVCache(batch_size, c.n_kv_heads, seq_len or c.max_seq_len, c.head_dim,
+                                            p.dtype, p.device)
         try:
             yield
         finally:
@@ -211,39 +231,43 @@ class Transformer(nn.Module):
                  top_k: int | None = None, eos_id: int | None = None) -> torch.Tensor:
         """Continue prompt (B, T) by max_new_tokens sampled tokens, returning (B, T + new) ids.
 
-        temperature=0 is greedy decoding; top_k keeps only the k likeliest tokens. With eos_id, generation stops
-        early once every row has produced it (rows that finished first are filled with eos_id).
-        The KV cache (max_batch_size x max_seq_len per layer) exists only while this runs.
+        temperature=0 is greedy decoding; top_k keeps only the k likeliest tokens. With eos_id, generation
+        stops early once every row has produced it (rows that finished first are filled with eos_id).
+        The KV cache (B x (T + max_new_tokens) positions per layer) exists only while this runs.
         """
         if prompt.dim() != 2 or prompt.size(1) == 0:
-            raise ValueError(f"generate: prompt must be a (batch, time) tensor of ids, got shape {tuple(prompt.shape)}.")
+            raise ValueError(
+                f"generate: prompt must be a (batch, time) tensor of ids, got shape {tuple(prompt.shape)}."
+            )
         if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
             raise ValueError(
                 f"generate: max_new_tokens={max_new_tokens} and temperature={temperature} must be >= 0, "
                 f"top_k={top_k} must be >= 1 or None."
             )
         b, t = prompt.shape
-        if t + max_new_tokens > self.config.max_seq_len:
+        end = t + max_new_tokens
+        if end > self.config.max_seq_len:
             raise ValueError(
-                f"generate: prompt of {t} tokens + max_new_tokens={max_new_tokens} = {t + max_new_tokens} exceeds "
+                f"generate: prompt of {t} tokens + max_new_tokens={max_new_tokens} = {end} exceeds "
                 f"max_seq_len={self.config.max_seq_len}; shorten the prompt or ask for fewer tokens."
             )
         was_training = self.training
         self.eval()
-        out = prompt
+        out = torch.cat((prompt, prompt.new_empty(b, max_new_tokens)), dim=1)  # (B, T + new), filled below
         done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
         try:
-            with self.kv_cache(b):
-                logits, _ = self(prompt, start_pos=0)
-                for pos in range(t, t + max_new_tokens):
-                    next_id = sample(logits[:, -1], temperature, top_k)  # (B,)
+            with self.kv_cache(b, end):
+                tokens = prompt
+                for pos in range(t, end):
+                    h = self.hidden_states(tokens, start_pos=pos - tokens.size(1))[:, -1]  # (B, C): last only
+                    next_id = sample(self.output(h)[:, :self.config.vocab_size], temperature, top_k)  # (B,)
                     if eos_id is not None:
-                        next_id = torch.where(done, torch.full_like(next_id, eos_id), next_id)
+                        next_id = next_id.masked_fill(done, eos_id)
                         done |= next_id == eos_id
-                    out = torch.cat((out, next_id[:, None]), dim=1)
-                    if (eos_id is not None and bool(done.all())) or pos == t + max_new_tokens - 1:
-                        break
-                    logits, _ = self(next_id[:, None], start_pos=pos)
+                    out[:, pos] = next_id
+                    if eos_id is not None and bool(done.all()):
+                        return out[:, :pos + 1]
+                    tokens = next_id[:, None]  # (B, 1)
         finally:
             self.train(was_training)
         return out

@@ -6,9 +6,7 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,13 +15,12 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tlama_core.atomic import atomic_path
+from tlama_core.models.weights import CheckpointError, read_checkpoint
+
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "load_checkpoint_file"]
 
 STEP_FILE = re.compile(r"^step=(\d+)\.ckpt$")
 BEST_NAME = "best.ckpt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used: unreadable, not ours, or made for another model."""
 
 
 def step_checkpoint_name(step: int) -> str:
@@ -40,24 +37,8 @@ def find_last_checkpoint(directory: str | Path) -> Path | None:
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """torch.load with weights_only=True, turning every failure into a CheckpointError that names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read: the file is truncated, corrupt or not a torch checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model_config" not in checkpoint:
-        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is not a tlama-core training checkpoint (expected 'state_dict' and 'model_config', "
-            f"found {keys})."
-        )
-    return checkpoint
+    """A training checkpoint's dict, loaded safely; a CheckpointError names the file and the problem."""
+    return read_checkpoint(path, map_location)
 
 
 def config_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:

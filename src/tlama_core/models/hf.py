@@ -1,0 +1,241 @@
+"""Hugging Face Llama in and out: parameter names, the rotary layout of q/k rows, config.json and the tokenizer.
+
+Our rotary embeddings rotate channel pairs (0,1), (2,3), ... of each head (Meta's layout); Hugging Face's
+rotate channel i with channel i + D/2. The two models compute the same function once the rows of every head
+of wq and wk are reordered, which is all the conversion does besides renaming. Only `json`, `safetensors` and
+`sentencepiece` are needed: `transformers` itself is not imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+import torch
+from safetensors.torch import save
+
+from tlama_core.atomic import atomic_write
+from tlama_core.models.config import TlamaConfig
+from tlama_core.models.transformer import Transformer
+from tlama_core.models.weights import read_json, read_safetensors
+
+# Our name inside `layers.N.` -> Hugging Face's inside `model.layers.N.`
+LAYER_NAMES = {
+    "attention_norm.weight": "input_layernorm.weight",
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+}
+TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+
+
+def meta_to_hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of each head of a q/k projection (heads*D, C) from pairs (0,1),(2,3).. to halves."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `meta_to_hf_rows`: rows of each head from halves back to interleaved pairs."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our parameters under Hugging Face names: q/k rows permuted, padded vocabulary rows sliced off."""
+    config = model.config
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "output.weight" and config.tie_embeddings:
+            continue  # tied: lm_head is embed_tokens
+        if name.startswith("layers."):
+            _, index, rest = name.split(".", 2)
+            if rest == "attention.wq.weight":
+                tensor = meta_to_hf_rows(tensor, config.n_heads)
+            elif rest == "attention.wk.weight":
+                tensor = meta_to_hf_rows(tensor, config.n_kv_heads)
+            hf_name = f"model.layers.{index}.{LAYER_NAMES[rest]}"
+        else:
+            hf_name = TOP_NAMES[name]
+            if name in ("tok_embeddings.weight", "output.weight"):
+                tensor = tensor[:config.vocab_size]  # (V, C): padding rows are ours alone
+        out[hf_name] = tensor.detach().contiguous()
+    return out
+
+
+def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) -> dict[str, torch.Tensor]:
+    """Hugging Face tensors under our names: q/k rows permuted back, vocabulary rows padded with zeros."""
+    ours = {f"layers.{i}.{mine}": f"model.layers.{i}.{theirs}"
+            for i in range(config.n_layers) for mine, theirs in LAYER_NAMES.items()}
+    ours.update(TOP_NAMES)
+    if config.tie_embeddings:
+        del ours["output.weight"]
+    missing = sorted(theirs for theirs in ours.values() if theirs not in tensors)
+    # Old checkpoints carry the rotary frequencies as a buffer; we compute our own.
+    unexpected = sorted(k for k in set(tensors) - set(ours.values()) if not k.endswith("rotary_emb.inv_freq"))
+    if missing or unexpected:
+        raise ValueError(f"Hugging Face weights do not match the config: missing {missing}, unexpected {unexpected}.")
+    state = {}
+    for mine, theirs in ours.items():
+        tensor = tensors[theirs]
+        if mine.endswith("attention.wq.weight"):
+            tensor = hf_to_meta_rows(tensor, config.n_heads)
+        elif mine.endswith("attention.wk.weight"):
+            tensor = hf_to_meta_rows(tensor, config.n_kv_heads)
+        elif mine in ("tok_embeddings.weight", "output.weight"):
+            padding = config.padded_vocab_size - tensor.size(0)
+            tensor = torch.cat((tensor, tensor.new_zeros(padding, tensor.size(1))))  # (V_padded, C)
+        state[mine] = tensor
+    if config.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    return state
+
+
+def hf_config(config: TlamaConfig, dtype: torch.dtype, bos_id: int | None = None,
+              eos_id: int | None = None) -> dict[str, Any]:
+    """The config.json of a `LlamaForCausalLM` with our shape (readable by transformers 4.x and 5.x)."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.ffn_hidden_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,  # transformers 4.x reads this key, 5.x the one below
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": config.weight_init_std,
+        # Written even when unknown: a missing key would mean Llama's defaults 1 and 2.
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": None,
+        "torch_dtype": dtype_name,  # transformers 4.x
+        "dtype": dtype_name,  # transformers 5.x
+        "use_cache": True,
+    }
+
+
+def to_hf(model: Transformer, out_dir: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None) -> Path:
+    """Write `model` as a Hugging Face Llama directory that `AutoModelForCausalLM.from_pretrained` loads.
+
+    With `tokenizer_path` (a sentencepiece .model) the tokenizer is written too and its bos/eos ids go into
+    config.json. Returns the directory.
+    """
+    out_dir = Path(out_dir)
+    bos_id = eos_id = None
+    if tokenizer_path is not None:
+        bos_id, eos_id = write_tokenizer(tokenizer_path, out_dir, model.config.max_seq_len)
+    tensors = to_hf_state_dict(model)
+    config = hf_config(model.config, model.tok_embeddings.weight.dtype, bos_id, eos_id)
+    atomic_write(out_dir / "model.safetensors", lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+    atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    return out_dir
+
+
+def write_tokenizer(tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    max_length: int) -> tuple[int | None, int | None]:
+    """Copy a sentencepiece model as `tokenizer.model` with a `tokenizer_config.json`; return (bos, eos) ids.
+
+    The class is `PreTrainedTokenizerFast`, not `LlamaTokenizer`: in transformers 5.x the former builds its
+    pipeline from the .model file (normalizer included), while the latter imposes Llama's own (no
+    normalization, a dummy prefix) and so disagrees with sentencepiece on most models not trained like Llama's.
+    No bos/eos is added and "<s>" in the text is text, so ids equal `SentencePieceProcessor.encode`.
+    """
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    special = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(), "unk_token": sp.unk_id(), "pad_token": sp.pad_id()}
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **{name: sp.id_to_piece(i) for name, i in special.items() if i >= 0},  # sentencepiece says -1 for none
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "split_special_tokens": True,
+        "model_max_length": max_length,
+    }
+    model_bytes = Path(tokenizer_path).read_bytes()
+    out_dir = Path(out_dir)
+    atomic_write(out_dir / "tokenizer.model", lambda f: f.write(model_bytes))
+    atomic_write(out_dir / "tokenizer_config.json",
+                 lambda f: f.write(json.dumps(tokenizer_config, indent=2).encode()))
+    return (sp.bos_id() if sp.bos_id() >= 0 else None), (sp.eos_id() if sp.eos_id() >= 0 else None)
+
+
+def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> TlamaConfig:
+    """Our config for a Hugging Face Llama config.json dict; variants we do not implement are a ValueError."""
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"{source}: model_type={hf.get('model_type')!r} is not supported (only 'llama').")
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "max_position_embeddings")
+    missing = [field for field in required if field not in hf]
+    if missing:
+        raise ValueError(f"{source}: no {missing}, which a Llama config.json states.")
+    for field in ("rope_scaling", "rope_parameters"):
+        rope = hf.get(field) or {}
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise ValueError(f"{source}: {field}={rope!r} is not supported (only plain rotary embeddings).")
+    for field, supported in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
+        if hf.get(field, supported) != supported:
+            raise ValueError(f"{source}: {field}={hf[field]!r} is not supported (only {supported!r}).")
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, d_model // n_heads):
+        raise ValueError(f"{source}: head_dim={hf['head_dim']!r} is not supported "
+                         f"(only hidden_size / num_attention_heads = {d_model // n_heads}).")
+    rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
+    return TlamaConfig(
+        vocab_size=hf["vocab_size"], d_model=d_model, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads, max_seq_len=hf["max_position_embeddings"],
+        ffn_hidden_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope_theta), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face directory: `model.safetensors`, or the shards its index lists."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(read_json(index)["weight_map"].values()))
+    elif (directory / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json "
+                                "(only safetensors weights are read; resave .bin checkpoints with safetensors).")
+    tensors = {}
+    for shard in shards:
+        tensors.update(read_safetensors(directory / shard))
+    return tensors
+
+
+def from_hf(directory: str | os.PathLike) -> Transformer:
+    """Load a Hugging Face Llama directory (safetensors, one file or sharded) as our Transformer, in eval mode."""
+    directory = Path(directory)
+    hf = read_json(directory / "config.json")
+    if "d_model" in hf:
+        raise ValueError(f"{directory} holds tlama-core weights, not Hugging Face ones: "
+                         "use Transformer.from_safetensors.")
+    config = config_from_hf(hf, source=str(directory / "config.json"))
+    tensors = read_hf_tensors(directory)
+    try:
+        state = from_hf_state_dict(tensors, config)
+    except ValueError as e:
+        raise ValueError(f"{directory}: {e}") from e
+    model = Transformer(config)
+    model.load_state_dict(state)
+    return model.eval()

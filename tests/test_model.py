@@ -1,0 +1,211 @@
+"""TlamaConfig and the Transformer: validation, the shape of the network and what it computes."""
+
+import math
+
+import pytest
+import torch
+
+from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.models.transformer import apply_rope, rope_table
+
+
+def tiny(**overrides) -> TlamaConfig:
+    values = dict(vocab_size=100, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
+                  multiple_of=16, rope_theta=10000.0)
+    return TlamaConfig(**{**values, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(tiny(**overrides))
+
+
+# TlamaConfig
+
+
+def test_config_defaults_are_a_llama3_8b_shape():
+    c = TlamaConfig()
+    assert (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size) == (4096, 32, 32, 32, 128000)
+    assert (c.multiple_of, c.norm_eps, c.rope_theta) == (256, 1e-5, 500000.0)
+    assert c.head_dim == 128
+
+
+def test_documented_example_config_builds_a_model():
+    config = TlamaConfig(vocab_size=32000, d_model=1024, n_layers=12, n_heads=16, n_kv_heads=4, max_seq_len=2048,
+                         max_batch_size=32)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        model = Transformer(config)
+    assert model.layers[0].attention.wk.weight.shape == (4 * 64, 1024)
+    assert model.output.weight.shape == (32000, 1024)  # 32000 is already a multiple of 64
+    assert config.ffn_hidden_dim == 2816  # 2/3 * 4 * 1024 = 2730, rounded up to a multiple of 256
+
+
+def test_config_rejects_d_model_not_divisible_by_n_heads():
+    with pytest.raises(ValueError, match=r"d_model=100 is not divisible by n_heads=16"):
+        TlamaConfig(d_model=100, n_heads=16)
+
+
+def test_config_rejects_n_heads_not_divisible_by_n_kv_heads():
+    with pytest.raises(ValueError, match=r"n_heads=16 is not divisible by n_kv_heads=3"):
+        TlamaConfig(d_model=1024, n_heads=16, n_kv_heads=3)
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len",
+                                   "max_batch_size", "multiple_of", "pad_vocab_multiple", "ffn_hidden_size"])
+@pytest.mark.parametrize("value", [0, -4])
+def test_config_rejects_sizes_that_are_not_positive(field, value):
+    with pytest.raises(ValueError, match=rf"TlamaConfig\.{field}={value}\b"):
+        tiny(**{field: value})
+
+
+def test_config_round_trips_through_a_dict():
+    config = tiny(ffn_dim_multiplier=1.3, tie_embeddings=True, dropout=0.1)
+    assert TlamaConfig.from_dict(config.to_dict()) == config
+
+
+def test_config_from_dict_names_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['hidden_size'\]"):
+        TlamaConfig.from_dict({**tiny().to_dict(), "hidden_size": 64})
+
+
+def test_ffn_hidden_size_overrides_the_rounding_rule():
+    assert tiny().ffn_hidden_dim == 176  # int(2/3 * 4 * 64) = 170, rounded up to a multiple of 16
+    assert tiny(ffn_hidden_size=100).ffn_hidden_dim == 100
+    assert Transformer(tiny(ffn_hidden_size=100)).layers[0].feed_forward.w1.weight.shape == (100, 64)
+
+
+# The network
+
+
+def test_rope_rotates_each_channel_pair_by_its_position_angle():
+    x = torch.randn(1, 5, 2, 8)  # (B, T, heads, D)
+    out = apply_rope(x, torch.view_as_complex(rope_table(8, 5, 10000.0))[:, None])
+    pos = torch.arange(5.0)[:, None, None]  # (T, 1, 1)
+    angle = pos * 10000.0 ** (-torch.arange(0, 8, 2) / 8)  # (T, 1, D/2)
+    a, b = x[..., 0::2], x[..., 1::2]
+    torch.testing.assert_close(out[..., 0::2], a * angle.cos() - b * angle.sin())
+    torch.testing.assert_close(out[..., 1::2], a * angle.sin() + b * angle.cos())
+
+
+def test_changing_a_future_token_leaves_earlier_logits_unchanged():
+    model = tiny_model().eval()
+    tokens = torch.randint(0, 100, (1, 12))
+    changed = tokens.clone()
+    changed[0, 8] = (tokens[0, 8] + 1) % 100
+    a, b = model(tokens)[0], model(changed)[0]
+    torch.testing.assert_close(a[:, :8], b[:, :8])
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_rows_of_a_batch_are_computed_independently():
+    model = tiny_model().eval()
+    tokens = torch.randint(0, 100, (3, 10))
+    batched = model(tokens)[0]
+    for i in range(3):
+        torch.testing.assert_close(batched[i], model(tokens[i:i + 1])[0][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_parameter_count_matches_the_closed_form(tie):
+    c = tiny(tie_embeddings=tie)
+    d, kv, f, v = c.d_model, c.n_kv_heads * c.head_dim, c.ffn_hidden_dim, c.padded_vocab_size
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d  # wq, wo; wk, wv; w1, w2, w3; two norms
+    expected = c.n_layers * per_layer + d + v * d * (1 if tie else 2)  # final norm; embeddings (and output)
+    assert Transformer(c).num_params() == expected
+    assert kv == d // 2  # grouped-query: 2 of 4 heads' worth of keys and values
+
+
+def test_fresh_model_loss_is_about_ln_vocab_size():
+    model = tiny_model(vocab_size=1000, multiple_of=16)
+    tokens = torch.randint(0, 1000, (4, 33))
+    _, loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+    assert abs(loss.item() - math.log(1000)) < 0.1
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    model = tiny_model()
+    tokens = torch.randint(0, 100, (4, 17))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        _, loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_cached_greedy_generation_equals_recomputing_without_cache():
+    model = tiny_model().eval()
+    prompt = torch.randint(0, 100, (2, 5))
+    generated = model.generate(prompt, max_new_tokens=20, temperature=0)
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(20):
+            next_id = model(expected)[0][:, -1].argmax(-1)  # (B,): the full sequence, no cache
+            expected = torch.cat((expected, next_id[:, None]), dim=1)
+    assert torch.equal(generated, expected)
+
+
+def test_cached_forward_in_chunks_equals_one_full_pass():
+    model = tiny_model().eval()
+    tokens = torch.randint(0, 100, (2, 12))
+    with torch.no_grad(), model.kv_cache(2):
+        first, second = model(tokens[:, :5])[0], model(tokens[:, 5:], start_pos=5)[0]  # second chunk needs a mask
+        full = model(tokens)[0]
+    torch.testing.assert_close(torch.cat((first, second), dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_vocabulary_rows_are_never_sampled():
+    model = tiny_model()  # vocab 100 padded to 128 rows
+    assert model.output.weight.shape[0] == 128
+    with torch.no_grad():
+        model.output.weight[100:] = 100.0  # padding rows would win every draw if they were logits
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    assert model(prompt)[0].shape[-1] == 100
+    for temperature in (0, 1.0):
+        assert model.generate(prompt, max_new_tokens=30, temperature=temperature).max() < 100
+
+
+def test_generation_past_max_seq_len_raises():
+    model = tiny_model(max_seq_len=16)
+    with pytest.raises(ValueError, match="exceeds max_seq_len=16"):
+        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
+    assert model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=6).shape == (1, 16)
+
+
+def test_forward_past_max_seq_len_raises():
+    with pytest.raises(ValueError, match="exceed max_seq_len=16"):
+        tiny_model(max_seq_len=16)(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_generation_stops_once_every_row_has_produced_eos():
+    model = tiny_model().eval()
+    prompt = torch.randint(0, 100, (1, 4))
+    first = model.generate(prompt, max_new_tokens=1, temperature=0)[0, -1].item()
+    out = model.generate(prompt, max_new_tokens=10, temperature=0, eos_id=first)
+    assert out.shape == (1, 5) and out[0, -1] == first
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny_model()
+    tokens = torch.randint(0, 100, (2, 17))
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.activation_checkpointing = checkpointing
+        model(tokens[:, :-1], targets=tokens[:, 1:])[1].backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain, checkpointed = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_dropout_acts_only_in_training():
+    model = tiny_model(dropout=0.5)
+    tokens = torch.randint(0, 100, (2, 8))
+    assert not torch.equal(model(tokens)[0], model(tokens)[0])  # training: a new mask each call
+    model.eval()
+    assert torch.equal(model(tokens)[0], model(tokens)[0])
