@@ -1,9 +1,11 @@
 """A tiny training run that resumes from its newest checkpoint: the subject of tests/test_interruption.py.
 
-    python tests/kill_run.py ROOT [--steps 40] [--d_model 32] [--step_sleep 0.0]
+    python tests/kill_run.py ROOT [--steps 40] [--d_model 32] [--step_sleep 0.0] [--save_sleep 0.0]
 
 Started again after a kill, it continues with `train(ckpt_path="last")`; it prints the result as one JSON line.
-`--step_sleep` slows each optimizer step down (without changing any number) so a signal can land mid-run.
+`--step_sleep` slows each optimizer step down (without changing any number) so a signal can land mid-run;
+`--save_sleep` holds every checkpoint file half-written (as `NAME.ckpt.tmp`) for that long, so a kill can land
+inside a save however fast the disk is.
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ class _SlowSteps:
         time.sleep(self.seconds)
 
 
+def _slow_saves(seconds: float) -> None:
+    """Pause after torch.save has written a file (the checkpoint's temporary), before it is fsynced and renamed."""
+    import torch
+
+    save = torch.save
+
+    def slow_save(*args, **kwargs):
+        save(*args, **kwargs)
+        time.sleep(seconds)
+
+    torch.save = slow_save  # this process only: the run under test
+
+
 def build_trainer(root: str | Path, steps: int = 40, d_model: int = 32, step_sleep: float = 0.0) -> Trainer:
     """The run under test: dropout, 2 micro-batches per step, validation every 5 steps, a row every step."""
     root = Path(root)
@@ -48,7 +63,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--d_model", type=int, default=32)
     parser.add_argument("--step_sleep", type=float, default=0.0)
+    parser.add_argument("--save_sleep", type=float, default=0.0)
     args = parser.parse_args()
+    if args.save_sleep:
+        _slow_saves(args.save_sleep)
     trainer = build_trainer(args.root, args.steps, args.d_model, args.step_sleep)
     print("training", flush=True)
     result = trainer.train(ckpt_path="last")

@@ -70,7 +70,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(uninterrupt
     ckpt = tmp_path / "ckpt"
     hit_a_save = 0
     for kill in range(4):
-        proc = start(tmp_path)
+        proc = start(tmp_path, "--save_sleep", "0.05")
         if kill % 2 == 0:  # the moment a checkpoint file starts being written
             assert wait_for(lambda: temporaries(ckpt)), "no checkpoint save started"
         else:
