@@ -64,11 +64,11 @@ class _StepLoader:
 
     def __iter__(self) -> Iterator:
         for _ in range(self.accum):
-            try:
-                yield next(self._it)
-            except (StopIteration, TypeError):  # TypeError: no iterator yet
+            batch = next(self._it, None) if self._it is not None else None
+            if batch is None:  # first call, or the loader's pass is over: start the next pass
                 self._it = iter(self.loader)
-                yield next(self._it)
+                batch = next(self._it)
+            yield batch
 
 
 class Trainer:
