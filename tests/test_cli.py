@@ -67,6 +67,21 @@ def test_print_config_without_a_config_is_the_shakespeare_cpu_run(capsys):
     assert config["data"]["train_path"] is None and config["data"]["tokenizer_path"] is None  # built-in corpus
 
 
+def test_print_config_comments_documents_every_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config=comments"])
+    lines = capsys.readouterr().out.splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        above = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        if not above.startswith("# ") or above.startswith("#  ("):  # "#  (type: ...)": no description
+            undocumented.append(line.strip())
+    assert not undocumented, f"keys without a description: {undocumented}"
+    assert "# Width of the residual stream. (type: int, default: 4096)" in "\n".join(lines)
+
+
 def test_fit_writes_the_log_the_checkpoints_and_a_config_that_round_trips(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN))])

@@ -13,7 +13,27 @@ from typing import Any
 
 @dataclass
 class TlamaConfig:
-    """Hyper-parameters of a Llama decoder. Defaults are a Llama-3-8B shape, as in the original tlama-core."""
+    """Hyper-parameters of a Llama decoder. Defaults are a Llama-3-8B shape, as in the original tlama-core.
+
+    Args:
+        vocab_size: Token ids the model knows; must cover the tokenizer.
+        d_model: Width of the residual stream.
+        n_layers: Transformer blocks.
+        n_heads: Query heads (head_dim = d_model / n_heads).
+        n_kv_heads: Key/value heads shared by groups of query heads (grouped-query attention); None: n_heads.
+        max_seq_len: Longest sequence: training windows, and prompt + generated tokens.
+        max_batch_size: Most prompts `generate` takes at once (rows of the KV cache).
+        multiple_of: The SwiGLU hidden size is rounded up to a multiple of this.
+        ffn_dim_multiplier: Scales the SwiGLU hidden size (Llama's rule); None: 1.
+        ffn_hidden_size: An explicit SwiGLU hidden size, overriding the two fields above.
+        norm_eps: RMSNorm epsilon.
+        rope_theta: Base of the rotary embedding frequencies.
+        weight_init_std: Std of the normal initialisation (residual projections are scaled by depth).
+        weight_init_mean: Mean of the normal initialisation.
+        dropout: Dropout probability on attention, residual branches and embeddings.
+        tie_embeddings: Share the input embedding with the output layer.
+        pad_vocab_multiple: Output rows are padded to a multiple of this (faster matmuls; padded logits unused).
+    """
 
     vocab_size: int = 128000
     d_model: int = 4096

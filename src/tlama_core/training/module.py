@@ -46,6 +46,14 @@ class TlamaLightningModule(L.LightningModule):
     Give either `config` (a new model, as the YAML/CLI does) or `model` (an existing Transformer, as the
     `Trainer` facade does). `scheduler` maps an optimizer step (from 0) to a learning rate; without one the
     rate is `learning_rate` throughout.
+
+    Args:
+        config: The shape of a new model (TlamaConfig).
+        learning_rate: The rate at every step when no scheduler is given.
+        weight_decay: AdamW weight decay of the 2-D weight matrices (norms decay 0).
+        scheduler: Learning rate per optimizer step (LRSchedule); null: learning_rate throughout.
+        model: An existing Transformer instead of config (Python API).
+        optimizer: An optimizer instead of the default AdamW (Python API).
     """
 
     def __init__(self, config: TlamaConfig | None = None, learning_rate: float = 6e-4, weight_decay: float = 0.1,

@@ -18,6 +18,13 @@ class LRSchedule:
 
     A dataclass rather than a closure so that a YAML run can spell it out key by key and a checkpoint can
     name it; `get_lr_scheduler` is the documented way to build one.
+
+    Args:
+        max_lr: Peak learning rate, reached at the end of the warmup.
+        min_lr: Learning rate at max_steps and after.
+        warmup_steps: Optimizer steps of linear warmup.
+        max_steps: Optimizer step at which the decay reaches min_lr.
+        decay_type: cosine, linear, exponential or constant.
     """
 
     max_lr: float
