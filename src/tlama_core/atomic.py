@@ -15,21 +15,26 @@ from typing import BinaryIO
 TMP_SUFFIX = ".tmp"
 
 
-def fsync_dir(directory: str | os.PathLike) -> None:
-    """Make a rename inside `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename inside `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        _fsync(directory)
+    except OSError:
+        return
+
+
 @contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open `PATH.tmp` in the same directory for writing; on success fsync it and rename it onto `path`.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield `PATH.tmp` in the same directory for a writer that wants a path (torch.save's own writer is faster
+    than a file object); once it is written, fsync it and rename it onto `path`.
 
     On any exception the temporary file is removed and `path` keeps its previous contents.
     """
@@ -37,10 +42,8 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -49,24 +52,10 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield `PATH.tmp` for a writer that wants a path (torch.save's own writer is faster than a file object);
-    once it is written, fsync it and rename it onto `path`. On any exception `path` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """`atomic_path` for a writer that wants an open binary file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:

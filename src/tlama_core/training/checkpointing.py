@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tlama_core.atomic import atomic_path
 from tlama_core.models.weights import CheckpointError, read_checkpoint
+from tlama_core.models.weights import read_checkpoint as load_checkpoint_file
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "load_checkpoint_file"]
 
@@ -34,11 +35,6 @@ def find_last_checkpoint(directory: str | Path) -> Path | None:
         return None
     steps = [(int(m.group(1)), p) for p in directory.iterdir() if (m := STEP_FILE.match(p.name))]
     return max(steps)[1] if steps else None
-
-
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A training checkpoint's dict, loaded safely; a CheckpointError names the file and the problem."""
-    return read_checkpoint(path, map_location)
 
 
 def config_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
@@ -66,7 +62,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             listener(path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        checkpoint = load_checkpoint_file(path, map_location or "cpu")
+        checkpoint = read_checkpoint(path, map_location or "cpu")
         if self.expected_config is not None:
             diff = config_mismatch(checkpoint["model_config"], self.expected_config)
             if diff:
