@@ -59,6 +59,16 @@ def grad_accum_steps(total_batch_size: int, micro_batch_tokens: int, world_size:
     return steps
 
 
+def starts_step(batch_idx: int, accum: int) -> bool:
+    """Whether micro-batch `batch_idx` (counted within the epoch) is the first of an optimizer step."""
+    return batch_idx % accum == 0
+
+
+def ends_step(batch_idx: int, accum: int) -> bool:
+    """Whether micro-batch `batch_idx` completes an optimizer step (epochs hold whole steps only)."""
+    return (batch_idx + 1) % accum == 0
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """How one run is counted: micro-batches per optimizer step, optimizer steps per epoch and in all."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from tlama_core.training.batching import StepPlan
+from tlama_core.training.batching import StepPlan, ends_step
 from tlama_core.training.checkpointing import BEST_NAME, step_checkpoint_name
 from tlama_core.training.csv_log import CsvLog
 
@@ -61,7 +61,7 @@ class StepCadence(Callback):
         return step >= self.plan.max_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if not ends_step(batch_idx, trainer.accumulate_grad_batches):
             return
         rec = pl_module.last_step
         self._window_tokens += rec.tokens

@@ -13,6 +13,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tlama_core.training.batching import ends_step, starts_step
+
 HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
          "on_step_end", "on_backward_start", "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end",
          "on_validate_start", "on_validate_end", "on_checkpoint_end")
@@ -52,7 +54,7 @@ class HookBridge(Callback):
             self._fire(trainer, "on_epoch_end")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if batch_idx % trainer.accumulate_grad_batches == 0:
+        if starts_step(batch_idx, trainer.accumulate_grad_batches):
             self._fire(trainer, "on_step_start")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
@@ -66,7 +68,7 @@ class HookBridge(Callback):
         self._fire(trainer, "on_optimizer_step_start")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+        if ends_step(batch_idx, trainer.accumulate_grad_batches):
             # No Lightning hook follows the optimizer step itself; nothing user-visible happens between it and here.
             self._fire(trainer, "on_optimizer_step_end")
             if any(hasattr(cb, "on_step_end") for cb in self.callbacks):

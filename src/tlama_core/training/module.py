@@ -12,7 +12,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training.batching import StepPlan, flops_per_token, peak_flops
+from tlama_core.training.batching import StepPlan, flops_per_token, peak_flops, starts_step
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
 
 
@@ -108,7 +108,7 @@ class TlamaLightningModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": self._lr_scheduler, "interval": "step", "frequency": 1}}
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if batch_idx % self.trainer.accumulate_grad_batches == 0:
+        if starts_step(batch_idx, self.trainer.accumulate_grad_batches):
             # Random ops (dropout) depend only on (seed, step, rank): a resumed run draws what an uninterrupted
             # one would, with no RNG state in the checkpoint.
             torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % 2**63)
