@@ -1,7 +1,8 @@
 """What the Trainer costs over a hand-written PyTorch loop: training tokens/s of both on the same model and batches.
 
 Both do the same work per optimizer step: `ACCUM` micro-batches of forward + backward (loss / ACCUM), gradient
-clipping to norm 1.0, AdamW with `build_optimizer`'s parameter groups, zeroing the gradients. The Trainer runs
+clipping to norm 1.0, AdamW with `build_optimizer`'s parameter groups, zeroing the gradients, in the precision
+the Trainer picks (bf16 autocast on a CPU with bf16 units, as Lightning does it; else fp32). The Trainer runs
 quiet (verbose=False), logs a row every 10 steps, never validates and checkpoints only at its last step. Start-up
 is excluded from both: the clock runs from the start of step WARMUP + 1 to the end of the last optimizer step
 (for the Trainer through its documented hooks, so its final checkpoint and teardown are not counted). Runs
@@ -23,11 +24,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training import Trainer
 from tlama_core.training.module import build_optimizer
+from tlama_core.training.trainer import has_fast_bf16
 
 CONFIG = TlamaConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=8, max_seq_len=128)
 BATCH, SEQ, ACCUM = 4, 64, 4  # small enough for 3 alternating rounds in ~3 minutes on 2 shared CPU cores
 LR, WEIGHT_DECAY = 6e-4, 0.1
 WARMUP = 2  # optimizer steps left out of the timing in both loops
+BF16 = has_fast_bf16("cpu")  # what the Trainer's default use_mixed_precision=True picks on this CPU
 
 
 class _Loader(DataLoader):
@@ -68,7 +71,7 @@ def ours(loader: _Loader, steps: int) -> float:
                           learning_rate=LR, weight_decay=WEIGHT_DECAY, log_steps=10, validation_steps=10**6,
                           checkpoint_steps=10**6, gradient_clip_val=1.0, verbose=False, callbacks=[clock],
                           checkpoints_dir=f"{tmp}/ckpt", logs_dir=f"{tmp}/logs")
-        assert trainer.grad_accum_steps == ACCUM
+        assert trainer.grad_accum_steps == ACCUM and (trainer.precision == "bf16-mixed") == BF16
         if trainer.train()["interrupted"] or clock.stop is None:
             raise SystemExit("trainer_overhead: the Trainer run was interrupted; no timing.")
     return clock.stop - clock.start
@@ -86,7 +89,8 @@ def hand_loop(loader: _Loader, steps: int) -> float:
             start = time.perf_counter()
         for _ in range(ACCUM):
             x, y = next(batches)
-            _, loss = model(x, targets=y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
+                _, loss = model(x, targets=y)
             (loss / ACCUM).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         optimizer.step()
@@ -110,7 +114,7 @@ def main() -> None:
     t_ours = statistics.median(t for t, _ in times)
     t_hand = statistics.median(t for _, t in times)
     print(f"{Transformer(CONFIG).num_params() / 1e6:.1f}M parameters, {BATCH} x {SEQ} x {ACCUM} accumulation, "
-          f"{args.steps - WARMUP} timed steps, {torch.get_num_threads()} threads")
+          f"{args.steps - WARMUP} timed steps, {torch.get_num_threads()} threads, {'bf16' if BF16 else 'fp32'}")
     print(f"Trainer.train(): {tokens / t_ours:,.0f} tok/s; hand loop: {tokens / t_hand:,.0f} tok/s")
     print(f"ours / hand loop = {t_hand / t_ours:.3f} (target >= 0.97); median of {args.rounds} alternating rounds")
 

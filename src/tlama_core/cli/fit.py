@@ -44,7 +44,7 @@ class RunSettings:
         checkpoint_steps: Save `checkpoints_dir/step=NNNNNNNN.ckpt` every N optimizer steps (and at the end).
         log_steps: Append a row to `logs_dir/train_log.csv` every N optimizer steps.
         gradient_clip_val: Clip the gradient norm to this value (0: no clipping).
-        use_mixed_precision: bf16 autocast on CUDA devices (CPUs always train in fp32).
+        use_mixed_precision: bf16 autocast on CUDA and on CPUs with bf16 units (AMX/AVX512-BF16); fp32 elsewhere.
         checkpoints_dir: Directory of the checkpoints, `best.ckpt` and this run's `config.yaml`.
         logs_dir: Directory of `train_log.csv`.
         seed: Seeds Python, NumPy and torch before the model is built, so a run is reproducible.
