@@ -38,17 +38,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file is removed and `path` keeps its previous contents.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = temporary_path(path)
     try:
         yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    commit(tmp, path)
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """Where a writer of `path` writes first: `PATH.tmp` in the same directory (created if missing), a name no
+    reader takes for a finished file and that `remove_stale_temporaries` cleans up."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make the fully written `tmp` durable and rename it onto `path` (then durable too); on failure remove it."""
+    try:
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(Path(path).parent)
 
 
 @contextmanager

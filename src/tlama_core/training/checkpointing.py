@@ -1,4 +1,5 @@
-"""Checkpoint files: written atomically and durably, found by step, loaded safely with errors that name the file.
+"""Checkpoint files: written atomically and durably (committed in the background), found by step, loaded safely
+with errors that name the file.
 
 Lightning's TorchCheckpointIO stages its temp file in the system temp directory (not atomic across
 filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpointIO` replaces only that part.
@@ -7,14 +8,16 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tlama_core.atomic import atomic_path
+from tlama_core.atomic import commit, temporary_path
 from tlama_core.models.weights import CheckpointError, read_checkpoint
 from tlama_core.models.weights import read_checkpoint as load_checkpoint_file
 
@@ -44,22 +47,56 @@ def config_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves to `NAME.tmp` beside the target, fsyncs and renames; loads safely and checks the model config.
+    """Saves to `NAME.tmp` beside the target, then fsyncs and renames it in a background thread; loads safely and
+    checks the model config.
 
-    `listeners` are called with the final path once a file is complete (the `on_checkpoint_end` hook).
+    Serialising must happen before training changes the weights, so `torch.save` runs in the caller; only the
+    fsync (most of an atomic save's extra cost over a plain `torch.save`) and the rename overlap the following
+    steps. Until the rename, "last" is the previous complete file, so a kill at any instant still leaves only
+    complete checkpoints. Commits run in order on one thread; `wait()` (also Lightning's `teardown`) joins them.
+
+    `listeners` are called with the final path once a file is complete and durable (the `on_checkpoint_end`
+    hook), always on the caller's thread: from `poll()` (non-blocking, at step ends) or `wait()`.
     `expected_config` (a TlamaConfig dict) makes loading a checkpoint of another model shape an error.
     """
 
     def __init__(self) -> None:
         self.listeners: list[Callable[[Path], None]] = []
         self.expected_config: dict[str, Any] | None = None
+        self._committer: ThreadPoolExecutor | None = None  # created at the first save: the IO stays picklable
+        self._pending: deque[tuple[Path, Future]] = deque()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        with atomic_path(path) as tmp:
+        if any(pending == path for pending, _ in self._pending):
+            self.wait()  # the same file is still being committed: its temporary is about to be rewritten
+        tmp = temporary_path(path)
+        try:
             torch.save(checkpoint, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlama-checkpoint-commit")
+        self._pending.append((path, self._committer.submit(commit, tmp, path)))
+
+    def poll(self) -> None:
+        """Tell the listeners about every checkpoint committed since the last call, without blocking."""
+        while self._pending and self._pending[0][1].done():
+            self._finish(*self._pending.popleft())
+
+    def wait(self) -> None:
+        """Block until every saved checkpoint is durable and in place; tell the listeners; raise a commit's error."""
+        while self._pending:
+            self._finish(*self._pending.popleft())
+
+    def _finish(self, path: Path, commit_done: Future) -> None:
+        commit_done.result()
         for listener in self.listeners:
             listener(path)
+
+    def teardown(self) -> None:
+        self.wait()
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         checkpoint = read_checkpoint(path, map_location or "cpu")

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training.batching import ends_step, starts_step
+from tlama_core.training.checkpointing import AtomicCheckpointIO
 
 HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
          "on_step_end", "on_backward_start", "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end",
@@ -42,6 +43,7 @@ class HookBridge(Callback):
             self._fire(trainer, "on_train_start")
 
     def on_train_end(self, trainer, pl_module) -> None:
+        _checkpoint_io(trainer).wait()  # every checkpoint of the run is on disk (and announced) before it ends
         if self.run_hooks:
             self._fire(trainer, "on_train_end")
 
@@ -73,6 +75,7 @@ class HookBridge(Callback):
             self._fire(trainer, "on_optimizer_step_end")
             if any(hasattr(cb, "on_step_end") for cb in self.callbacks):
                 self._fire(trainer, "on_step_end", step_metrics(pl_module))
+            _checkpoint_io(trainer).poll()  # on_checkpoint_end for files whose background commit has finished
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -83,8 +86,15 @@ class HookBridge(Callback):
             self._fire(trainer, "on_validate_end", dict(pl_module.last_val))
 
     def checkpoint_written(self, path: Path) -> None:
-        """Listener of the checkpoint IO: the file exists on disk (only the master process writes files)."""
+        """Listener of the checkpoint IO: the file is complete on disk (only the master process writes files).
+
+        Commits finish in the background, so this runs at a later step end (or the end of the run) than the
+        save: `trainer.current_step` may be past the checkpoint's own step, which its file name carries."""
         self.fire("on_checkpoint_end", str(path))
+
+
+def _checkpoint_io(trainer: L.Trainer) -> AtomicCheckpointIO:
+    return trainer.strategy.checkpoint_io
 
 
 def step_metrics(pl_module: Any) -> dict[str, float]:
