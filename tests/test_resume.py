@@ -96,7 +96,7 @@ def test_checkpoint_of_another_shape_names_the_differing_field(uninterrupted, tm
 @pytest.mark.parametrize("validate", [True, False])
 @pytest.mark.parametrize("before, after", [
     ((1, None), (2, None)), ((1, 3), (1, 5)), ((2, None), (3, None)), ((1, 5), (3, 5))])
-def test_raising_epochs_or_steps_on_resume_trains_on_as_one_longer_run(tmp_path, request, validate, before, after):
+def test_raising_epochs_or_steps_on_resume_trains_on_as_one_longer_run(tmp_path, validate, before, after):
     """A finished run resumed with more epochs or more steps per epoch continues as if planned so from the start."""
     from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, create_dataloader
 
@@ -111,11 +111,6 @@ def test_raising_epochs_or_steps_on_resume_trains_on_as_one_longer_run(tmp_path,
         t.train(ckpt_path=ckpt_path)
         return t
 
-    if validate and before == (1, 5):
-        # Known gap: a run that validated at the last step of an epoch shorter than the loader's pass, resumed with
-        # more epochs, trains one more batch of the old epoch (Lightning's RESTARTED_ON_LAST restart path).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="raised epochs after a validated, shortened "
-                                              "epoch are not exact yet"))
     longer = run(tmp_path / "long", after)
     run(tmp_path / "short", before)
     resumed = run(tmp_path / "short", after, ckpt_path="last")

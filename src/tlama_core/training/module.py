@@ -181,6 +181,20 @@ class TlamaLightningModule(L.LightningModule):
             for state in fit_loop.get("state_dict", {}).get("combined_loader", []):
                 if isinstance(state, dict) and {"epoch", "batch"} <= set(state) and state["batch"] > 0:
                     state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            # Saved in on_validation_end of the epoch's last batch (the batch completed, the epoch not yet
+            # processed), Lightning restarts "on last" (RESTARTED_ON_LAST in training_epoch_loop.py): it ends the
+            # epoch only if its val_check_interval falls on that batch; a validation that the run's end forced
+            # (should_stop, not saved) makes it train one more batch as part of the old epoch. Record the epoch
+            # as finished, as it is between two epochs of an uninterrupted run; the next one then starts at its
+            # batch 0, with its on_train_epoch_start.
+            epochs = fit_loop.get("epoch_progress")
+            total = progress["total"]
+            if (epochs and total["completed"] == total["processed"]
+                    and epochs["total"]["ready"] == epochs["total"]["started"] == epochs["total"]["processed"] + 1):
+                for counts in (epochs["total"], epochs["current"]):
+                    counts["processed"] = counts["completed"] = counts["started"]
+                progress["current"] = dict.fromkeys(progress["current"], 0)
+                progress["is_last_batch"] = False
 
     def flops_per_token(self) -> int:
         return flops_per_token(self.config, self.plan.seq_length)
