@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.models.transformer import apply_rope, rope_table
@@ -55,6 +56,13 @@ def test_config_rejects_n_heads_not_divisible_by_n_kv_heads():
 @pytest.mark.parametrize("value", [0, -4])
 def test_config_rejects_sizes_that_are_not_positive(field, value):
     with pytest.raises(ValueError, match=rf"TlamaConfig\.{field}={value}\b"):
+        tiny(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["dropout", "attention_dropout"])
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_config_rejects_dropout_outside_0_1(field, value):
+    with pytest.raises(ValueError, match=rf"TlamaConfig\.{field}={value}: must be in \[0, 1\)"):
         tiny(**{field: value})
 
 
@@ -201,6 +209,24 @@ def test_activation_checkpointing_gives_the_same_gradients():
     plain, checkpointed = grads(False), grads(True)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+@pytest.mark.parametrize("dropout, attention_dropout, expected", [(0.3, None, 0.3), (0.3, 0.0, 0.0), (0.0, 0.2, 0.2)])
+def test_attention_dropout_defaults_to_dropout_and_can_be_set_apart(monkeypatch, dropout, attention_dropout, expected):
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        seen.append(kwargs["dropout_p"])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    model = tiny_model(dropout=dropout, attention_dropout=attention_dropout)
+    model(torch.randint(0, 100, (2, 8)))
+    assert seen and set(seen) == {expected}
+    model.eval()
+    model(torch.randint(0, 100, (2, 8)))
+    assert seen[-1] == 0.0  # no dropout at evaluation
 
 
 def test_dropout_acts_only_in_training():

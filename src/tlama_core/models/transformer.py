@@ -76,7 +76,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
-        self.dropout = config.dropout
+        self.dropout = config.dropout if config.attention_dropout is None else config.attention_dropout
         self.cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, turns: torch.Tensor, start_pos: int) -> torch.Tensor:
