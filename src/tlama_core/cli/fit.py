@@ -88,19 +88,19 @@ class RunSettings:
     trainer_kwargs: dict[str, Any] | None = None
 
 
-# What `tlama fit` trains when the YAML leaves a key out: the run of configs/shakespeare-cpu.yaml (a ~3.7M
-# parameter model on the built-in corpus, ~5 minutes on 2 CPU cores). tests/test_cli.py keeps the two equal.
+# What `tlama fit` trains when the YAML leaves a key out: the run of configs/shakespeare-cpu.yaml (a ~7.1M
+# parameter model on the built-in corpus, ~4 minutes on 2 CPU cores). tests/test_cli.py keeps the two equal.
 BUILTIN_RUN: dict[str, Any] = {
-    "model.config": {"vocab_size": 1024, "d_model": 256, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4,
+    "model.config": {"vocab_size": 1024, "d_model": 384, "n_layers": 4, "n_heads": 6, "n_kv_heads": 2,
                      "max_seq_len": 256, "multiple_of": 64, "max_batch_size": 8},
-    "model.learning_rate": 1e-3,
-    "model.weight_decay": 0.1,
-    "model.scheduler": {"max_lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 30, "max_steps": 336,
+    "model.learning_rate": 2e-3,
+    "model.weight_decay": 3.0,
+    "model.scheduler": {"max_lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 20, "max_steps": 384,
                         "decay_type": "cosine"},
     "data.batch_size": 16,
     "data.seq_length": 256,
     "trainer.total_batch_size": 8192,
-    "trainer.epochs": 7,
+    "trainer.epochs": 8,
     "trainer.validation_steps": 100,
     "trainer.validation_batches": 20,
     "trainer.checkpoint_steps": 250,
