@@ -3,9 +3,9 @@
 Saves go through `AtomicCheckpointIO` (torch.save to NAME.tmp in the caller; fsync and rename in a background
 thread) and are compared with a plain `torch.save` of the same dict to the same directory, and with the same
 atomic save done synchronously (fsync and rename in the caller). Each measurement is what a run does: a training
-step, a save, a training step; the time a save blocks the caller is what training loses. The three take turns
-at going first, each starts with no dirty pages left by the previous one (the kernel writes them back in a run
-too), and medians over the rounds let drifting machine load hit all alike.
+step, a save of a new file (a run writes step=N files), a training step; the time a save blocks the caller is
+what training loses. The three take turns at going first, each starts with no dirty pages or pending block
+frees left by the previous one, and medians over the rounds let drifting machine load hit all alike.
 Target: torch.save time / atomic save time >= 0.9.
 
     python bench/checkpoint_cost.py [--rounds 6] [--dir DIR]
@@ -18,6 +18,7 @@ import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,29 +63,32 @@ def main() -> None:
                   "model_config": CONFIG.to_dict(), "global_step": 1}
     io = AtomicCheckpointIO()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        ours_path, plain_path, sync_path = Path(tmp) / "ours.ckpt", Path(tmp) / "plain.ckpt", Path(tmp) / "sync.ckpt"
-        io.save_checkpoint(checkpoint, ours_path)  # warm-up of both paths (page cache, allocator)
-        io.wait()
-        torch.save(checkpoint, plain_path)
-        def sync_save() -> None:
-            with atomic_path(sync_path) as tmp_path:
+        directory = Path(tmp)
+
+        def sync_save(path: Path) -> None:
+            with atomic_path(path) as tmp_path:
                 torch.save(checkpoint, tmp_path)
 
-        saves = {"ours": lambda: io.save_checkpoint(checkpoint, ours_path),
-                 "plain": lambda: torch.save(checkpoint, plain_path), "sync": sync_save}
+        saves = {"ours": lambda path: io.save_checkpoint(checkpoint, path),
+                 "plain": lambda path: torch.save(checkpoint, path), "sync": sync_save}
         times: dict[str, list[float]] = {name: [] for name in saves}
         leftover = []
-        for i in range(args.rounds):
+        for i in range(args.rounds + 1):  # round 0 warms up the page cache and the allocator
             for name in list(saves)[i % 3:] + list(saves)[:i % 3]:  # none always goes first
+                path = directory / f"{name}-step={i}.ckpt"  # a new file each time, as step files are in a run
                 train_step()  # a save follows a step, as in a run; our commit overlaps the step after it
-                times[name].append(seconds(saves[name]))
+                elapsed = seconds(partial(saves[name], path))
                 train_step()
                 leftover.append(seconds(io.wait))  # commit time the step did not hide (0 when it finished in time)
-                os.sync()  # a plain save's dirty pages must not slow the next save down (in a run they trickle out)
+                size = path.stat().st_size
+                path.unlink()
+                os.sync()  # the next save starts with no dirty pages and no pending block frees left by this one
+                if i:
+                    times[name].append(elapsed)
+        ours_path = directory / "ours.ckpt"
         durable = statistics.median(seconds(lambda: (io.save_checkpoint(checkpoint, ours_path), io.wait()))
                                     for _ in range(3))
         load = statistics.median(seconds(lambda: io.load_checkpoint(ours_path)) for _ in range(args.rounds))
-        size = ours_path.stat().st_size
 
     ours, plain, sync = (statistics.median(times[name]) for name in ("ours", "plain", "sync"))
     print(f"model: {model.num_params() / 1e6:.1f}M parameters; checkpoint {size / 1e9:.2f} GB (weights + AdamW)")
