@@ -96,7 +96,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             listener(path)
 
     def teardown(self) -> None:
+        """End of a fit: join the commits and let the idle thread go (the next save starts another)."""
         self.wait()
+        if self._committer is not None:
+            self._committer.shutdown()
+            self._committer = None
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         checkpoint = read_checkpoint(path, map_location or "cpu")
