@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training.batching import StepPlan, ends_step
@@ -33,8 +34,8 @@ class StepCadence(Callback):
         self.csv_log = csv_log
         self.has_validation = has_validation
         self.best_val_loss = math.inf
-        self.stop_requested = False  # finish this step, checkpoint it, stop
-        self.stop_reason: str | None = None  # "signal" (SIGINT/SIGTERM) or "request" (Trainer.request_stop)
+        # Set: finish this step, checkpoint it, stop. "signal" (SIGINT/SIGTERM) or "request" (Trainer.request_stop)
+        self.stop_reason: str | None = None
         self.enabled = True  # off while `Trainer.train_step()` drives single steps
         self.progress: dict[str, float] = {}
         self._pending_step: int | None = None  # a step whose row and checkpoint wait for its validation
@@ -54,7 +55,6 @@ class StepCadence(Callback):
             self.csv_log.open(resume_step=trainer.global_step if trainer.ckpt_path else None)
 
     def request_stop(self, reason: str) -> None:
-        self.stop_requested = True
         self.stop_reason = self.stop_reason or reason
 
     def is_last_step(self, step: int) -> bool:
@@ -69,7 +69,7 @@ class StepCadence(Callback):
         if not self.enabled:
             return
         step = trainer.global_step
-        final = self.is_last_step(step) or self.stop_requested
+        final = self.is_last_step(step) or self.stop_reason is not None
         if final:
             trainer.should_stop = True  # Lightning then runs the validation check of this very batch
         # Lightning validates at every validation step and when the run stops (should_stop): then finish later.
@@ -87,14 +87,16 @@ class StepCadence(Callback):
 
     def _finish_step(self, trainer, pl_module, val: dict[str, float] | None) -> None:
         step = trainer.global_step
-        final = self.is_last_step(step) or self.stop_requested
+        final = self.is_last_step(step) or self.stop_reason is not None
+        if final:
+            trainer.should_stop = True  # also for a stop requested during this step's validation
         rec = pl_module.last_step
         logs = step % self.log_steps == 0 or val is not None or final
         if logs or step % self.checkpoint_steps == 0:
             # The mean over processes (every rank reaches this point at the same step): the one sync of a step.
             rec.loss = trainer.strategy.reduce(rec.loss, reduce_op="mean")
-            loss = float(rec.loss)
-            first_bad = int(pl_module.first_bad_step)
+            loss, first_bad = torch.stack([rec.loss.float(), pl_module.first_bad_step.float()]).tolist()
+            first_bad = int(first_bad)
             if not math.isfinite(loss) or first_bad:
                 bad = first_bad or step
                 raise FloatingPointError(

@@ -35,6 +35,11 @@ class HookBridge(Callback):
             if hook is not None and (global_zero or getattr(cb, "all_ranks", False)):
                 hook(self.owner, *args)
 
+    def _wants(self, trainer: L.Trainer, name: str) -> bool:
+        """Whether any callback receives hook `name` on this process."""
+        return any(hasattr(cb, name) and (trainer.is_global_zero or getattr(cb, "all_ranks", False))
+                   for cb in self.callbacks)
+
     def _fire(self, trainer: L.Trainer, name: str, *args: Any) -> None:
         self.fire(name, *args, global_zero=trainer.is_global_zero)
 
@@ -73,7 +78,7 @@ class HookBridge(Callback):
         if ends_step(batch_idx, trainer.accumulate_grad_batches):
             # No Lightning hook follows the optimizer step itself; nothing user-visible happens between it and here.
             self._fire(trainer, "on_optimizer_step_end")
-            if any(hasattr(cb, "on_step_end") for cb in self.callbacks):
+            if self._wants(trainer, "on_step_end"):  # its metrics read device values: only for a listener
                 self._fire(trainer, "on_step_end", step_metrics(pl_module))
             _checkpoint_io(trainer).poll()  # on_checkpoint_end for files whose background commit has finished
 

@@ -81,7 +81,7 @@ class TlamaLightningModule(L.LightningModule):
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
         # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
         # would synchronise the device; the cadence reads it at logged and checkpointed steps.
-        self.first_bad_step = torch.zeros((), dtype=torch.long)
+        self.register_buffer("first_bad_step", torch.zeros((), dtype=torch.long), persistent=False)
         self._reset_step_accumulators()
 
     @property
@@ -138,8 +138,6 @@ class TlamaLightningModule(L.LightningModule):
         step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
         self.last_step = StepRecord(step, loss, lr, self._grad_norm,
                                     time.perf_counter() - self._step_started, self.plan.tokens_per_step)
-        if self.first_bad_step.device != loss.device:
-            self.first_bad_step = self.first_bad_step.to(loss.device)
         bad_now = (self.first_bad_step == 0) & ~torch.isfinite(loss)
         self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
 

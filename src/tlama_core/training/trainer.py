@@ -204,17 +204,17 @@ class Trainer:
             trainer.save_checkpoint(path, weights_only=False)
             if is_best:
                 trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
-            return str(path)
-        checkpoint = {  # outside fit Lightning has no model attached to save; the same contents by hand
-            "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
-            "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
-            "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
-            "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
-        }
-        self._checkpoint_io.save_checkpoint(checkpoint, path)
-        if is_best:
-            self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / BEST_NAME)
-        self._checkpoint_io.wait()
+        else:
+            checkpoint = {  # outside fit Lightning has no model attached to save; the same contents by hand
+                "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
+                "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
+                "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
+                "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
+            }
+            self._checkpoint_io.save_checkpoint(checkpoint, path)
+            if is_best:
+                self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / BEST_NAME)
+        self._checkpoint_io.wait()  # an explicit save returns once its files are in place (and announced)
         return str(path)
 
     def validate(self) -> float | None:
@@ -254,9 +254,9 @@ class Trainer:
 
     def request_stop(self) -> None:
         """Stop `train()` after the current optimizer step (validated, logged and checkpointed); callable from
-        any hook, e.g. early stopping in `on_validate_end`. The result then says `stopped_early`."""
+        any hook, e.g. early stopping in `on_validate_end`. The result then says `stopped_early`. With several
+        processes every rank must ask at the same step: call it from a callback with `all_ranks = True`."""
         self._cadence.request_stop("request")
-        self._active().should_stop = True
 
     def train(self, ckpt_path: str | None = None) -> dict[str, Any]:
         """Run the whole training; `ckpt_path` (a file or "last") resumes exactly where that checkpoint stopped."""
