@@ -22,7 +22,7 @@ class TlamaConfig:
         n_heads: Query heads (head_dim = d_model / n_heads).
         n_kv_heads: Key/value heads shared by groups of query heads (grouped-query attention); None: n_heads.
         max_seq_len: Longest sequence: training windows, and prompt + generated tokens.
-        max_batch_size: Most prompts `generate` takes at once (rows of the KV cache).
+        max_batch_size: Most prompts `generate` takes at once (its KV cache is sized to the actual batch).
         multiple_of: The SwiGLU hidden size is rounded up to a multiple of this.
         ffn_dim_multiplier: Scales the SwiGLU hidden size (Llama's rule); None: 1.
         ffn_hidden_size: An explicit SwiGLU hidden size, overriding the two fields above.
@@ -43,7 +43,7 @@ class TlamaConfig:
     n_heads: int = 32
     n_kv_heads: int | None = None  # None: as many key/value heads as query heads (no grouping)
     max_seq_len: int = 2048
-    max_batch_size: int = 32  # rows of the KV cache allocated by `generate`
+    max_batch_size: int = 32  # most prompts `generate` takes at once
     multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this
     ffn_dim_multiplier: float | None = None
     # An explicit SwiGLU hidden size, overriding the two fields above: imported checkpoints (Hugging Face

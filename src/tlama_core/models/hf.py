@@ -15,12 +15,11 @@ from typing import Any
 
 import sentencepiece as spm
 import torch
-from safetensors.torch import save
 
 from tlama_core.atomic import atomic_write
 from tlama_core.models.config import TlamaConfig
 from tlama_core.models.transformer import Transformer
-from tlama_core.models.weights import read_json, read_safetensors
+from tlama_core.models.weights import read_json, read_safetensors, write_weights_dir
 
 # Our name inside `layers.N.` -> Hugging Face's inside `model.layers.N.`
 LAYER_NAMES = {
@@ -145,9 +144,7 @@ def to_hf(model: Transformer, out_dir: str | os.PathLike, tokenizer_path: str | 
         bos_id, eos_id = write_tokenizer(tokenizer_path, out_dir, model.config.max_seq_len)
     tensors = to_hf_state_dict(model)
     config = hf_config(model.config, model.tok_embeddings.weight.dtype, bos_id, eos_id)
-    atomic_write(out_dir / "model.safetensors", lambda f: f.write(save(tensors, metadata={"format": "pt"})))
-    atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
-    return out_dir
+    return write_weights_dir(out_dir, tensors, config)
 
 
 def write_tokenizer(tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,

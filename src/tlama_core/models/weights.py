@@ -49,8 +49,15 @@ def save_safetensors(model: Transformer, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()
                if not (name == "output.weight" and model.config.tie_embeddings)}
+    return write_weights_dir(directory, tensors, model.config.to_dict())
+
+
+def write_weights_dir(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+    """Write `model.safetensors` and `config.json` into `directory`, each atomically; return the directory.
+    Ours and the Hugging Face export share this layout (with their own tensor names and config)."""
+    directory = Path(directory)
     atomic_write(directory / WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
-    atomic_write(directory / CONFIG_FILE, lambda f: f.write(json.dumps(model.config.to_dict(), indent=2).encode()))
+    atomic_write(directory / CONFIG_FILE, lambda f: f.write(json.dumps(config, indent=2).encode()))
     return directory
 
 
