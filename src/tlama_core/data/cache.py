@@ -12,6 +12,7 @@ order: memory stays flat however large the corpus.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -50,10 +51,6 @@ class CacheEntry:
 
     path: Path
     meta: dict[str, Any]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.meta["dtype"])
 
 
 def cached_tokens(source: Source, tokenizer_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
@@ -206,6 +203,14 @@ def _locked(directory: Path) -> Iterator[bool]:
 
 
 def _file_digest(path: Path) -> bytes:
+    stat = path.stat()
+    return _digest_of_version(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest_of_version(path: Path, size: int, mtime_ns: int) -> bytes:
+    """Content hash of one version of a file, remembered per (path, size, mtime): the train and val loaders of
+    one run read the same corpus, which is then hashed once, not once per loader (a large corpus costs seconds)."""
     h = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
