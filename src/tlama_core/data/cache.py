@@ -52,6 +52,10 @@ class CacheEntry:
     path: Path
     meta: dict[str, Any]
 
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta["dtype"])
+
 
 def cached_tokens(source: Source, tokenizer_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                   processes: int | None = None) -> CacheEntry:
