@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.models.transformer import apply_rope, rope_table
+from tlama_core.models import TlamaConfig, Transformer, transformer
+from tlama_core.models.transformer import EXPLICIT_ATTENTION_MAX_LEN, apply_rope, causal_attention, rope_table
 
 
 def tiny(**overrides) -> TlamaConfig:
@@ -211,22 +211,72 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
 
 
-@pytest.mark.parametrize("dropout, attention_dropout, expected", [(0.3, None, 0.3), (0.3, 0.0, 0.0), (0.0, 0.2, 0.2)])
-def test_attention_dropout_defaults_to_dropout_and_can_be_set_apart(monkeypatch, dropout, attention_dropout, expected):
+def record_attention(monkeypatch) -> list[tuple[str, float]]:
+    """Which attention ran (SDPA or the explicit one) and with what dropout, call by call."""
     seen = []
-    sdpa = F.scaled_dot_product_attention
+    sdpa, explicit = F.scaled_dot_product_attention, transformer.causal_attention
 
     def recording_sdpa(*args, **kwargs):
-        seen.append(kwargs["dropout_p"])
+        seen.append(("sdpa", kwargs["dropout_p"]))
         return sdpa(*args, **kwargs)
 
+    def recording_explicit(*args, **kwargs):
+        seen.append(("explicit", kwargs["dropout_p"]))
+        return explicit(*args, **kwargs)
+
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
-    model = tiny_model(dropout=dropout, attention_dropout=attention_dropout)
-    model(torch.randint(0, 100, (2, 8)))
-    assert seen and set(seen) == {expected}
+    monkeypatch.setattr(transformer, "causal_attention", recording_explicit)
+    return seen
+
+
+@pytest.mark.parametrize("dropout, attention_dropout, expected", [(0.3, None, 0.3), (0.3, 0.0, 0.0), (0.0, 0.2, 0.2)])
+@pytest.mark.parametrize("seq_len", [8, EXPLICIT_ATTENTION_MAX_LEN + 1])  # the explicit path and SDPA
+def test_attention_dropout_defaults_to_dropout_and_can_be_set_apart(monkeypatch, dropout, attention_dropout, expected,
+                                                                    seq_len):
+    seen = record_attention(monkeypatch)
+    model = tiny_model(dropout=dropout, attention_dropout=attention_dropout, max_seq_len=seq_len)
+    model(torch.randint(0, 100, (2, seq_len)))
+    assert seen and {p for _, p in seen} == {expected}
     model.eval()
-    model(torch.randint(0, 100, (2, 8)))
-    assert seen[-1] == 0.0  # no dropout at evaluation
+    model(torch.randint(0, 100, (2, seq_len)))
+    assert seen[-1][1] == 0.0  # no dropout at evaluation
+
+
+@pytest.mark.parametrize("n_heads, n_kv_heads", [(4, 2), (4, 4), (6, 1)])
+def test_explicit_attention_matches_sdpa_values_and_gradients(n_heads, n_kv_heads):
+    torch.manual_seed(0)
+    q = torch.randn(3, n_heads, 20, 16, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, n_kv_heads, 20, 16, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, n_kv_heads, 20, 16, dtype=torch.float64, requires_grad=True)
+    out = causal_attention(q, k, v)
+    grads = torch.autograd.grad(out.pow(2).sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    ref_grads = torch.autograd.grad(ref.pow(2).sum(), (q, k, v))
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+def test_explicit_attention_is_causal():
+    q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    changed_future = v.clone()
+    changed_future[:, :, 4:] += 1.0
+    a, b = causal_attention(q, k, v), causal_attention(q, k, changed_future)
+    torch.testing.assert_close(a[:, :, :4], b[:, :, :4])
+    assert not torch.allclose(a[:, :, 4:], b[:, :, 4:])
+
+
+def test_short_cpu_sequences_take_the_explicit_attention_and_decoding_takes_sdpa(monkeypatch):
+    seen = record_attention(monkeypatch)
+    model = tiny_model(max_seq_len=2 * EXPLICIT_ATTENTION_MAX_LEN)
+    model(torch.randint(0, 100, (1, EXPLICIT_ATTENTION_MAX_LEN)))
+    assert {kind for kind, _ in seen} == {"explicit"}
+    seen.clear()
+    model(torch.randint(0, 100, (1, EXPLICIT_ATTENTION_MAX_LEN + 1)))
+    assert {kind for kind, _ in seen} == {"sdpa"}
+    seen.clear()
+    model.generate(torch.randint(0, 100, (1, 4)), max_new_tokens=3, temperature=0)
+    assert [kind for kind, _ in seen] == ["explicit"] * 2 + ["sdpa"] * 4  # prefill (2 layers), then 2 steps
 
 
 def test_dropout_acts_only_in_training():
