@@ -257,7 +257,9 @@ class Transformer(nn.Module):
 
         temperature=0 is greedy decoding; top_k keeps only the k likeliest tokens. With eos_id, generation
         stops early once every row has produced it (rows that finished first are filled with eos_id).
-        The KV cache (B x (T + max_new_tokens) positions per layer) exists only while this runs.
+        The model reads at most the last max_seq_len tokens, as nanoGPT does: past that, each new token
+        re-reads the latest max_seq_len from position 0. The KV cache (B x min(T + max_new_tokens,
+        max_seq_len) positions per layer) exists only while this runs.
         """
         if prompt.dim() != 2 or prompt.size(1) == 0:
             raise ValueError(
@@ -269,21 +271,20 @@ class Transformer(nn.Module):
                 f"top_k={top_k} must be >= 1 or None."
             )
         b, t = prompt.shape
-        end = t + max_new_tokens
-        if end > self.config.max_seq_len:
-            raise ValueError(
-                f"generate: prompt of {t} tokens + max_new_tokens={max_new_tokens} = {end} exceeds "
-                f"max_seq_len={self.config.max_seq_len}; shorten the prompt or ask for fewer tokens."
-            )
+        end, window = t + max_new_tokens, self.config.max_seq_len
         was_training = self.training
         self.eval()
         out = torch.cat((prompt, prompt.new_empty(b, max_new_tokens)), dim=1)  # (B, T + new), filled below
         done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
         try:
-            with self.kv_cache(b, end):
-                tokens = prompt
+            with self.kv_cache(b, min(end, window)):
+                first = max(0, t - window)  # the id in `out` at cache position 0
+                tokens = out[:, first:t]  # what the next forward reads
                 for pos in range(t, end):
-                    h = self.hidden_states(tokens, start_pos=pos - tokens.size(1))[:, -1]  # (B, C): last only
+                    if pos - first > window:  # the cache is full: re-read the latest `window` ids from position 0
+                        first = pos - window
+                        tokens = out[:, first:pos]
+                    h = self.hidden_states(tokens, start_pos=pos - first - tokens.size(1))[:, -1]  # (B, C)
                     next_id = sample(self.output(h)[:, :self.config.vocab_size], temperature, top_k)  # (B,)
                     if eos_id is not None:
                         next_id = next_id.masked_fill(done, eos_id)
