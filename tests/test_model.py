@@ -292,3 +292,18 @@ def test_dropout_acts_only_in_training():
     assert not torch.equal(model(tokens)[0], model(tokens)[0])  # training: a new mask each call
     model.eval()
     assert torch.equal(model(tokens)[0], model(tokens)[0])
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    model = tiny_model(zero_init_residual=True)
+    for name, p in model.named_parameters():
+        if name.endswith(("wo.weight", "w2.weight")):
+            assert not p.any(), name
+        elif p.dim() == 2:
+            assert p.std() > 0.01, name
+    tokens = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        expected = model.output(model.norm(model.tok_embeddings(tokens)))[..., :100]
+        torch.testing.assert_close(model(tokens)[0], expected)
+    model(tokens[:, :-1], targets=tokens[:, 1:])[1].backward()
+    assert model.layers[0].feed_forward.w2.weight.grad.abs().sum() > 0  # the blocks still learn

@@ -30,6 +30,8 @@ class TlamaConfig:
         rope_theta: Base of the rotary embedding frequencies.
         weight_init_std: Std of the normal initialisation (residual projections are scaled by depth).
         weight_init_mean: Mean of the normal initialisation.
+        zero_init_residual: Start each block's output projections (attention wo, feed-forward w2) at zero, so
+            every block begins as the identity (torchvision's option of that name; modded-nanogpt's init).
         dropout: Dropout probability on attention, residual branches and embeddings.
         attention_dropout: Dropout on the attention probabilities alone; None: `dropout`. On a CPU, 0 keeps
             the fused attention kernel (attention dropout falls back to a kernel about twice as slow).
@@ -53,6 +55,7 @@ class TlamaConfig:
     rope_theta: float = 500000.0
     weight_init_std: float = 0.02
     weight_init_mean: float = 0.0
+    zero_init_residual: bool = False
     dropout: float = 0.0
     attention_dropout: float | None = None
     # Llama ties nothing: untied input and output embeddings are what Meta and Hugging Face checkpoints

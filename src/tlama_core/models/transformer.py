@@ -191,11 +191,14 @@ class Transformer(nn.Module):
         return from_hf(directory)
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(mean, std) everywhere, residual projections scaled by 1/sqrt(2*n_layers)."""
+        """GPT-2 initialisation: N(mean, std) everywhere, residual projections scaled by 1/sqrt(2*n_layers)
+        (or zero, with `zero_init_residual`)."""
         std, mean = self.config.weight_init_std, self.config.weight_init_mean
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 nn.init.ones_(p)  # norm weights
+            elif name.endswith(("wo.weight", "w2.weight")) and self.config.zero_init_residual:
+                nn.init.zeros_(p)
             elif name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, mean=mean, std=std / math.sqrt(2 * self.config.n_layers))
             else:
