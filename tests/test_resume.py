@@ -8,7 +8,7 @@ import shutil
 import pytest
 from trainer_utils import ResumableLoader, tiny_model
 
-from tlama_core.training import Trainer, get_lr_scheduler
+from tlama_core.training import MuonAdamW, TlamaLightningModule, Trainer, get_lr_scheduler
 from tlama_core.training.checkpointing import CheckpointError, find_last_checkpoint
 
 
@@ -116,3 +116,20 @@ def test_raising_epochs_or_steps_on_resume_trains_on_as_one_longer_run(tmp_path,
     resumed = run(tmp_path / "short", after, ckpt_path="last")
     assert (resumed.current_step, resumed.current_epoch) == (longer.current_step, longer.current_epoch)
     assert [r["train_loss"] for r in rows(resumed)] == [r["train_loss"] for r in rows(longer)]
+
+
+def test_a_muon_run_resumes_exactly(tmp_path):
+    """Muon's momentum and AdamW's moments both come back from the checkpoint: same losses, bit for bit."""
+    def muon_run(root) -> Trainer:
+        module = TlamaLightningModule(model=tiny_model(dropout=0.1), weight_decay=0.5, muon=True,
+                                      scheduler=get_lr_scheduler(3e-3, 3e-4, 2, 10))
+        return make(root, model=module)
+
+    full = muon_run(tmp_path / "full")
+    full.train()
+    assert isinstance(full.optimizer, MuonAdamW)
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    resumed = muon_run(tmp_path / "resumed")
+    resumed.train(ckpt_path=str(tmp_path / "resumed" / "ckpt" / "step=00000004.ckpt"))
+    assert [(r["step"], r["train_loss"], r["val_loss"]) for r in rows(resumed)] == \
+        [(r["step"], r["train_loss"], r["val_loss"]) for r in rows(full)]

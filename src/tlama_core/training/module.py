@@ -13,19 +13,8 @@ from torchmetrics import MeanMetric
 
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training.batching import StepPlan, flops_per_token, peak_flops, starts_step
+from tlama_core.training.optim import build_optimizer
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
-
-
-def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
-                    device_type: str = "cpu") -> torch.optim.AdamW:
-    """AdamW with weight decay on the 2-D weight matrices only (norms and biases decay 0), fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8,
-                             fused=device_type == "cuda" or None)
 
 
 @dataclass
@@ -50,14 +39,16 @@ class TlamaLightningModule(L.LightningModule):
     Args:
         config: The shape of a new model (TlamaConfig).
         learning_rate: The rate at every step when no scheduler is given.
-        weight_decay: AdamW weight decay of the 2-D weight matrices (norms decay 0).
+        weight_decay: Weight decay of the 2-D weight matrices (norms decay 0).
+        muon: Muon (torch.optim.Muon) for the blocks' weight matrices, AdamW for embeddings, output and norms;
+            the same learning rate, schedule and weight decay drive both. False: AdamW for everything.
         scheduler: Learning rate per optimizer step (LRSchedule); null: learning_rate throughout.
         model: An existing Transformer instead of config (Python API).
         optimizer: An optimizer instead of the default AdamW (Python API).
     """
 
     def __init__(self, config: TlamaConfig | None = None, learning_rate: float = 6e-4, weight_decay: float = 0.1,
-                 scheduler: LRSchedule | None = None, *, model: Transformer | None = None,
+                 scheduler: LRSchedule | None = None, muon: bool = False, *, model: Transformer | None = None,
                  optimizer: torch.optim.Optimizer | None = None) -> None:
         super().__init__()
         if (config is None) == (model is None):
@@ -67,7 +58,7 @@ class TlamaLightningModule(L.LightningModule):
                 f"learning_rate={learning_rate} and weight_decay={weight_decay} must be >= 0."
             )
         self.model = model if model is not None else Transformer(config)
-        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.learning_rate, self.weight_decay, self.muon = learning_rate, weight_decay, muon
         self.schedule: Callable[[int], float] = scheduler or constant_schedule(learning_rate)
         self.optimizer = optimizer
         # Set by the run that trains this module (`configure_run`): its seed (reseeds every optimizer step,
@@ -100,7 +91,8 @@ class TlamaLightningModule(L.LightningModule):
 
     def configure_optimizers(self):
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, self.device.type)
+            self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, self.device.type,
+                                             muon=self.muon)
         if not hasattr(self, "_lr_scheduler"):
             self._lr_scheduler = StepFunctionLR(self.optimizer, self.schedule)
         # The same objects on every call: `Trainer.train_step()` re-enters fit and must keep optimizer state.

@@ -33,7 +33,8 @@ from tlama_core.training.checkpointing import (
 )
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
-from tlama_core.training.module import TlamaLightningModule, build_optimizer
+from tlama_core.training.module import TlamaLightningModule
+from tlama_core.training.optim import build_optimizer
 
 LOG_NAME = "train_log.csv"
 
@@ -104,6 +105,9 @@ class Trainer:
         module = model if isinstance(model, TlamaLightningModule) else TlamaLightningModule(
             model=model, learning_rate=learning_rate, weight_decay=weight_decay, scheduler=scheduler,
             optimizer=optimizer)
+        if module.muon and _shards_parameters(strategy):
+            raise ValueError(f"Trainer: muon=True with strategy={strategy!r}: Muon orthogonalises whole weight "
+                             f"matrices and this strategy shards them. Use AdamW (muon=False) or a DDP strategy.")
         self._module = module
         self.model: Transformer = module.model
         self.scheduler = scheduler
@@ -146,7 +150,8 @@ class Trainer:
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
         self.device: torch.device = self._trainer.strategy.root_device
         if optimizer is None and not _shards_parameters(strategy):
-            module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type)
+            module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
+                                               muon=module.muon)
         self.optimizer = module.optimizer
         self._stepper: L.Trainer | None = None
         self._trained = False

@@ -1,0 +1,104 @@
+"""The optimizers a run can use: AdamW, or Muon for the blocks' weight matrices with AdamW for the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
+                    device_type: str = "cpu", muon: bool = False) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the 2-D weight matrices only (norms and biases decay 0), fused on CUDA.
+
+    With `muon`, the 2-D weights of `model.layers` (attention and feed-forward matrices) move to Muon: see
+    `MuonAdamW`. Embeddings, the output layer and norms stay with AdamW, as Muon's authors prescribe.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    hidden: list[torch.nn.Parameter] = []
+    if muon:
+        if not isinstance(getattr(model, "layers", None), torch.nn.Module):
+            raise ValueError(f"build_optimizer: muon=True needs a model with `layers` (a Transformer); got "
+                             f"{type(model).__name__}. Pass muon=False for AdamW on every parameter.")
+        hidden = [p for p in model.layers.parameters() if p.requires_grad and p.dim() == 2]
+    in_muon = {id(p) for p in hidden}
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2 and id(p) not in in_muon], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=(0.9, 0.95), eps=1e-8,
+                              fused=device_type == "cuda" or None)
+    if not hidden:
+        return adamw
+    return MuonAdamW(torch.optim.Muon(hidden, lr=learning_rate, weight_decay=weight_decay,
+                                      adjust_lr_fn="match_rms_adamw"), adamw)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """torch's Muon and AdamW stepped as one optimizer, so Lightning's automatic optimisation can drive both.
+
+    Lightning takes one optimizer per module unless the module optimises by hand, and torch ships no combined
+    one; this class is only the join. `param_groups` are both optimizers' own group dicts, so the step -> lr
+    schedule sets every rate; Muon's `match_rms_adamw` scaling makes one learning rate and one weight decay
+    right for both. `state_dict` nests the two optimizers' own state dicts.
+    """
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+        self.muon, self.adamw = muon, adamw
+        super().__init__([p for g in muon.param_groups + adamw.param_groups for p in g["params"]], {})
+        self._share_groups_and_state()
+
+    def _share_groups_and_state(self) -> None:
+        # The two optimizers' own group dicts (a scheduler's lr must reach them); their load_state_dict
+        # replaces the dicts, so this runs again after loading.
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]
+        self.state = _JoinedState(self.muon, self.adamw)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise ValueError(f"MuonAdamW.load_state_dict: expected the keys 'muon' and 'adamw', got "
+                             f"{sorted(state_dict)}: this optimizer state was saved by another optimizer "
+                             f"(was the run started with a different `muon` setting?).")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self._share_groups_and_state()
+
+
+class _JoinedState(Mapping):
+    """Each parameter's state, read from the optimizer that owns it.
+
+    Not a ChainMap: torch keeps state in defaultdicts, and a ChainMap lookup would create an empty entry in the
+    first optimizer for every parameter of the second.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def __getitem__(self, param: torch.Tensor) -> Any:
+        for optimizer in self.optimizers:
+            if param in optimizer.state:
+                return optimizer.state[param]
+        raise KeyError(param)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (param for optimizer in self.optimizers for param in optimizer.state)
+
+    def __len__(self) -> int:
+        return sum(len(optimizer.state) for optimizer in self.optimizers)
