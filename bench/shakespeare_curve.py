@@ -6,7 +6,7 @@ tokenizer, so our BPE model and nanoGPT's character model compare fairly. Wall t
 `tlama fit` (imports, tokenization and validations included), so our figures are on the conservative side.
 Targets on 2 CPU cores: <= 2.25 bits/char at 60 s and <= 2.12 at 300 s. Run it with nothing else on the machine.
 
-    python bench/shakespeare_curve.py [--config configs/shakespeare-cpu.yaml] [--validation_steps 24] [-- flags]
+    python bench/shakespeare_curve.py [--config configs/shakespeare-cpu.yaml] [--validation_steps 12] [-- flags]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def bpc_at(curve: list[tuple[float, float]], seconds: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/shakespeare-cpu.yaml"))
-    parser.add_argument("--validation_steps", type=int, default=24, help="how often to measure (optimizer steps)")
+    parser.add_argument("--validation_steps", type=int, default=12, help="how often to measure (optimizer steps)")
     parser.add_argument("extra", nargs="*", help="more `tlama fit` flags, after --")
     args = parser.parse_args()
 

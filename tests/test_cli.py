@@ -25,8 +25,8 @@ TINY_RUN = {
     "trainer": {"total_batch_size": 256, "steps": 4, "epochs": 1, "validation_steps": 2, "validation_batches": 2,
                 "checkpoint_steps": 2, "log_steps": 1, "seed": 7, "verbose": False},
     "model": {"config": {"vocab_size": 1024, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-                         "max_seq_len": 32, "multiple_of": 32},
-              "learning_rate": 1e-3, "weight_decay": 0.05,
+                         "max_seq_len": 32, "multiple_of": 32, "zero_init_residual": True},
+              "learning_rate": 1e-3, "weight_decay": 0.05, "muon": True,
               "scheduler": {"max_lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 1, "max_steps": 4}},
     "data": {"batch_size": 4, "seq_length": 32},
 }
@@ -105,7 +105,8 @@ def test_yaml_run_and_hand_built_facade_run_reach_the_same_losses(tmp_path, monk
     run, model = TINY_RUN["trainer"], TINY_RUN["model"]
     torch.manual_seed(run["seed"])
     module = TlamaLightningModule(TlamaConfig(**model["config"]), learning_rate=model["learning_rate"],
-                                  weight_decay=model["weight_decay"], scheduler=get_lr_scheduler(**model["scheduler"]))
+                                  weight_decay=model["weight_decay"], scheduler=get_lr_scheduler(**model["scheduler"]),
+                                  muon=model["muon"])
     data = TlamaDataModule(**TINY_RUN["data"])
     Trainer(model=module, train_data_loader=data.train_dataloader(), val_data_loader=data.val_dataloader(),
             checkpoints_dir="py/checkpoints", logs_dir="py/logs", **run).train()

@@ -88,19 +88,20 @@ class RunSettings:
     trainer_kwargs: dict[str, Any] | None = None
 
 
-# What `tlama fit` trains when the YAML leaves a key out: the run of configs/shakespeare-cpu.yaml (a ~7.1M
-# parameter model on the built-in corpus, ~4 minutes on 2 CPU cores). tests/test_cli.py keeps the two equal.
+# What `tlama fit` trains when the YAML leaves a key out: the run of configs/shakespeare-cpu.yaml (a ~3.5M
+# parameter model on the built-in corpus, ~2 minutes on 2 CPU cores). tests/test_cli.py keeps the two equal.
 BUILTIN_RUN: dict[str, Any] = {
-    "model.config": {"vocab_size": 1024, "d_model": 384, "n_layers": 4, "n_heads": 6, "n_kv_heads": 2,
-                     "max_seq_len": 256, "multiple_of": 64, "max_batch_size": 8},
-    "model.learning_rate": 2e-3,
-    "model.weight_decay": 3.0,
-    "model.scheduler": {"max_lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 20, "max_steps": 384,
+    "model.config": {"vocab_size": 1024, "d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2,
+                     "max_seq_len": 64, "multiple_of": 64, "max_batch_size": 8, "zero_init_residual": True},
+    "model.learning_rate": 6e-3,
+    "model.weight_decay": 2.5,
+    "model.muon": True,
+    "model.scheduler": {"max_lr": 6e-3, "min_lr": 1e-4, "warmup_steps": 5, "max_steps": 240,
                         "decay_type": "cosine"},
-    "data.batch_size": 16,
-    "data.seq_length": 256,
+    "data.batch_size": 64,
+    "data.seq_length": 64,
     "trainer.total_batch_size": 8192,
-    "trainer.epochs": 8,
+    "trainer.epochs": 5,
     "trainer.validation_steps": 100,
     "trainer.validation_batches": 20,
     "trainer.checkpoint_steps": 250,
