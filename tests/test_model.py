@@ -237,15 +237,16 @@ def record_attention(monkeypatch) -> list[tuple[str, float]]:
 
 
 @pytest.mark.parametrize("dropout, attention_dropout, expected", [(0.3, None, 0.3), (0.3, 0.0, 0.0), (0.0, 0.2, 0.2)])
-@pytest.mark.parametrize("seq_len", [8, EXPLICIT_ATTENTION_MAX_LEN + 1])  # the explicit path and SDPA
+@pytest.mark.parametrize("bf16", [True, False])  # the explicit attention and SDPA
 def test_attention_dropout_defaults_to_dropout_and_can_be_set_apart(monkeypatch, dropout, attention_dropout, expected,
-                                                                    seq_len):
+                                                                    bf16):
     seen = record_attention(monkeypatch)
-    model = tiny_model(dropout=dropout, attention_dropout=attention_dropout, max_seq_len=seq_len)
-    model(torch.randint(0, 100, (2, seq_len)))
-    assert seen and {p for _, p in seen} == {expected}
-    model.eval()
-    model(torch.randint(0, 100, (2, seq_len)))
+    model = tiny_model(dropout=dropout, attention_dropout=attention_dropout)
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        model(torch.randint(0, 100, (2, 8)))
+        assert seen and set(seen) == {("explicit" if bf16 else "sdpa", expected)}
+        model.eval()
+        model(torch.randint(0, 100, (2, 8)))
     assert seen[-1][1] == 0.0  # no dropout at evaluation
 
 
@@ -273,16 +274,22 @@ def test_explicit_attention_is_causal():
     assert not torch.allclose(a[:, :, 4:], b[:, :, 4:])
 
 
-def test_short_cpu_sequences_take_the_explicit_attention_and_decoding_takes_sdpa(monkeypatch):
+def test_short_bf16_cpu_windows_take_the_explicit_attention_and_the_rest_sdpa(monkeypatch):
     seen = record_attention(monkeypatch)
     model = tiny_model(max_seq_len=2 * EXPLICIT_ATTENTION_MAX_LEN)
-    model(torch.randint(0, 100, (1, EXPLICIT_ATTENTION_MAX_LEN)))
-    assert {kind for kind, _ in seen} == {"explicit"}
+
+    def kinds(length: int, bf16: bool = True) -> set[str]:
+        seen.clear()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            model(torch.randint(0, 100, (1, length)))
+        return {kind for kind, _ in seen}
+
+    assert kinds(EXPLICIT_ATTENTION_MAX_LEN) == {"explicit"}
+    assert kinds(EXPLICIT_ATTENTION_MAX_LEN + 1) == {"sdpa"}
+    assert kinds(16, bf16=False) == {"sdpa"}  # fp32: SDPA's CPU kernel is the faster one
     seen.clear()
-    model(torch.randint(0, 100, (1, EXPLICIT_ATTENTION_MAX_LEN + 1)))
-    assert {kind for kind, _ in seen} == {"sdpa"}
-    seen.clear()
-    model.generate(torch.randint(0, 100, (1, 4)), max_new_tokens=3, temperature=0)
+    with torch.autocast("cpu", torch.bfloat16):
+        model.generate(torch.randint(0, 100, (1, 4)), max_new_tokens=3, temperature=0)
     assert [kind for kind, _ in seen] == ["explicit"] * 2 + ["sdpa"] * 4  # prefill (2 layers), then 2 steps
 
 

@@ -50,10 +50,11 @@ def apply_rope(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * turns).flatten(-2).type_as(x)  # (B, T, heads, D)
 
 
-# Up to this many positions, causal attention on CPU runs faster written out (two matmuls and a softmax) than
-# through SDPA's CPU flash kernel, whose backward pass dominated short-sequence training steps. Measured on a
-# 2-core Xeon, forward + backward of the attention alone, bf16: 4.4x faster at T=64, 2.4x at T=128, even at
-# T=256 (bench/model_speed.py times the whole step). GPUs always take SDPA (flash / memory-efficient kernels).
+# Up to this many positions, bf16 causal attention on CPU runs faster written out (two matmuls and a softmax)
+# than through SDPA's CPU flash kernel, whose bf16 backward pass dominated short-window training steps.
+# Measured on a 2-core Xeon, forward + backward of the attention alone: 3-4.5x faster at T=64, 1.7-2.5x at
+# T=128, about even at T=256. In fp32 that kernel is the faster one (1.1-1.3x at T=64, 1.4-1.5x at T=128), so
+# fp32 keeps SDPA, as do GPUs (flash / memory-efficient kernels).
 EXPLICIT_ATTENTION_MAX_LEN = 128
 
 
@@ -116,7 +117,8 @@ class Attention(nn.Module):
                 if t > 1:  # new queries see every cached position and the causal part of their own block
                     mask = torch.ones(t, start_pos + t, dtype=torch.bool, device=x.device).tril(start_pos)
         dropout_p = self.dropout if self.training else 0.0
-        if causal and mask is None and x.device.type == "cpu" and t <= EXPLICIT_ATTENTION_MAX_LEN:
+        if (causal and mask is None and q.device.type == "cpu" and q.dtype == torch.bfloat16
+                and t <= EXPLICIT_ATTENTION_MAX_LEN):
             y = causal_attention(q, k, v, dropout_p=dropout_p)  # (B, H, T, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p,
