@@ -6,6 +6,7 @@ import csv
 import shutil
 
 import pytest
+import torch
 from trainer_utils import ResumableLoader, tiny_model
 
 from tlama_core.training import MuonAdamW, TlamaLightningModule, Trainer, get_lr_scheduler
@@ -133,3 +134,20 @@ def test_a_muon_run_resumes_exactly(tmp_path):
     resumed.train(ckpt_path=str(tmp_path / "resumed" / "ckpt" / "step=00000004.ckpt"))
     assert [(r["step"], r["train_loss"], r["val_loss"]) for r in rows(resumed)] == \
         [(r["step"], r["train_loss"], r["val_loss"]) for r in rows(full)]
+
+    adamw = make(tmp_path / "resumed", model=TlamaLightningModule(model=tiny_model(dropout=0.1), muon=False))
+    with pytest.raises(CheckpointError, match="resume with model.muon=true"):
+        adamw.train(ckpt_path=str(tmp_path / "resumed" / "ckpt" / "step=00000004.ckpt"))
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(uninterrupted, tmp_path):
+    """A config field the checkpoint lacks counts as its default, not as another model shape."""
+    root, full_rows, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "ckpt" / "step=00000008.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["model_config"]["zero_init_residual"]
+    torch.save(checkpoint, path)
+    t = make(tmp_path)
+    t.train(ckpt_path=str(path))
+    assert [r["train_loss"] for r in rows(t)] == [r["train_loss"] for r in full_rows]

@@ -7,6 +7,7 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tlama_core.atomic import commit, temporary_path
+from tlama_core.models import TlamaConfig
 from tlama_core.models.weights import CheckpointError, read_checkpoint
 from tlama_core.models.weights import read_checkpoint as load_checkpoint_file
 
@@ -41,7 +43,11 @@ def find_last_checkpoint(directory: str | Path) -> Path | None:
 
 
 def config_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Fields whose values differ between two TlamaConfig dicts, as 'field: saved X, model Y'."""
+    """Fields whose values differ between two TlamaConfig dicts, as 'field: saved X, model Y'.
+
+    A field the checkpoint lacks (saved before the field existed) counts as its default.
+    """
+    saved = {**{f.name: f.default for f in dataclasses.fields(TlamaConfig)}, **saved}
     return [f"{k}: checkpoint {saved.get(k)!r}, model {expected.get(k)!r}"
             for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k)]
 
