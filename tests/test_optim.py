@@ -135,3 +135,24 @@ def test_state_reads_each_parameter_from_its_own_optimizer_without_adding_entrie
         assert ("momentum_buffer" in state) == (p.dim() == 2 and any(p is q for q in model.layers.parameters()))
     assert len(optimizer.muon.state) + len(optimizer.adamw.state) == len(params)
     optimizer.state_dict()  # packs each optimizer's own parameters only
+
+
+def test_pickled_or_copied_with_its_model_it_trains_on_identically():
+    import pickle
+
+    model = tiny_model()
+    optimizer = build_optimizer(model, 2e-3, 0.1, muon=True)
+    train_steps(model, optimizer, 2)
+    copied_model, copied_opt = copy.deepcopy((model, optimizer))
+    pickled_model, pickled_opt = pickle.loads(pickle.dumps((model, optimizer)))
+    expected = train_steps(model, optimizer, 2, seed=5)
+    assert train_steps(copied_model, copied_opt, 2, seed=5) == expected
+    assert train_steps(pickled_model, pickled_opt, 2, seed=5) == expected
+
+
+def test_muon_and_an_explicit_optimizer_are_refused_together():
+    from tlama_core.training import TlamaLightningModule
+
+    model = tiny_model()
+    with pytest.raises(ValueError, match="pass either muon=True or optimizer"):
+        TlamaLightningModule(model=model, muon=True, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))

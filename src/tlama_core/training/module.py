@@ -12,8 +12,9 @@ import torch
 from torchmetrics import MeanMetric
 
 from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.models.weights import CheckpointError
 from tlama_core.training.batching import StepPlan, flops_per_token, peak_flops, starts_step
-from tlama_core.training.optim import build_optimizer
+from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
 
 
@@ -53,6 +54,9 @@ class TlamaLightningModule(L.LightningModule):
         super().__init__()
         if (config is None) == (model is None):
             raise ValueError("TlamaLightningModule: give exactly one of `config` (a new model) or `model`.")
+        if muon and optimizer is not None:
+            raise ValueError("TlamaLightningModule: muon=True builds its own optimizer; pass either muon=True or "
+                             "optimizer=..., e.g. optimizer=build_optimizer(model, lr, weight_decay, muon=True).")
         if learning_rate < 0 or weight_decay < 0:
             raise ValueError(
                 f"learning_rate={learning_rate} and weight_decay={weight_decay} must be >= 0."
@@ -91,6 +95,8 @@ class TlamaLightningModule(L.LightningModule):
 
     def configure_optimizers(self):
         if self.optimizer is None:
+            if self.muon:
+                check_muon_strategy(self.trainer.strategy)
             self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, self.device.type,
                                              muon=self.muon)
         if not hasattr(self, "_lr_scheduler"):
@@ -157,6 +163,12 @@ class TlamaLightningModule(L.LightningModule):
         checkpoint["val_loss"] = self.last_val["val_loss"] if self.last_val else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("optimizer_states") or [{}]
+        saved_muon, muon = set(saved[0]) == {"muon", "adamw"}, isinstance(self.optimizer, MuonAdamW)
+        if self.optimizer is not None and saved[0] and saved_muon != muon:  # else torch fails with a KeyError
+            raise CheckpointError(f"the checkpoint's optimizer state is {'Muon' if saved_muon else 'AdamW'}'s, this "
+                                  f"run's optimizer is {'Muon' if muon else 'AdamW'}'s: resume with model.muon="
+                                  f"{str(saved_muon).lower()} (muon={saved_muon}), the setting the run started with.")
         # A checkpoint from an epoch's last batch says so (is_last_batch); when this run gives the epoch more
         # steps (a raised `steps`), Lightning would otherwise end the resumed epoch at once.
         fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})

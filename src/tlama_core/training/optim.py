@@ -8,6 +8,21 @@ from typing import Any
 import torch
 
 
+def shards_parameters(strategy: Any) -> bool:
+    """FSDP-like strategies (and DeepSpeed) wrap and shard the parameters at setup: an optimizer must be built
+    after that, and Muon, which orthogonalises whole matrices, cannot work on the shards."""
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    return any(kind in name.lower() for kind in ("fsdp", "modelparallel", "deepspeed"))
+
+
+def check_muon_strategy(strategy: Any) -> None:
+    """Refuse Muon under a strategy that shards the parameters, naming it."""
+    if shards_parameters(strategy):
+        shown = strategy if isinstance(strategy, str) else type(strategy).__name__
+        raise ValueError(f"muon=True with strategy={shown!r}: Muon orthogonalises whole weight matrices and this "
+                         f"strategy shards them. Use AdamW (muon=False) or a DDP strategy.")
+
+
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
                     device_type: str = "cpu", muon: bool = False) -> torch.optim.Optimizer:
     """AdamW with weight decay on the 2-D weight matrices only (norms and biases decay 0), fused on CUDA.
@@ -71,6 +86,14 @@ class MuonAdamW(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles defaults, state and param_groups only: the two optimizers are the state here
+        # (a spawned DDP process or a deep copy of the module gets them whole).
+        return {"muon": self.muon, "adamw": self.adamw}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["muon"], state["adamw"])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if set(state_dict) != {"muon", "adamw"}:
             raise ValueError(f"MuonAdamW.load_state_dict: expected the keys 'muon' and 'adamw', got "
@@ -81,7 +104,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self._share_groups_and_state()
 
 
-class _JoinedState(Mapping):
+class _JoinedState(Mapping[torch.Tensor, Any]):
     """Each parameter's state, read from the optimizer that owns it.
 
     Not a ChainMap: torch keeps state in defaultdicts, and a ChainMap lookup would create an empty entry in the

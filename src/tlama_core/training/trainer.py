@@ -34,7 +34,7 @@ from tlama_core.training.checkpointing import (
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
 from tlama_core.training.module import TlamaLightningModule
-from tlama_core.training.optim import build_optimizer
+from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
 
 LOG_NAME = "train_log.csv"
 
@@ -105,9 +105,8 @@ class Trainer:
         module = model if isinstance(model, TlamaLightningModule) else TlamaLightningModule(
             model=model, learning_rate=learning_rate, weight_decay=weight_decay, scheduler=scheduler,
             optimizer=optimizer)
-        if module.muon and _shards_parameters(strategy):
-            raise ValueError(f"Trainer: muon=True with strategy={strategy!r}: Muon orthogonalises whole weight "
-                             f"matrices and this strategy shards them. Use AdamW (muon=False) or a DDP strategy.")
+        if module.muon:
+            check_muon_strategy(strategy)
         self._module = module
         self.model: Transformer = module.model
         self.scheduler = scheduler
@@ -149,7 +148,7 @@ class Trainer:
                                     self._csv, has_validation=val_data_loader is not None)
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
         self.device: torch.device = self._trainer.strategy.root_device
-        if optimizer is None and not _shards_parameters(strategy):
+        if optimizer is None and not shards_parameters(strategy):
             module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
                                                muon=module.muon)
         self.optimizer = module.optimizer
@@ -388,12 +387,6 @@ def has_fast_bf16(device_type: str) -> bool:
         return False
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
-
-
-def _shards_parameters(strategy: Any) -> bool:
-    """FSDP-like strategies wrap the parameters at setup: the optimizer must be built after that."""
-    name = strategy if isinstance(strategy, str) else type(strategy).__name__
-    return "fsdp" in name.lower() or "modelparallel" in name.lower()
 
 
 def _len_or_none(loader: Any) -> int | None:
