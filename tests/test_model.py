@@ -314,3 +314,21 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
         torch.testing.assert_close(model(tokens)[0], expected)
     model(tokens[:, :-1], targets=tokens[:, 1:])[1].backward()
     assert model.layers[0].feed_forward.w2.weight.grad.abs().sum() > 0  # the blocks still learn
+
+
+def test_explicit_attention_in_bf16_stays_close_to_sdpa(monkeypatch):
+    model = tiny_model()
+    tokens = torch.randint(0, 100, (2, 32))
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = model(tokens[:, :-1], targets=tokens[:, 1:])[1]
+        loss.backward()
+        return loss.item(), model.layers[0].attention.wq.weight.grad.clone()
+
+    explicit_loss, explicit_grad = loss_and_grads()
+    monkeypatch.setattr(transformer, "EXPLICIT_ATTENTION_MAX_LEN", 0)  # SDPA for every length
+    sdpa_loss, sdpa_grad = loss_and_grads()
+    assert explicit_loss == pytest.approx(sdpa_loss, rel=1e-3)
+    torch.testing.assert_close(explicit_grad, sdpa_grad, rtol=0.05, atol=0.05 * sdpa_grad.abs().max().item())

@@ -33,8 +33,9 @@ class TlamaConfig:
         zero_init_residual: Start each block's output projections (attention wo, feed-forward w2) at zero, so
             every block begins as the identity (torchvision's option of that name; modded-nanogpt's init).
         dropout: Dropout probability on attention, residual branches and embeddings.
-        attention_dropout: Dropout on the attention probabilities alone; None: `dropout`. On a CPU, 0 keeps
-            the fused attention kernel (attention dropout falls back to a kernel about twice as slow).
+        attention_dropout: Dropout on the attention probabilities alone; None: `dropout`. On a CPU, SDPA with
+            attention dropout leaves its fused kernel (about twice as slow); bf16 windows of up to 128 tokens use
+            the written-out attention, where it costs little.
         tie_embeddings: Share the input embedding with the output layer.
         pad_vocab_multiple: Output rows are padded to a multiple of this (faster matmuls; padded logits unused).
     """

@@ -64,10 +64,10 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     The same result as SDPA with is_causal=True and enable_gqa=True: query head h reads key/value head
     h // (H/K), by viewing the H query heads as (K, H/K) rather than by copying keys and values.
     """
-    b, h, t, d = q.shape
+    h, t, d = q.shape[1:]
     q = q.unflatten(1, (k.size(1), h // k.size(1)))  # (B, K, G, T, D)
-    scores = q @ k.unsqueeze(2).transpose(-1, -2)  # (B, K, G, T, T)
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * d**-0.5  # softmax in fp32 at least
+    scores = q @ k.unsqueeze(2).transpose(-1, -2)  # (B, K, G, T, T), in q's dtype (bf16 scores under autocast)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * d**-0.5  # scaled, masked, softmaxed in fp32
     future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
     probs = F.dropout(scores.masked_fill(future, float("-inf")).softmax(-1), dropout_p).to(v.dtype)
     return (probs @ v.unsqueeze(2)).flatten(1, 2)  # (B, H, T, D)
