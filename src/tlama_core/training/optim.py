@@ -8,19 +8,21 @@ from typing import Any
 import torch
 
 
+def _strategy_name(strategy: Any) -> str:
+    return strategy if isinstance(strategy, str) else type(strategy).__name__
+
+
 def shards_parameters(strategy: Any) -> bool:
     """FSDP-like strategies (and DeepSpeed) wrap and shard the parameters at setup: an optimizer must be built
     after that, and Muon, which orthogonalises whole matrices, cannot work on the shards."""
-    name = strategy if isinstance(strategy, str) else type(strategy).__name__
-    return any(kind in name.lower() for kind in ("fsdp", "modelparallel", "deepspeed"))
+    return any(kind in _strategy_name(strategy).lower() for kind in ("fsdp", "modelparallel", "deepspeed"))
 
 
 def check_muon_strategy(strategy: Any) -> None:
     """Refuse Muon under a strategy that shards the parameters, naming it."""
     if shards_parameters(strategy):
-        shown = strategy if isinstance(strategy, str) else type(strategy).__name__
-        raise ValueError(f"muon=True with strategy={shown!r}: Muon orthogonalises whole weight matrices and this "
-                         f"strategy shards them. Use AdamW (muon=False) or a DDP strategy.")
+        raise ValueError(f"muon=True with strategy={_strategy_name(strategy)!r}: Muon orthogonalises whole weight "
+                         f"matrices and this strategy shards them. Use AdamW (muon=False) or a DDP strategy.")
 
 
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
