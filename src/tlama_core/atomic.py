@@ -38,13 +38,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file is removed and `path` keeps its previous contents.
     """
+    with staged(path) as tmp:
+        yield tmp
+    commit(tmp, path)
+
+
+@contextmanager
+def staged(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield `PATH.tmp` to write `path`'s new contents into, removed if the writing fails; the caller commits it
+    (`commit`), now or later (a checkpoint's commit runs in the background)."""
     tmp = temporary_path(path)
     try:
         yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    commit(tmp, path)
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

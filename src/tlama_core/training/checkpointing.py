@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tlama_core.atomic import commit, temporary_path
+from tlama_core.atomic import commit, staged
 from tlama_core.models import TlamaConfig
 from tlama_core.models.weights import CheckpointError, read_checkpoint
 from tlama_core.models.weights import read_checkpoint as load_checkpoint_file
@@ -76,12 +76,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         if any(pending == path for pending, _ in self._pending):
             self.wait()  # the same file is still being committed: its temporary is about to be rewritten
-        tmp = temporary_path(path)
-        try:
+        with staged(path) as tmp:
             torch.save(checkpoint, tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         if self._committer is None:
             self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlama-checkpoint-commit")
         self._pending.append((path, self._committer.submit(commit, tmp, path)))
