@@ -6,6 +6,7 @@ They run on the master process only, unless a callback sets `all_ranks = True`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,17 @@ class HookBridge(Callback):
         self.run_hooks = True  # False while `Trainer.train_step()` drives single steps: run-level hooks stay quiet
 
     def fire(self, name: str, *args: Any, global_zero: bool = True) -> None:
-        for cb in self.callbacks:
-            hook = getattr(cb, name, None)
-            if hook is not None and (global_zero or getattr(cb, "all_ranks", False)):
-                hook(self.owner, *args)
+        for hook in self._receivers(name, global_zero):
+            hook(self.owner, *args)
+
+    def _receivers(self, name: str, global_zero: bool) -> list[Callable[..., Any]]:
+        """The callbacks' `name` hooks that run on this process: all on global rank 0, `all_ranks` ones elsewhere."""
+        return [getattr(cb, name) for cb in self.callbacks
+                if hasattr(cb, name) and (global_zero or getattr(cb, "all_ranks", False))]
 
     def _wants(self, trainer: L.Trainer, name: str) -> bool:
         """Whether any callback receives hook `name` on this process."""
-        return any(hasattr(cb, name) and (trainer.is_global_zero or getattr(cb, "all_ranks", False))
-                   for cb in self.callbacks)
+        return bool(self._receivers(name, trainer.is_global_zero))
 
     def _fire(self, trainer: L.Trainer, name: str, *args: Any) -> None:
         self.fire(name, *args, global_zero=trainer.is_global_zero)
