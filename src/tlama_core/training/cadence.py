@@ -57,6 +57,10 @@ class StepCadence(Callback):
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
 
+    def _is_final(self, step: int) -> bool:
+        """The run ends with this step: its last one, or a stop was asked for."""
+        return self.is_last_step(step) or self.stop_reason is not None
+
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
 
@@ -69,7 +73,7 @@ class StepCadence(Callback):
         if not self.enabled:
             return
         step = trainer.global_step
-        final = self.is_last_step(step) or self.stop_reason is not None
+        final = self._is_final(step)
         if final:
             trainer.should_stop = True  # Lightning then runs the validation check of this very batch
         # Lightning validates at every validation step and when the run stops (should_stop): then finish later.
@@ -87,7 +91,7 @@ class StepCadence(Callback):
 
     def _finish_step(self, trainer, pl_module, val: dict[str, float] | None) -> None:
         step = trainer.global_step
-        final = self.is_last_step(step) or self.stop_reason is not None
+        final = self._is_final(step)
         if final:
             trainer.should_stop = True  # also for a stop requested during this step's validation
         rec = pl_module.last_step
