@@ -55,12 +55,17 @@ def test_generate_with_a_seed_repeats_its_sample(run, capsys):
     assert capsys.readouterr().out == first
 
 
-def test_generate_runs_past_max_seq_len(run, capsys):
+def test_generate_runs_past_max_seq_len_by_cropping_unless_told_not_to(run, capsys):
     main(["generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:", "--max_new_tokens", "100",
           "--seed", "1"])
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:")
     assert len(text) > 100  # 100 tokens past a 64-token max_seq_len, each at least one character
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:", "--max_new_tokens", "100",
+              "--crop_context", "false"])
+    assert exit_.value.code == 2
+    assert "max_seq_len=64" in capsys.readouterr().err
 
 
 def test_generate_without_a_checkpoint_exits_2_naming_it(tmp_path, capsys):

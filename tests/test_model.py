@@ -176,11 +176,18 @@ def test_padded_vocabulary_rows_are_never_sampled():
         assert model.generate(prompt, max_new_tokens=30, temperature=temperature).max() < 100
 
 
+def test_generation_past_max_seq_len_raises_unless_asked_to_crop():
+    model = tiny_model(max_seq_len=16)
+    with pytest.raises(ValueError, match="= 17 exceeds max_seq_len=16.*crop_context=True"):
+        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
+    assert model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=6).shape == (1, 16)
+
+
 @pytest.mark.parametrize("prompt_len", [5, 20])  # a prompt shorter and one longer than the window
-def test_generation_past_max_seq_len_reads_the_latest_window_as_nanogpt_does(prompt_len):
+def test_generation_with_crop_context_reads_the_latest_window_as_nanogpt_does(prompt_len):
     model = tiny_model(max_seq_len=16).eval()
     prompt = torch.randint(0, 100, (2, prompt_len))
-    generated = model.generate(prompt, max_new_tokens=30, temperature=0)
+    generated = model.generate(prompt, max_new_tokens=30, temperature=0, crop_context=True)
     expected = prompt
     with torch.no_grad():
         for _ in range(30):

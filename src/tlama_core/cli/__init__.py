@@ -68,6 +68,9 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
                      help="Sentencepiece .model; default: the run's (its config.yaml), else the built-in one.")
     gen.add_argument("--seed", type=int | None, default=None, help="Seed for repeatable samples.")
     gen.add_argument("--device", type=str, default="auto", help="cpu, cuda, ...; auto: cuda if available.")
+    gen.add_argument("--crop_context", type=bool, default=True,
+                     help="Past the model's max_seq_len, read only its last max_seq_len tokens (nanoGPT's rule); "
+                          "false: an error instead.")
     add("generate", commands, gen, "Sample text from a checkpoint.", _generate)
 
     tok = ArgumentParser(description="Sentencepiece tokenizers.")
@@ -108,7 +111,7 @@ def _generate(cfg: Namespace) -> None:
     from tlama_core.cli.generate import generate
 
     print(generate(cfg.checkpoint, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.tokenizer,
-                   cfg.seed, cfg.device))
+                   cfg.seed, cfg.device, cfg.crop_context))
 
 
 def _tokenizer_train(cfg: Namespace) -> None:

@@ -41,11 +41,13 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = No
 
 def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
              top_k: int | None = 50, tokenizer: str | os.PathLike | None = None, seed: int | None = None,
-             device: str = "auto") -> str:
+             device: str = "auto", crop_context: bool = True) -> str:
     """The prompt followed by `max_new_tokens` sampled tokens, as text.
 
     `checkpoint` is a .ckpt file or a checkpoints directory (its newest checkpoint). temperature=0 decodes
-    greedily; `seed` makes sampling repeatable.
+    greedily; `seed` makes sampling repeatable. With `crop_context` (the default here, unlike
+    `Transformer.generate`) text may run past the model's max_seq_len, each token conditioned on the last
+    max_seq_len: a model trained on 64-token windows still writes a page.
     """
     import torch
 
@@ -64,5 +66,6 @@ def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 2
         raise ValueError("prompt is empty: give some text to continue (--prompt).")
     if seed is not None:
         torch.manual_seed(seed)
-    out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature, top_k=top_k)
+    out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature, top_k=top_k,
+                         crop_context=crop_context)
     return sp.decode(out[0].tolist())

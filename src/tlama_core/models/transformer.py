@@ -263,12 +263,13 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, eos_id: int | None = None) -> torch.Tensor:
+                 top_k: int | None = None, eos_id: int | None = None, crop_context: bool = False) -> torch.Tensor:
         """Continue prompt (B, T) by max_new_tokens sampled tokens, returning (B, T + new) ids.
 
         temperature=0 is greedy decoding; top_k keeps only the k likeliest tokens. With eos_id, generation
         stops early once every row has produced it (rows that finished first are filled with eos_id).
-        The model reads at most the last max_seq_len tokens, as nanoGPT does: past that, each new token
+        Prompt + new tokens past max_seq_len is an error, unless crop_context: then the model reads at most
+        the last max_seq_len tokens, as nanoGPT's generate does, and once the cache is full each new token
         re-reads the latest max_seq_len from position 0. The KV cache (B x min(T + max_new_tokens,
         max_seq_len) positions per layer) exists only while this runs.
         """
@@ -283,6 +284,12 @@ class Transformer(nn.Module):
             )
         b, t = prompt.shape
         end, window = t + max_new_tokens, self.config.max_seq_len
+        if end > window and not crop_context:
+            raise ValueError(
+                f"generate: prompt of {t} tokens + max_new_tokens={max_new_tokens} = {end} exceeds "
+                f"max_seq_len={window}; shorten the prompt, ask for fewer tokens, or pass crop_context=True "
+                "to condition each new token on the last max_seq_len tokens only."
+            )
         was_training = self.training
         self.eval()
         out = torch.cat((prompt, prompt.new_empty(b, max_new_tokens)), dim=1)  # (B, T + new), filled below
