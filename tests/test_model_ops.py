@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlama_core.models.ops import cross_entropy, rms_norm
+from tlama_core.models.ops import cross_entropy, rms_norm, swiglu
 
 
 def value_and_grads(fn, *inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -38,6 +38,30 @@ def test_rms_norm_keeps_bfloat16_inputs_in_bfloat16():
     out = rms_norm(x, weight, 1e-5)
     out.sum().backward()
     assert (out.dtype, x.grad.dtype, weight.grad.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32)
+
+
+def test_swiglu_matches_the_textbook_formula_and_its_gradients():
+    gate, up = torch.randn(3, 5, 24, dtype=torch.float64), torch.randn(3, 5, 24, dtype=torch.float64)
+    for ours, reference in zip(value_and_grads(swiglu, gate, up),
+                               value_and_grads(lambda g, u: F.silu(g) * u, gate, up), strict=True):
+        torch.testing.assert_close(ours, reference)
+    torch.autograd.gradcheck(swiglu, (gate[:1, :2].requires_grad_(), up[:1, :2].requires_grad_()))
+
+
+def test_swiglu_in_bfloat16_stays_bfloat16_and_close_to_fp32():
+    gate, up = torch.randn(64, 48), torch.randn(64, 48)
+    ours = value_and_grads(swiglu, gate.bfloat16(), up.bfloat16())
+    reference = value_and_grads(lambda g, u: F.silu(g) * u, gate, up)
+    assert {t.dtype for t in ours} == {torch.bfloat16}
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a.float(), b, atol=0.05, rtol=0.02)
+
+
+def test_swiglu_without_autograd_gives_the_same_values():
+    gate, up = torch.randn(4, 16), torch.randn(4, 16)
+    with torch.no_grad():
+        plain = swiglu(gate, up)
+    torch.testing.assert_close(plain, swiglu(gate.requires_grad_(), up).detach(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

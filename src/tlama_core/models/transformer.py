@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tlama_core.models.config import TlamaConfig
-from tlama_core.models.ops import cross_entropy, rms_norm
+from tlama_core.models.ops import cross_entropy, rms_norm, swiglu
 
 
 class RMSNorm(nn.Module):
@@ -143,7 +143,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(config.d_model, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(swiglu(self.w1(x), self.w3(x)))
 
 
 class Block(nn.Module):
