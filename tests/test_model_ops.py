@@ -57,6 +57,18 @@ def test_swiglu_in_bfloat16_stays_bfloat16_and_close_to_fp32():
         torch.testing.assert_close(a.float(), b, atol=0.05, rtol=0.02)
 
 
+def test_swiglu_keeps_two_activations_for_backward_where_autograd_keeps_three():
+    def saved_elements(fn) -> int:
+        gate, up = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16, requires_grad=True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            fn(gate, up)
+        return sum(sizes)
+
+    assert saved_elements(swiglu) == 2 * 8 * 16
+    assert saved_elements(lambda g, u: F.silu(g) * u) == 3 * 8 * 16
+
+
 def test_swiglu_without_autograd_gives_the_same_values():
     gate, up = torch.randn(4, 16), torch.randn(4, 16)
     with torch.no_grad():

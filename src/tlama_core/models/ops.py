@@ -62,7 +62,9 @@ class SwiGLUFunction(torch.autograd.Function):
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """`F.silu(gate) * up` (SwiGLU's gating), 2-4% faster per CPU training step and one activation lighter."""
+    """`F.silu(gate) * up` (SwiGLU's gating), keeping two activations for the backward pass instead of three.
+
+    A third less feed-forward activation memory; the step time is within the noise of A/B runs (0-4% faster)."""
     if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
         return SwiGLUFunction.apply(gate, up)
     return F.silu(gate).mul_(up)
