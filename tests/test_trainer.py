@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import time
 import warnings
 from collections import Counter
 
 import pytest
 import torch
-from trainer_utils import VOCAB, Recorder, WindowLoader, tiny_model
+from trainer_utils import VOCAB, Recorder, SlowLoader, WindowLoader, tiny_model
 
 from tlama_core.training import Trainer, get_lr_scheduler
 from tlama_core.training.batching import grad_accum_steps
@@ -279,6 +280,29 @@ def test_csv_log_has_documented_columns_and_rows_per_log_step(tmp_path):
         assert float(r["tokens_per_sec"]) > 0 and float(r["grad_norm"]) > 0 and r["epoch"] == "0"
         assert r["mfu"] == ""  # no peak FLOP/s is known for a CPU: left empty rather than invented
     assert t.best_val_loss == pytest.approx(min(float(r["val_loss"]) for r in rows if r["val_loss"]))
+
+
+def test_tokens_per_sec_counts_batch_loading_but_not_validation_or_checkpoint_saving(tmp_path, monkeypatch):
+    import lightning
+
+    save = lightning.Trainer.save_checkpoint
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(0.4)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(lightning.Trainer, "save_checkpoint", slow_save)
+    delay = 0.05  # per micro-batch; 2 micro-batches of 4 x 16 tokens per step: at most 128 / 0.1 tokens/s
+    t = make_trainer(tmp_path, loader=SlowLoader(64, 4, 16, delay=delay),
+                     val_data_loader=SlowLoader(8, 4, 16, seed=1, delay=0.5), steps=6, log_steps=2,
+                     validation_steps=2, checkpoint_steps=2)
+    t.train()
+    rates = [float(r["tokens_per_sec"]) for r in read_csv(t.log_file)]
+    assert len(rates) == 3
+    # A clock that skipped each step's first batch fetch would report about 2560.
+    assert max(rates) <= 128 / (2 * delay)
+    # Counting the 1 s of validation and 0.4-0.8 s of checkpoint saving per row would give under 100.
+    assert min(rates[1:]) > 128 / (2 * delay + 0.1)
 
 
 def test_checkpoints_hold_the_documented_contents(tmp_path):

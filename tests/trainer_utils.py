@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -19,6 +21,19 @@ class WindowLoader(DataLoader):
         super().__init__(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=batch_size, drop_last=True)
         self.seq_length = seq_length
         self.vocab_size = vocab
+
+
+class SlowLoader(WindowLoader):
+    """A WindowLoader that takes `delay` seconds to deliver each batch, like a loader starved of input."""
+
+    def __init__(self, *args, delay: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            time.sleep(self.delay)
+            yield batch
 
 
 def tiny_model(seed: int = 0, **overrides) -> Transformer:

@@ -41,6 +41,7 @@ class StepCadence(Callback):
         self._pending_step: int | None = None  # a step whose row and checkpoint wait for its validation
         self._window_tokens = 0
         self._window_seconds = 0.0
+        self._validation_started = 0.0
 
     # Lightning saves and restores this with every checkpoint (callback state).
     def state_dict(self) -> dict[str, Any]:
@@ -83,8 +84,14 @@ class StepCadence(Callback):
         else:
             self._finish_step(trainer, pl_module, val=None)
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validation_started = time.perf_counter()
+
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self._pending_step != trainer.global_step:
+        if trainer.sanity_checking:
+            return
+        pl_module.exclude_time(time.perf_counter() - self._validation_started)  # throughput is training's
+        if self._pending_step != trainer.global_step:
             return
         self._pending_step = None
         self._finish_step(trainer, pl_module, val=pl_module.last_val)
@@ -112,10 +119,12 @@ class StepCadence(Callback):
         improved = val is not None and val["val_loss"] < self.best_val_loss
         if improved:
             self.best_val_loss = val["val_loss"]
+        saving = time.perf_counter()
         if step % self.checkpoint_steps == 0 or final:
             trainer.save_checkpoint(self.checkpoints_dir / step_checkpoint_name(step), weights_only=False)
         if improved:
             trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
+        pl_module.exclude_time(time.perf_counter() - saving)
 
     def _write_row(self, trainer, pl_module, val: dict[str, float] | None) -> None:
         rec = pl_module.last_step

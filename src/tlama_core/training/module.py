@@ -78,6 +78,7 @@ class TlamaLightningModule(L.LightningModule):
         # would synchronise the device; the cadence reads it at logged and checkpointed steps.
         self.register_buffer("first_bad_step", torch.zeros((), dtype=torch.long), persistent=False)
         self._reset_step_accumulators()
+        self._restart_step_clock()
 
     @property
     def config(self) -> TlamaConfig:
@@ -86,7 +87,21 @@ class TlamaLightningModule(L.LightningModule):
     def _reset_step_accumulators(self) -> None:
         self._loss_sum: torch.Tensor | float = 0.0
         self._grad_norm: torch.Tensor | None = None
-        self._step_started = time.perf_counter()
+
+    # ---- the step clock: wall time from one optimizer step's end to the next ------------------------------
+    # Loading the batches, Lightning's loop, the hooks and the previous logged step's device sync all count;
+    # only what the cadence excludes (validation, checkpoint saving) does not. A clock started in
+    # on_train_batch_start would miss each step's first batch fetch: a stalled loader would not show.
+    def _restart_step_clock(self) -> None:
+        self._step_clock = time.perf_counter()
+        self._excluded_seconds = 0.0
+
+    def exclude_time(self, seconds: float) -> None:
+        """Leave `seconds` (spent validating or saving a checkpoint) out of the running step's time."""
+        self._excluded_seconds += seconds
+
+    def on_train_start(self) -> None:
+        self._restart_step_clock()  # the first step's time includes loading its first batch
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -134,8 +149,9 @@ class TlamaLightningModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         loss = self._loss_sum / self.trainer.accumulate_grad_batches
         step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
-        self.last_step = StepRecord(step, loss, lr, self._grad_norm,
-                                    time.perf_counter() - self._step_started, self.plan.tokens_per_step)
+        seconds = time.perf_counter() - self._step_clock - self._excluded_seconds
+        self._restart_step_clock()
+        self.last_step = StepRecord(step, loss, lr, self._grad_norm, seconds, self.plan.tokens_per_step)
         bad_now = (self.first_bad_step == 0) & ~torch.isfinite(loss)
         self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
 
