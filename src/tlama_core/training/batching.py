@@ -126,11 +126,27 @@ def flops_per_token(config: TlamaConfig, seq_length: int) -> int:
     return 6 * n + 12 * n_layers * d * seq_length
 
 
+# NVIDIA's H200 datasheet, dense (its table gives twice these, "with sparsity"). Lightning's table cannot be
+# used for the H200: it keys it "h200 sxm1" / "h200 nvl1", which no device reports ("NVIDIA H200"), and holds
+# the with-sparsity figures, which would halve the MFU.
+H200_DENSE_PEAKS = {
+    "h200 nvl": {torch.bfloat16: 835.5e12, "tfloat32": 417.5e12, torch.float32: 60e12},
+    "h200": {torch.bfloat16: 989.5e12, "tfloat32": 494.7e12, torch.float32: 67e12},  # SXM
+}
+
+
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    """The device's dense peak FLOP/s for the training precision (Lightning's table), None where unknown (CPU)."""
+    """The device's dense peak FLOP/s for the training precision (Lightning's table), None where unknown (CPU).
+
+    fp32 counts TF32 tensor cores where matmuls may use them (float32_matmul_precision not "highest")."""
     if device.type != "cuda":
         return None
     from lightning.fabric.utilities.throughput import get_available_flops
 
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    name = torch.cuda.get_device_name(device).lower()
+    if "h200" in name:
+        peaks = H200_DENSE_PEAKS["h200 nvl" if "nvl" in name else "h200"]
+        tf32 = dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest"
+        return peaks["tfloat32" if tf32 else dtype]
     return get_available_flops(device, dtype)
