@@ -29,6 +29,13 @@ def train_steps(model: Transformer, optimizer: torch.optim.Optimizer, steps: int
     return losses
 
 
+def test_adamw_is_fused_for_cuda_runs_only():
+    # Only the flag can be checked here: the fused kernel itself needs a GPU this machine does not have.
+    assert build_optimizer(tiny_model(), 1e-3, 0.1, "cuda").defaults["fused"] is True
+    assert not build_optimizer(tiny_model(), 1e-3, 0.1, "cpu").defaults["fused"]
+    assert build_optimizer(tiny_model(), 1e-3, 0.1, "cuda", muon=True).adamw.defaults["fused"] is True
+
+
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = tiny_model()
     optimizer = build_optimizer(model, 1e-3, 0.5, muon=True)

@@ -282,6 +282,32 @@ def test_csv_log_has_documented_columns_and_rows_per_log_step(tmp_path):
     assert t.best_val_loss == pytest.approx(min(float(r["val_loss"]) for r in rows if r["val_loss"]))
 
 
+@pytest.mark.slow
+def test_compile_trains_the_compiled_model_to_the_eager_losses(tmp_path):
+    losses = {}
+    for compiled in (False, True):
+        t = make_trainer(tmp_path / str(compiled), steps=3, compile=compiled)
+        t.train()
+        assert (getattr(t.model, "_compiled_call_impl", None) is not None) == compiled
+        losses[compiled] = [float(r["train_loss"]) for r in read_csv(t.log_file)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_val_bpc_is_the_validation_nats_per_character_in_bits(tmp_path):
+    val = WindowLoader(8, 4, 16, seed=1)
+    val.num_tokens, val.text_chars = 8 * 16, 300  # what the token cache tells a real loader
+    t = make_trainer(tmp_path, val_data_loader=val, steps=4, validation_steps=2)
+    t.train()
+    rows = [r for r in read_csv(t.log_file) if r["val_loss"]]
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    for r in rows:
+        assert float(r["val_bpc"]) == pytest.approx(float(r["val_loss"]) * 128 / 300 / math.log(2))
+    plain = make_trainer(tmp_path / "plain", val_data_loader=WindowLoader(8, 4, 16, seed=1), steps=2,
+                         validation_steps=2)
+    plain.train()
+    assert read_csv(plain.log_file)[-1]["val_bpc"] == ""  # no text length known: no figure invented
+
+
 def test_tokens_per_sec_counts_batch_loading_but_not_validation_or_checkpoint_saving(tmp_path, monkeypatch):
     import lightning
 
