@@ -28,18 +28,20 @@ class RandomWindows(DataLoader):
         self.seq_length, self.vocab_size = seq_length, vocab
 
 
-def measure(compile_model: bool, steps: int, batch_size: int, seq_length: int) -> dict[str, float]:
-    config = TlamaConfig(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, max_seq_len=seq_length)
+def measure(compile_model: bool, steps: int, batch_size: int, seq_length: int,
+            config: TlamaConfig | None = None) -> dict[str, float]:
+    """Train `steps` steps of 4 micro-batches on one device; the second half's rates and the run's seconds."""
+    config = config or TlamaConfig(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, max_seq_len=seq_length)
     loader = RandomWindows(steps * 4, batch_size, seq_length, config.vocab_size)
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(Transformer(config), loader, total_batch_size=4 * batch_size * seq_length, steps=steps,
                           log_steps=max(1, steps // 2), checkpoint_steps=10**9, checkpoints_dir=d, logs_dir=d,
                           verbose=False, compile=compile_model, devices=1)
-        trainer.train()
+        seconds = trainer.train()["total_training_time"]
         with open(Path(d) / "train_log.csv", newline="") as f:
             last = list(csv.DictReader(f))[-1]  # the second window: compilation and warm-up excluded
     return {"tokens_per_sec_per_device": float(last["tokens_per_sec_per_device"]),
-            "mfu": float(last["mfu"]) if last["mfu"] else float("nan")}
+            "mfu": float(last["mfu"]) if last["mfu"] else float("nan"), "seconds": seconds}
 
 
 def main() -> None:
