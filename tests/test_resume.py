@@ -63,6 +63,13 @@ def test_resume_from_last_picks_the_newest_step_checkpoint(uninterrupted, tmp_pa
     assert not list((tmp_path / "ckpt").glob("*.tmp"))  # leftovers are cleaned up by the next run
 
 
+def test_a_resumed_runs_summary_times_only_its_own_steps(uninterrupted, tmp_path, capsys):
+    root, _, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    make(tmp_path, verbose=True).train(ckpt_path=str(tmp_path / "ckpt" / "step=00000006.ckpt"))
+    assert "10 steps, 1,280 tokens; 4 steps in " in capsys.readouterr().out
+
+
 def test_last_without_checkpoints_starts_fresh_with_a_warning(tmp_path):
     t = make(tmp_path, epochs=1, steps=1)
     with pytest.warns(UserWarning, match="no checkpoint"):

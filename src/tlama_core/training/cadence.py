@@ -42,6 +42,7 @@ class StepCadence(Callback):
         self._window_tokens = 0
         self._window_seconds = 0.0
         self._validation_started = 0.0
+        self.start_step = 0
 
     # Lightning saves and restores this with every checkpoint (callback state).
     def state_dict(self) -> dict[str, Any]:
@@ -51,6 +52,7 @@ class StepCadence(Callback):
         self.best_val_loss = float(state_dict.get("best_val_loss", math.inf))
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.start_step = trainer.global_step  # after a resume: the checkpoint's step
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step.
         if self.enabled and self.csv_log is not None and trainer.is_global_zero:
             self.csv_log.open(resume_step=trainer.global_step if trainer.ckpt_path else None)

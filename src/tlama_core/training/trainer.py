@@ -341,8 +341,9 @@ class Trainer:
                   f"{self.checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
         if not (self.verbose and self.master_process):
             return
-        print(f"tlama-core: {result['steps_completed']} steps, {result['tokens']:,} tokens in "
-              f"{result['total_training_time']:.1f} s; last train loss {result['train_loss']:.4f}, "
+        run_steps = result["steps_completed"] - self._cadence.start_step  # a resumed run's time covers only these
+        print(f"tlama-core: {result['steps_completed']} steps, {result['tokens']:,} tokens; {run_steps} steps in "
+              f"{result['total_training_time']:.1f} s this run; last train loss {result['train_loss']:.4f}, "
               f"best val loss {result['best_val_loss']:.4f}")
 
 
