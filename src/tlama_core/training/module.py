@@ -180,7 +180,7 @@ class TlamaLightningModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("optimizer_states") or [{}]
-        saved_muon, muon = set(saved[0]) == {"muon", "adamw"}, isinstance(self.optimizer, MuonAdamW)
+        saved_muon, muon = MuonAdamW.saved_this(saved[0]), isinstance(self.optimizer, MuonAdamW)
         if self.optimizer is not None and saved[0] and saved_muon != muon:  # else torch fails with a KeyError
             raise CheckpointError(f"the checkpoint's optimizer state is {'Muon' if saved_muon else 'AdamW'}'s, this "
                                   f"run's optimizer is {'Muon' if muon else 'AdamW'}'s: resume with model.muon="

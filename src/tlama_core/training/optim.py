@@ -88,6 +88,11 @@ class MuonAdamW(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
 
+    @staticmethod
+    def saved_this(state_dict: dict[str, Any]) -> bool:
+        """Whether an optimizer state dict is a MuonAdamW's (rather than a plain AdamW's)."""
+        return set(state_dict) == {"muon", "adamw"}
+
     def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer pickles defaults, state and param_groups only: the two optimizers are the state here
         # (a spawned DDP process or a deep copy of the module gets them whole).
@@ -97,7 +102,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.__init__(state["muon"], state["adamw"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if set(state_dict) != {"muon", "adamw"}:
+        if not self.saved_this(state_dict):
             raise ValueError(f"MuonAdamW.load_state_dict: expected the keys 'muon' and 'adamw', got "
                              f"{sorted(state_dict)}: this optimizer state was saved by another optimizer "
                              f"(was the run started with a different `muon` setting?).")
