@@ -293,6 +293,18 @@ def test_compile_trains_the_compiled_model_to_the_eager_losses(tmp_path):
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
+def test_mfu_is_the_per_device_rate_times_flops_per_token_over_the_peak(tmp_path, monkeypatch):
+    from tlama_core.training import cadence
+    from tlama_core.training.batching import flops_per_token
+
+    monkeypatch.setattr(cadence, "peak_flops", lambda device, precision: 1e10)  # a device with a known peak
+    t = make_trainer(tmp_path, steps=2)
+    t.train()
+    row = read_csv(t.log_file)[-1]
+    expected = float(row["tokens_per_sec_per_device"]) * flops_per_token(t.model.config, 16) / 1e10
+    assert float(row["mfu"]) == pytest.approx(expected)
+
+
 def test_val_bpc_is_the_validation_nats_per_character_in_bits(tmp_path):
     val = WindowLoader(8, 4, 16, seed=1)
     val.num_tokens, val.text_chars = 8 * 16, 300  # what the token cache tells a real loader

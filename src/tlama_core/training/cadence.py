@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tlama_core.training.batching import StepPlan, ends_step
+from tlama_core.training.batching import StepPlan, ends_step, flops_per_token, peak_flops
 from tlama_core.training.checkpointing import BEST_NAME, step_checkpoint_name
 from tlama_core.training.csv_log import CsvLog
 
@@ -43,6 +43,7 @@ class StepCadence(Callback):
         self._window_seconds = 0.0
         self._validation_started = 0.0
         self.start_step = 0
+        self._mfu_per_token: float | None = None
 
     # Lightning saves and restores this with every checkpoint (callback state).
     def state_dict(self) -> dict[str, Any]:
@@ -53,6 +54,9 @@ class StepCadence(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
+        # MFU = per-device tokens/s x this: FLOPs per token over the device's peak (None: no known peak, a CPU).
+        peak = peak_flops(pl_module.device, str(trainer.precision))
+        self._mfu_per_token = flops_per_token(pl_module.config, self.plan.seq_length) / peak if peak else None
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step.
         if self.enabled and self.csv_log is not None and trainer.is_global_zero:
             self.csv_log.open(resume_step=trainer.global_step if trainer.ckpt_path else None)
@@ -132,8 +136,7 @@ class StepCadence(Callback):
         rec = pl_module.last_step
         per_sec = self._window_tokens / self._window_seconds if self._window_seconds > 0 else None
         per_device = per_sec / self.plan.world_size if per_sec else None
-        peak = pl_module.device_peak_flops()
-        mfu = per_device * pl_module.flops_per_token() / peak if (per_device and peak) else None
+        mfu = per_device * self._mfu_per_token if (per_device and self._mfu_per_token) else None
         self._window_tokens, self._window_seconds = 0, 0.0
         row = {
             "epoch": trainer.current_epoch, "step": trainer.global_step, "timestamp": round(time.time(), 3),

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.models.weights import CheckpointError
-from tlama_core.training.batching import StepPlan, flops_per_token, peak_flops, starts_step
+from tlama_core.training.batching import StepPlan, starts_step
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
 
@@ -213,9 +213,3 @@ class TlamaLightningModule(L.LightningModule):
                     counts["processed"] = counts["completed"] = counts["started"]
                 progress["current"] = dict.fromkeys(progress["current"], 0)
                 progress["is_last_batch"] = False
-
-    def flops_per_token(self) -> int:
-        return flops_per_token(self.config, self.plan.seq_length)
-
-    def device_peak_flops(self) -> float | None:
-        return peak_flops(self.device, str(self.trainer.precision))
