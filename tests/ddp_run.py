@@ -1,9 +1,14 @@
-"""A tiny training run for the DDP tests: `python ddp_run.py OUT DEVICES TOTAL_BATCH [STEPS] [--resume]`.
+"""A tiny training run for the DDP tests: `python ddp_run.py OUT DEVICES TOTAL_BATCH [STEPS] [--resume]
+[--signal-skew]`.
 
 Lightning's DDP launcher re-runs this script once per extra process, exactly as it would a user's train.py.
-Each rank writes the first token of every window it trained on to OUT/batches_rank{R}.txt.
+Each rank writes the first token of every window it trained on to OUT/batches_rank{R}.txt. With
+--signal-skew each process sends itself SIGTERM as its own step starts: rank 1 at step 3, rank 0 at step 4,
+as when a cluster signals every task on its own.
 """
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +29,12 @@ class RecordBatches(Callback):
             f.write(" ".join(map(str, batch[0][:, :4].flatten().tolist())) + "\n")
 
 
+class SignalSkew(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx % trainer.accumulate_grad_batches == 0 and trainer.global_step + 1 == 4 - trainer.global_rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> None:
     out, devices, total = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     steps = int(sys.argv[4]) if len(sys.argv) > 4 and not sys.argv[4].startswith("--") else 6
@@ -36,8 +47,11 @@ def main() -> None:
                       validation_steps=100, checkpoints_dir=str(out / "ckpt"), logs_dir=str(out / "logs"), seed=3,
                       verbose=False, accelerator="cpu", devices=devices,
                       strategy="ddp" if devices > 1 else "auto",
-                      trainer_kwargs={"callbacks": [RecordBatches(out)]})
-    trainer.train(ckpt_path="last" if "--resume" in sys.argv else None)
+                      trainer_kwargs={"callbacks": [RecordBatches(out)] + (
+                          [SignalSkew()] if "--signal-skew" in sys.argv else [])})
+    result = trainer.train(ckpt_path="last" if "--resume" in sys.argv else None)
+    with open(out / f"result_rank{trainer._trainer.global_rank}.txt", "w") as f:
+        f.write(f"{result['steps_completed']} {result['interrupted']}\n")
 
 
 if __name__ == "__main__":

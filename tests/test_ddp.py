@@ -69,6 +69,20 @@ def test_ddp_run_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_processes_signalled_a_step_apart_stop_together_and_resume(tmp_path):
+    """Rank 1 is signalled as step 3 starts, rank 0 as step 4 starts: both stop after step 3, checkpoint it
+    and report the interruption; resuming then trains what an uninterrupted run trains."""
+    micro = 2 * 32
+    run(tmp_path / "full", 2, micro * 4, "6")
+    run(tmp_path / "cut", 2, micro * 4, "6", "--signal-skew")
+    cut = tmp_path / "cut"
+    assert [(cut / f"result_rank{r}.txt").read_text().split() for r in (0, 1)] == [["3", "True"]] * 2
+    assert sorted(p.name for p in (cut / "ckpt").iterdir()) == ["step=00000002.ckpt", "step=00000003.ckpt"]
+    run(cut, 2, micro * 4, "6", "--resume")
+    assert losses(cut) == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
+
+
+@pytest.mark.slow
 def test_tlama_fit_with_two_devices(tmp_path):
     """The same DDP run from the command line: one CSV, one set of checkpoints, the run's config beside them."""
     corpus = tmp_path / "corpus.txt"

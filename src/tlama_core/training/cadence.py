@@ -21,6 +21,8 @@ from tlama_core.training.batching import StepPlan, ends_step, flops_per_token, p
 from tlama_core.training.checkpointing import BEST_NAME, step_checkpoint_name
 from tlama_core.training.csv_log import CsvLog
 
+STOP_CODES = (None, "request", "signal")  # agreed across processes as their maximum: a signal wins
+
 
 class StepCadence(Callback):
     """Every `log_steps` a CSV row, every `checkpoint_steps` a checkpoint, a `best.ckpt` when val_loss improves,
@@ -64,9 +66,24 @@ class StepCadence(Callback):
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
 
-    def _is_final(self, step: int) -> bool:
-        """The run ends with this step: its last one, or a stop was asked for."""
-        return self.is_last_step(step) or self.stop_reason is not None
+    def _is_final(self, trainer, step: int) -> bool:
+        """The run ends with this step: its last one, or a stop was asked for on any process."""
+        return self.is_last_step(step) or self._stop_agreed(trainer)
+
+    def _stop_agreed(self, trainer) -> bool:
+        """Whether any process was asked to stop; every process learns the reason ("request" or "signal").
+
+        A signal reaches each process on its own (srun signals every task), possibly a step apart; processes
+        that stopped at different steps would then make mismatched collectives (a crash on gloo, a hang on
+        NCCL). So every process calls this at the same points. Lightning already syncs its own stop flag
+        every batch in multi-process runs; one more tiny collective per step adds nothing noticeable.
+        """
+        if trainer.world_size == 1:
+            return self.stop_reason is not None
+        code = STOP_CODES.index(self.stop_reason)
+        code = int(trainer.strategy.reduce(torch.tensor(code, device=trainer.strategy.root_device), reduce_op="max"))
+        self.stop_reason = STOP_CODES[code]
+        return self.stop_reason is not None
 
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
@@ -80,7 +97,7 @@ class StepCadence(Callback):
         if not self.enabled:
             return
         step = trainer.global_step
-        final = self._is_final(step)
+        final = self._is_final(trainer, step)
         if final:
             trainer.should_stop = True  # Lightning then runs the validation check of this very batch
         # Lightning validates at every validation step and when the run stops (should_stop): then finish later.
@@ -88,7 +105,7 @@ class StepCadence(Callback):
         if validates:
             self._pending_step = step  # finished in on_validation_end
         else:
-            self._finish_step(trainer, pl_module, val=None)
+            self._finish_step(trainer, pl_module, val=None, final=final)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._validation_started = time.perf_counter()
@@ -100,13 +117,14 @@ class StepCadence(Callback):
         if self._pending_step != trainer.global_step:
             return
         self._pending_step = None
-        self._finish_step(trainer, pl_module, val=pl_module.last_val)
-
-    def _finish_step(self, trainer, pl_module, val: dict[str, float] | None) -> None:
-        step = trainer.global_step
-        final = self._is_final(step)
+        # A stop may have been asked for during this step's validation (early stopping in on_validate_end).
+        final = self._is_final(trainer, trainer.global_step)
         if final:
-            trainer.should_stop = True  # also for a stop requested during this step's validation
+            trainer.should_stop = True
+        self._finish_step(trainer, pl_module, val=pl_module.last_val, final=final)
+
+    def _finish_step(self, trainer, pl_module, val: dict[str, float] | None, final: bool) -> None:
+        step = trainer.global_step
         rec = pl_module.last_step
         logs = step % self.log_steps == 0 or val is not None or final
         if logs or step % self.checkpoint_steps == 0:

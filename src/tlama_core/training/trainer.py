@@ -12,14 +12,14 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.models import Transformer
@@ -51,6 +51,22 @@ class _ProgressBar(TQDMProgressBar):
         if pl_module.last_val:
             metrics["val_loss"] = f"{pl_module.last_val['val_loss']:.4f}"
         return metrics
+
+
+class _SignalStop(Callback):
+    """Gives SIGTERM back to the facade once training starts (Lightning registers its own handler inside fit).
+
+    Lightning's handler broadcasts from inside the signal handler: a collective on the signalled process alone,
+    which misaligns every later collective when processes are signalled a step apart (srun signals each task).
+    The facade's handler only asks the cadence to stop; the cadence agrees on the stop step across processes.
+    """
+
+    def __init__(self, handler: Callable[[int, Any], None]) -> None:
+        self.handler = handler
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.handler)  # Lightning's teardown restores what preceded fit
 
 
 class _StepLoader:
@@ -159,7 +175,7 @@ class Trainer:
     # ---- translation ---------------------------------------------------------------------------------
     def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
                            **overrides: Any) -> L.Trainer:
-        callbacks = [bridge, cadence] + ([_ProgressBar(cadence)] if progress else [])
+        callbacks = [bridge, cadence, _SignalStop(self._on_stop_signal)] + ([_ProgressBar(cadence)] if progress else [])
         callbacks += list(self._lightning_kwargs.get("callbacks") or [])  # Lightning callbacks from trainer_kwargs
         kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress, "callbacks": callbacks,
                   "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
@@ -311,19 +327,19 @@ class Trainer:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-
-        def request_stop(signum, frame) -> None:
-            self._cadence.request_stop("signal")
-            # Lightning chains its own SIGTERM handler before this one (inside fit); its flag makes the loops
-            # raise SIGTERMException, a silent exit 0 mid-step with no checkpoint. The cadence owns the stop.
-            self._trainer._signal_connector.received_sigterm = False
-
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        self._cadence.request_stop("signal")
+        # Lightning chains its own SIGTERM handler before this one while fit sets up (until _SignalStop takes
+        # SIGTERM back); its flag makes the loops raise SIGTERMException, a silent exit 0 mid-step with no
+        # checkpoint. The cadence owns the stop.
+        self._trainer._signal_connector.received_sigterm = False
 
     def _summary_start(self, ckpt: str | None) -> None:
         if not (self.verbose and self.master_process):
