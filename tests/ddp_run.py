@@ -1,10 +1,11 @@
 """A tiny training run for the DDP tests: `python ddp_run.py OUT DEVICES TOTAL_BATCH [STEPS] [--resume]
-[--signal-skew]`.
+[--signal-skew] [--save-in-hook]`.
 
 Lightning's DDP launcher re-runs this script once per extra process, exactly as it would a user's train.py.
 Each rank writes the first token of every window it trained on to OUT/batches_rank{R}.txt. With
 --signal-skew each process sends itself SIGTERM as its own step starts: rank 1 at step 3, rank 0 at step 4,
-as when a cluster signals every task on its own.
+as when a cluster signals every task on its own. With --save-in-hook every rank calls the documented
+`_save_checkpoint()` from `on_step_end` at step 2 and writes what it returned to OUT/saved_rank{R}.txt.
 """
 
 import os
@@ -35,6 +36,15 @@ class SignalSkew(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SaveInHook:
+    all_ranks = True
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.current_step == 2:
+            path = trainer._save_checkpoint()
+            (trainer.checkpoints_dir.parent / f"saved_rank{trainer._trainer.global_rank}.txt").write_text(str(path))
+
+
 def main() -> None:
     out, devices, total = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     steps = int(sys.argv[4]) if len(sys.argv) > 4 and not sys.argv[4].startswith("--") else 6
@@ -46,6 +56,7 @@ def main() -> None:
     trainer = Trainer(model, loader, total_batch_size=total, steps=steps, log_steps=1, checkpoint_steps=2,
                       validation_steps=100, checkpoints_dir=str(out / "ckpt"), logs_dir=str(out / "logs"), seed=3,
                       verbose=False, accelerator="cpu", devices=devices,
+                      callbacks=[SaveInHook()] if "--save-in-hook" in sys.argv else None,
                       strategy="ddp" if devices > 1 else "auto",
                       trainer_kwargs={"callbacks": [RecordBatches(out)] + (
                           [SignalSkew()] if "--signal-skew" in sys.argv else [])})

@@ -158,3 +158,39 @@ def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(uninterru
     t = make(tmp_path)
     t.train(ckpt_path=str(path))
     assert [r["train_loss"] for r in rows(t)] == [r["train_loss"] for r in full_rows]
+
+
+class SaveAtStep:
+    """Calls the documented `_save_checkpoint` from `on_step_end` at `step`, then stops the run there."""
+
+    def __init__(self, step: int, val_loss: float) -> None:
+        self.step, self.val_loss, self.path, self.saved_val_loss = step, val_loss, None, None
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.current_step == self.step:
+            self.path = trainer._save_checkpoint(val_loss=self.val_loss)
+            self.saved_val_loss = torch.load(self.path, weights_only=False)["val_loss"]
+            trainer.request_stop()  # the run's own final save then rewrites the file
+
+
+def test_save_checkpoint_from_a_hook_is_resumable_and_outside_training_never_replaces_run_files(
+        uninterrupted, tmp_path):
+    """From a hook, `_save_checkpoint` writes the run's resumable step file (holding the val_loss it was
+    given); after train() it writes `model-step=N.ckpt` beside it, which "last" does not pick and which cannot
+    resume a run by mistake. "last" then resumes the step file exactly."""
+    _, full_rows, full = uninterrupted
+    hook = SaveAtStep(3, val_loss=0.25)
+    t = make(tmp_path, callbacks=[hook])
+    t.train()
+    assert hook.path == str(tmp_path / "ckpt" / "step=00000003.ckpt") and hook.saved_val_loss == 0.25
+    after = t._save_checkpoint(val_loss=0.5)
+    assert after == str(tmp_path / "ckpt" / "model-step=00000003.ckpt")
+    assert torch.load(after, weights_only=False)["val_loss"] == 0.5
+    assert find_last_checkpoint(tmp_path / "ckpt").name == "step=00000003.ckpt"
+    with pytest.raises(CheckpointError, match="no training state"):
+        make(tmp_path).train(ckpt_path=after)
+
+    resumed = make(tmp_path)
+    resumed.train(ckpt_path="last")
+    assert [(r["step"], r["train_loss"]) for r in rows(resumed)] == [(r["step"], r["train_loss"]) for r in full_rows]
+    assert resumed.current_step == full["steps_completed"]

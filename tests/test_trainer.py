@@ -403,6 +403,7 @@ def test_save_checkpoint_and_log_metrics_called_directly(tmp_path):
     rec = Recorder()
     t = make_trainer(tmp_path, callbacks=[rec])
     path = t._save_checkpoint(val_loss=1.5, is_best=True)
+    assert path == str(tmp_path / "ckpt" / "model-step=00000000.ckpt")  # before training: nothing to resume
     ckpt = load_checkpoint_file(path)
     assert ckpt["val_loss"] == 1.5 and ckpt["step"] == 0 and ckpt["model_config"] == t.model.config.to_dict()
     assert (tmp_path / "ckpt" / "best.ckpt").exists()
@@ -437,3 +438,22 @@ def test_verbose_false_prints_nothing(tmp_path, capfd):
     make_trainer(tmp_path, steps=2).train()
     out, err = capfd.readouterr()
     assert out == ""
+
+
+def test_a_process_that_is_not_the_master_writes_nothing_and_runs_no_hooks(tmp_path):
+    rec = Recorder()
+    t = make_trainer(tmp_path, callbacks=[rec], master_process=False, checkpoint_steps=1, steps=3)
+    t.train()
+    assert t._save_checkpoint() is None
+    assert rec.events == []
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "logs").exists()
+
+
+def test_validate_from_a_hook_while_training_is_a_clear_error(tmp_path):
+    class ValidateInHook:
+        def on_step_end(self, trainer, metrics):
+            trainer.validate()
+
+    t = make_trainer(tmp_path, val_data_loader=WindowLoader(8, 4, 16, seed=1), callbacks=[ValidateInHook()])
+    with pytest.raises(RuntimeError, match="validation_steps"):
+        t.train()

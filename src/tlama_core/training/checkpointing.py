@@ -33,6 +33,11 @@ def step_checkpoint_name(step: int) -> str:
     return f"step={step:08d}.ckpt"
 
 
+def model_checkpoint_name(step: int) -> str:
+    """`Trainer._save_checkpoint()` outside training: a model and its optimizer, no run state to resume."""
+    return f"model-step={step:08d}.ckpt"
+
+
 def find_last_checkpoint(directory: str | Path) -> Path | None:
     """The step checkpoint with the highest step in `directory` (all are complete: writes are atomic)."""
     directory = Path(directory)
@@ -64,15 +69,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     `listeners` are called with the final path once a file is complete and durable (the `on_checkpoint_end`
     hook), always on the caller's thread: from `poll()` (non-blocking, at step ends) or `wait()`.
     `expected_config` (a TlamaConfig dict) makes loading a checkpoint of another model shape an error.
+    `writes` False (a process that is not the master) makes saving a no-op.
     """
 
     def __init__(self) -> None:
+        self.writes = True
         self.listeners: list[Callable[[Path], None]] = []
         self.expected_config: dict[str, Any] | None = None
         self._committer: ThreadPoolExecutor | None = None  # created at the first save: the IO stays picklable
         self._pending: deque[tuple[Path, Future]] = deque()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if not self.writes:
+            return
         path = Path(path)
         if any(pending == path for pending, _ in self._pending):
             self.wait()  # the same file is still being committed: its temporary is about to be rewritten
@@ -106,6 +115,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         checkpoint = read_checkpoint(path, map_location or "cpu")
+        if "loops" not in checkpoint:
+            raise CheckpointError(
+                f"checkpoint {path} holds a model but no training state (Trainer._save_checkpoint() outside "
+                "training writes such files); it cannot resume a run. Resume from a step=N.ckpt file, or load the "
+                "model with Transformer.from_checkpoint and start a new run."
+            )
         if self.expected_config is not None:
             diff = config_mismatch(checkpoint["model_config"], self.expected_config)
             if diff:

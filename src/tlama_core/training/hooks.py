@@ -1,7 +1,8 @@
 """The callback bridge: the 14 documented Trainer hooks, called from Lightning's own callback hooks.
 
 User callbacks are plain objects defining any subset of the hooks; each hook gets the facade `Trainer` first.
-They run on the master process only, unless a callback sets `all_ranks = True`.
+They run on the master process only (the facade's `master_process`: global rank 0, unless the user said it is
+not the master), unless a callback sets `all_ranks = True`.
 """
 
 from __future__ import annotations
@@ -30,68 +31,62 @@ class HookBridge(Callback):
         self.callbacks = list(callbacks)
         self.run_hooks = True  # False while `Trainer.train_step()` drives single steps: run-level hooks stay quiet
 
-    def fire(self, name: str, *args: Any, global_zero: bool = True) -> None:
-        for hook in self._receivers(name, global_zero):
+    def fire(self, name: str, *args: Any) -> None:
+        for hook in self._receivers(name):
             hook(self.owner, *args)
 
-    def _receivers(self, name: str, global_zero: bool) -> list[Callable[..., Any]]:
-        """The callbacks' `name` hooks that run on this process: all on global rank 0, `all_ranks` ones elsewhere."""
+    def _receivers(self, name: str) -> list[Callable[..., Any]]:
+        """The callbacks' `name` hooks that run on this process: all on the master, `all_ranks` ones elsewhere."""
+        master = self.owner.master_process
         return [getattr(cb, name) for cb in self.callbacks
-                if hasattr(cb, name) and (global_zero or getattr(cb, "all_ranks", False))]
-
-    def _wants(self, trainer: L.Trainer, name: str) -> bool:
-        """Whether any callback receives hook `name` on this process."""
-        return bool(self._receivers(name, trainer.is_global_zero))
-
-    def _fire(self, trainer: L.Trainer, name: str, *args: Any) -> None:
-        self.fire(name, *args, global_zero=trainer.is_global_zero)
+                if hasattr(cb, name) and (master or getattr(cb, "all_ranks", False))]
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.run_hooks:
-            self._fire(trainer, "on_train_start")
+            self.fire("on_train_start")
 
     def on_train_end(self, trainer, pl_module) -> None:
         _checkpoint_io(trainer).wait()  # every checkpoint of the run is on disk (and announced) before it ends
         if self.run_hooks:
-            self._fire(trainer, "on_train_end")
+            self.fire("on_train_end")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.run_hooks:
-            self._fire(trainer, "on_epoch_start")
+            self.fire("on_epoch_start")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.run_hooks:
-            self._fire(trainer, "on_epoch_end")
+            self.fire("on_epoch_end")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if starts_step(batch_idx, trainer.accumulate_grad_batches):
-            self._fire(trainer, "on_step_start")
+            self.fire("on_step_start")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         # Lightning's loss here is already divided by the accumulation; the hook documents the micro-batch's own.
-        self._fire(trainer, "on_backward_start", pl_module.micro_loss)
+        self.fire("on_backward_start", pl_module.micro_loss)
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        self._fire(trainer, "on_backward_end")
+        self.fire("on_backward_end")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self._fire(trainer, "on_optimizer_step_start")
+        self.fire("on_optimizer_step_start")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if ends_step(batch_idx, trainer.accumulate_grad_batches):
             # No Lightning hook follows the optimizer step itself; nothing user-visible happens between it and here.
-            self._fire(trainer, "on_optimizer_step_end")
-            if self._wants(trainer, "on_step_end"):  # its metrics read device values: only for a listener
-                self._fire(trainer, "on_step_end", step_metrics(pl_module))
+            self.fire("on_optimizer_step_end")
+            if self._receivers("on_step_end"):  # its metrics read device values: only for a listener
+                self.fire("on_step_end", step_metrics(pl_module))
             _checkpoint_io(trainer).poll()  # on_checkpoint_end for files whose background commit has finished
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self._fire(trainer, "on_validate_start")
+            self.fire("on_validate_start")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and pl_module.last_val is not None:
-            self._fire(trainer, "on_validate_end", dict(pl_module.last_val))
+            self.fire("on_validate_end", dict(pl_module.last_val))
 
     def checkpoint_written(self, path: Path) -> None:
         """Listener of the checkpoint IO: the file is complete on disk (only the master process writes files).

@@ -74,6 +74,7 @@ class TlamaLightningModule(L.LightningModule):
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
+        self.saving_val_loss: float | None = None  # an explicit `Trainer._save_checkpoint(val_loss=...)`
         # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
         # would synchronise the device; the cadence reads it at logged and checkpointed steps.
         self.register_buffer("first_bad_step", torch.zeros((), dtype=torch.long), persistent=False)
@@ -176,7 +177,8 @@ class TlamaLightningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["step"] = int(self.global_step)
-        checkpoint["val_loss"] = self.last_val["val_loss"] if self.last_val else None
+        latest = self.last_val["val_loss"] if self.last_val else None
+        checkpoint["val_loss"] = self.saving_val_loss if self.saving_val_loss is not None else latest
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("optimizer_states") or [{}]

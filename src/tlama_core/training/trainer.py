@@ -29,6 +29,7 @@ from tlama_core.training.checkpointing import (
     BEST_NAME,
     AtomicCheckpointIO,
     find_last_checkpoint,
+    model_checkpoint_name,
     step_checkpoint_name,
 )
 from tlama_core.training.csv_log import CsvLog
@@ -155,6 +156,7 @@ class Trainer:
         self.model.activation_checkpointing = activation_checkpointing
 
         self.master_process = master_process and probe.is_global_zero
+        self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
         self._csv = CsvLog(self.log_file) if self.master_process else None
@@ -170,7 +172,7 @@ class Trainer:
         self.optimizer = module.optimizer
         self._stepper: L.Trainer | None = None
         self._trained = False
-        self._bridge.fire("on_init_end", global_zero=self.master_process)
+        self._bridge.fire("on_init_end")
 
     # ---- translation ---------------------------------------------------------------------------------
     def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
@@ -202,6 +204,11 @@ class Trainer:
     def _active(self) -> L.Trainer:
         return self._stepper if self._stepper is not None else self._trainer
 
+    def _fitting(self) -> bool:
+        """Whether Lightning's fit is running (this is called from a hook)."""
+        state = self._active().state
+        return state.fn == "fit" and state.stage is not None
+
     # ---- documented methods --------------------------------------------------------------------------
     def _set_seed(self, seed: int) -> None:
         """Seed Python, NumPy and torch (and loader workers) through Lightning's seeding."""
@@ -215,32 +222,51 @@ class Trainer:
         self._csv.write(row)
 
     def _save_checkpoint(self, val_loss: float | None = None, is_best: bool = False) -> str | None:
-        """Save a checkpoint of the current step (and `best.ckpt` when is_best); returns the step file's path."""
-        if not self.master_process:
-            return None
-        path = self.checkpoints_dir / step_checkpoint_name(self.current_step)
+        """Save a checkpoint of the current step (and `best.ckpt` when is_best); the master returns its path.
+
+        From a hook while training runs, this is the run's own resumable `step=N.ckpt` (Lightning's complete
+        checkpoint; with several processes every one must call it: they meet at a barrier, the master writes).
+        Outside training (before it, after it, between `train_step()` calls) it is `model-step=N.ckpt`: the
+        model, its config and the optimizer, loadable with `Transformer.from_checkpoint`. It never replaces the
+        run's own files, whose loop and loader state only a running fit can write, and "last" never picks it.
+        """
         trainer = self._active()
-        if trainer.lightning_module is not None and trainer.state.stage is not None:
-            trainer.save_checkpoint(path, weights_only=False)
-            if is_best:
-                trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
+        if self._fitting():  # from a hook while training runs
+            path = self.checkpoints_dir / step_checkpoint_name(self.current_step)
+            self._module.saving_val_loss = val_loss
+            try:
+                trainer.save_checkpoint(path, weights_only=False)
+                if is_best:
+                    trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
+            finally:
+                self._module.saving_val_loss = None
         else:
-            checkpoint = {  # outside fit Lightning has no model attached to save; the same contents by hand
+            path = self.checkpoints_dir / model_checkpoint_name(self.current_step)
+            checkpoint = {  # the contents SPEC.md documents, by hand: Lightning saves only inside fit
                 "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
                 "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
                 "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
                 "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
             }
-            self._checkpoint_io.save_checkpoint(checkpoint, path)
-            if is_best:
-                self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / BEST_NAME)
+            if self.master_process:
+                self._checkpoint_io.save_checkpoint(checkpoint, path)
+                if is_best:
+                    self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / BEST_NAME)
+        if is_best and val_loss is not None:
+            self._cadence.best_val_loss = min(self._cadence.best_val_loss, val_loss)
         self._checkpoint_io.wait()  # an explicit save returns once its files are in place (and announced)
-        return str(path)
+        return str(path) if self.master_process else None
 
     def validate(self) -> float | None:
         """Mean validation loss over the val loader (its first `validation_batches`), or None without one."""
         if self.val_data_loader is None:
             return None
+        if self._fitting():
+            raise RuntimeError(
+                "Trainer.validate(): called while train() runs (from a hook); Lightning cannot start a validation "
+                "inside its fit. The run validates every validation_steps steps and passes the result to "
+                "on_validate_end; lower validation_steps to validate more often."
+            )
         with _quiet_lightning(False):
             self._trainer.validate(self._module, dataloaders=self.val_data_loader, verbose=False)
         val_loss = self._module.last_val["val_loss"]
