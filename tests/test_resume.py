@@ -194,3 +194,21 @@ def test_save_checkpoint_from_a_hook_is_resumable_and_outside_training_never_rep
     resumed.train(ckpt_path="last")
     assert [(r["step"], r["train_loss"]) for r in rows(resumed)] == [(r["step"], r["train_loss"]) for r in full_rows]
     assert resumed.current_step == full["steps_completed"]
+
+
+def test_resuming_with_another_step_shape_is_an_error_naming_it(uninterrupted, tmp_path):
+    """Twice the accumulation would make the first resumed step half a step divided by the full count."""
+    root, _, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    with pytest.raises(CheckpointError, match=r"grad_accum 2 \(this run 4\)"):
+        make(tmp_path, total_batch_size=256).train(ckpt_path="last")
+
+
+def test_a_resume_with_a_new_schedule_uses_it_from_the_first_resumed_step(uninterrupted, tmp_path):
+    root, _, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    schedule = get_lr_scheduler(1e-2, 1e-3, 2, 10)
+    t = make(tmp_path, scheduler=schedule)
+    t.train(ckpt_path=str(tmp_path / "ckpt" / "step=00000004.ckpt"))
+    lrs = {int(r["step"]): float(r["learning_rate"]) for r in rows(t)}
+    assert [lrs[s] for s in range(5, 11)] == [schedule(s - 1) for s in range(5, 11)]  # step s trains at lr(s-1)

@@ -179,8 +179,26 @@ class TlamaLightningModule(L.LightningModule):
         checkpoint["step"] = int(self.global_step)
         latest = self.last_val["val_loss"] if self.last_val else None
         checkpoint["val_loss"] = self.saving_val_loss if self.saving_val_loss is not None else latest
+        if self.plan is not None:
+            checkpoint["step_shape"] = self._step_shape()
+
+    def _step_shape(self) -> dict[str, int]:
+        """What one optimizer step is made of. Lightning counts the run's position in micro-batches, so a resume
+        with another shape would split steps wrongly (a step of half its micro-batches, divided by the full
+        count) and count tokens never seen."""
+        p = self.plan
+        return {"batch_size": p.batch_size, "seq_length": p.seq_length, "grad_accum": p.grad_accum,
+                "world_size": p.world_size}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved_shape = checkpoint.get("step_shape")
+        if saved_shape and self.plan is not None and saved_shape != self._step_shape():
+            diff = ", ".join(f"{k} {v} (this run {self._step_shape()[k]})" for k, v in saved_shape.items()
+                             if v != self._step_shape()[k])
+            raise CheckpointError(
+                f"the checkpoint's optimizer steps were made of another shape: {diff}. Resume with the "
+                "total_batch_size, micro-batch size, seq_length and number of processes the run started with."
+            )
         saved = checkpoint.get("optimizer_states") or [{}]
         saved_muon, muon = MuonAdamW.saved_this(saved[0]), isinstance(self.optimizer, MuonAdamW)
         if self.optimizer is not None and saved[0] and saved_muon != muon:  # else torch fails with a KeyError

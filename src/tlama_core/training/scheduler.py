@@ -101,7 +101,12 @@ class StepFunctionLR(LRScheduler):
                 "_last_lr": getattr(self, "_last_lr", None)}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the position and apply this run's schedule at it: the rate in the restored optimizer state is
+        the old run's, which a resume with a changed schedule would otherwise train its first step with."""
         self.__dict__.update(state_dict)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+        self._last_lr = self.get_lr()
 
 
 def plot_lr_schedule(schedule: Callable[[int], float], steps: int, ax=None):
