@@ -212,3 +212,36 @@ def test_a_resume_with_a_new_schedule_uses_it_from_the_first_resumed_step(uninte
     t.train(ckpt_path=str(tmp_path / "ckpt" / "step=00000004.ckpt"))
     lrs = {int(r["step"]): float(r["learning_rate"]) for r in rows(t)}
     assert [lrs[s] for s in range(5, 11)] == [schedule(s - 1) for s in range(5, 11)]  # step s trains at lr(s-1)
+
+
+class StopAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.current_step == self.step:
+            trainer.request_stop()
+
+
+def test_a_fresh_start_sets_the_old_runs_checkpoints_aside_so_last_resumes_the_new_run(uninterrupted, tmp_path):
+    """Run A reached step 10 in this directory; run B starts over there and stops at step 5. "last" must resume
+    B (not jump to A's step 10), and A's files are kept in a superseded-* folder."""
+    root, full_rows, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    with pytest.warns(UserWarning, match="superseded-"):
+        make(tmp_path, callbacks=[StopAt(5)]).train()
+    aside = [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("superseded-")]
+    assert len(aside) == 1 and (aside[0] / "step=00000010.ckpt").exists() and (aside[0] / "best.ckpt").exists()
+    assert find_last_checkpoint(tmp_path / "ckpt").name == "step=00000005.ckpt"
+    t = make(tmp_path)
+    assert t.train(ckpt_path="last")["steps_completed"] == 10
+    assert [(r["step"], r["train_loss"]) for r in rows(t)] == [(r["step"], r["train_loss"]) for r in full_rows]
+
+
+def test_resuming_an_earlier_step_sets_the_later_ones_aside(uninterrupted, tmp_path):
+    root, _, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    with pytest.warns(UserWarning, match="superseded-"):
+        make(tmp_path, callbacks=[StopAt(5)]).train(ckpt_path=str(tmp_path / "ckpt" / "step=00000004.ckpt"))
+    kept = sorted(p.name for p in (tmp_path / "ckpt").glob("step=*"))
+    assert kept == ["step=00000002.ckpt", "step=00000004.ckpt", "step=00000005.ckpt"]

@@ -83,4 +83,5 @@ class ResumableLoader(WindowLoader):
         return {"consumed": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
-        self._skip = state["consumed"]
+        # A state saved at the end of a pass resumes with the next pass, as torchdata's StatefulDataLoader does.
+        self._skip = state["consumed"] % len(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tlama_core.atomic import commit, staged
+from tlama_core.atomic import commit, fsync_dir, staged
 from tlama_core.models import TlamaConfig
 from tlama_core.models.weights import CheckpointError, read_checkpoint
 from tlama_core.models.weights import read_checkpoint as load_checkpoint_file
@@ -38,13 +39,43 @@ def model_checkpoint_name(step: int) -> str:
     return f"model-step={step:08d}.ckpt"
 
 
+def step_of(path: Path) -> int | None:
+    """The step in a step checkpoint's name (None for other files)."""
+    m = STEP_FILE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
 def find_last_checkpoint(directory: str | Path) -> Path | None:
     """The step checkpoint with the highest step in `directory` (all are complete: writes are atomic)."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    steps = [(int(m.group(1)), p) for p in directory.iterdir() if (m := STEP_FILE.match(p.name))]
+    steps = [(step, p) for p in directory.iterdir() if (step := step_of(p)) is not None]
     return max(steps)[1] if steps else None
+
+
+def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) -> Path | None:
+    """Move the step checkpoints past `resume_step` (all of them, and best.ckpt, for a fresh start) into
+    `directory/superseded-<unix time>/`; return that folder, or None when nothing had to move.
+
+    They belong to a run this one does not continue (started over, or resumed from an earlier step): left in
+    place, "last" would later resume the abandoned run instead of this one. Moved, not deleted: nothing is lost.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    later = [p for p in directory.iterdir()
+             if (step := step_of(p)) is not None and (resume_step is None or step > resume_step)]
+    if resume_step is None and (directory / BEST_NAME).exists():
+        later.append(directory / BEST_NAME)
+    if not later:
+        return None
+    aside = directory / f"superseded-{int(time.time())}"
+    aside.mkdir(exist_ok=True)
+    for path in later:
+        path.rename(aside / path.name)
+    fsync_dir(directory)
+    return aside
 
 
 def config_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:

@@ -30,7 +30,9 @@ from tlama_core.training.checkpointing import (
     AtomicCheckpointIO,
     find_last_checkpoint,
     model_checkpoint_name,
+    set_aside_later_checkpoints,
     step_checkpoint_name,
+    step_of,
 )
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
@@ -311,6 +313,7 @@ class Trainer:
         ckpt = self._resolve_checkpoint(ckpt_path)
         if self.master_process:
             remove_stale_temporaries(self.checkpoints_dir)
+            self._set_aside_abandoned_checkpoints(ckpt)
         start = time.perf_counter()
         self._summary_start(ckpt)
         self._trained = True
@@ -346,6 +349,18 @@ class Trainer:
                           stacklevel=3)
             return None
         return str(last)
+
+    def _set_aside_abandoned_checkpoints(self, ckpt: str | None) -> None:
+        """A fresh start, or a resume from an earlier step, abandons the later step files of the directory."""
+        if ckpt is not None and Path(ckpt).parent.resolve() != self.checkpoints_dir.resolve():
+            return  # resuming from elsewhere: this directory's files are another matter
+        step = None if ckpt is None else step_of(Path(ckpt))
+        if ckpt is not None and step is None:
+            return  # best.ckpt or a renamed file: no step to compare with
+        aside = set_aside_later_checkpoints(self.checkpoints_dir, step)
+        if aside is not None:
+            warnings.warn(f"Trainer.train(): checkpoints of a run this one does not continue were moved to {aside}/ "
+                          "so that ckpt_path='last' finds this run's.", stacklevel=3)
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
