@@ -131,7 +131,7 @@ def test_a_muon_run_resumes_exactly(tmp_path):
     def muon_run(root) -> Trainer:
         module = TlamaLightningModule(model=tiny_model(dropout=0.1), weight_decay=0.5, muon=True,
                                       scheduler=get_lr_scheduler(3e-3, 3e-4, 2, 10))
-        return make(root, model=module)
+        return make(root, model=module, scheduler=None)  # the module holds the schedule
 
     full = muon_run(tmp_path / "full")
     full.train()
@@ -142,7 +142,8 @@ def test_a_muon_run_resumes_exactly(tmp_path):
     assert [(r["step"], r["train_loss"], r["val_loss"]) for r in rows(resumed)] == \
         [(r["step"], r["train_loss"], r["val_loss"]) for r in rows(full)]
 
-    adamw = make(tmp_path / "resumed", model=TlamaLightningModule(model=tiny_model(dropout=0.1), muon=False))
+    adamw = make(tmp_path / "resumed", model=TlamaLightningModule(model=tiny_model(dropout=0.1), muon=False),
+                 scheduler=None)
     with pytest.raises(CheckpointError, match="resume with model.muon=true"):
         adamw.train(ckpt_path=str(tmp_path / "resumed" / "ckpt" / "step=00000004.ckpt"))
 

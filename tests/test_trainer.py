@@ -62,9 +62,12 @@ def test_weight_decay_only_on_matrices(tmp_path):
     assert len(decayed["params"]) + len(plain["params"]) == len(list(t.model.parameters()))
 
 
-def test_spec_accumulation_example_rounds_down_with_a_warning():
-    with pytest.warns(UserWarning, match="999424"):
+def test_spec_accumulation_example_rounds_down_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="999424") as caught:
         assert grad_accum_steps(1_000_000, 8 * 2048) == 61
+    with pytest.warns(UserWarning, match="an effective batch of 128 tokens") as through_trainer:
+        make_trainer(tmp_path, total_batch_size=4 * 16 * 2 + 7)
+    assert caught[0].filename == through_trainer[0].filename == __file__  # the warning points at the caller
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert grad_accum_steps(1 << 20, 8 * 2048) == 64
@@ -86,10 +89,57 @@ def test_accumulation_counts_every_process():
     (dict(gradient_clip_val=-1.0), "gradient_clip_val=-1.0"),
     (dict(learning_rate=-1e-3), "learning_rate=-0.001"),
     (dict(weight_decay=-0.1), "weight_decay=-0.1"),
+    (dict(total_batch_size=64.0), "total_batch_size=64.0"),
+    (dict(total_batch_size="4096"), "total_batch_size='4096'"),
+    (dict(epochs=True), "epochs=True"),
+    (dict(learning_rate="x"), "learning_rate='x'"),
+    (dict(val_data_loader=WindowLoader(8, 4, 64)), "val_data_loader's seq_length=64"),
+    (dict(val_data_loader=WindowLoader(8, 4, 16, vocab=VOCAB * 2)), "val_data_loader's tokenizer vocab"),
 ])
 def test_bad_parameters_fail_at_construction(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_trainer(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(model=torch.nn.Linear(4, 4)), "Transformer"),
+    (dict(optimizer="adam"), "torch.optim.Optimizer"),
+    (dict(scheduler=5), "scheduler must map"),
+    (dict(callbacks=Recorder()), r"callbacks=\[Recorder"),
+])
+def test_arguments_of_the_wrong_kind_fail_at_construction(tmp_path, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        make_trainer(tmp_path, **kwargs)
+
+
+def test_optimisation_arguments_beside_a_lightning_module_are_an_error_not_ignored(tmp_path):
+    from tlama_core.training import TlamaLightningModule
+
+    module = TlamaLightningModule(model=tiny_model())
+    with pytest.raises(ValueError, match="learning_rate, weight_decay would be ignored"):
+        make_trainer(tmp_path, model=module, learning_rate=0.2, weight_decay=0.0)
+
+
+def test_an_optimizers_own_rate_replaced_by_learning_rate_is_a_warning(tmp_path):
+    model = tiny_model()
+    with pytest.warns(UserWarning, match=r"lr=0.1 is replaced by learning_rate=0.0006"):
+        t = make_trainer(tmp_path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    t.train_step()
+    assert t.optimizer.param_groups[0]["lr"] == 6e-4
+
+
+def test_lightning_callbacks_among_callbacks_join_lightnings_own(tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    class CountBatches(Callback):
+        batches = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batches += 1
+
+    counter, rec = CountBatches(), Recorder()
+    make_trainer(tmp_path, callbacks=[counter, rec], steps=3).train()
+    assert counter.batches == 3 * 2 and rec.names().count("on_step_end") == 3
 
 
 def test_more_steps_than_the_loader_holds_is_an_error(tmp_path):
@@ -435,9 +485,18 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints_clean(tmp_pat
 
 
 def test_verbose_false_prints_nothing(tmp_path, capfd):
-    make_trainer(tmp_path, steps=2).train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, steps=2).train()
     out, err = capfd.readouterr()
     assert out == ""
+    assert not [w for w in caught if "validation_step" in str(w.message)]  # Lightning's, about no val loader
+
+
+def test_progress_bar_counts_optimizer_steps(tmp_path, capfd):
+    make_trainer(tmp_path, steps=3, verbose=True).train()  # 2 micro-batches a step
+    out = capfd.readouterr().out  # Lightning's bar writes to stdout
+    assert "3/3" in out and "6/6" not in out
 
 
 def test_a_process_that_is_not_the_master_writes_nothing_and_runs_no_hooks(tmp_path):
@@ -457,3 +516,17 @@ def test_validate_from_a_hook_while_training_is_a_clear_error(tmp_path):
     t = make_trainer(tmp_path, val_data_loader=WindowLoader(8, 4, 16, seed=1), callbacks=[ValidateInHook()])
     with pytest.raises(RuntimeError, match="validation_steps"):
         t.train()
+
+
+def test_log_metrics_before_and_after_training_lands_in_this_runs_log(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "train_log.csv").write_text("an earlier run's log\n")
+    t = make_trainer(tmp_path, steps=2)
+    t._log_metrics({"val_loss": 4.5})  # e.g. an evaluation before training
+    t.train()
+    t._log_metrics({"val_loss": 3.5})
+    rows = read_csv(t.log_file)
+    assert [(r["step"], r["val_loss"]) for r in rows] == [("0", "4.5"), ("1", ""), ("2", ""), ("2", "3.5")]
+    assert [p.name.startswith("train_log-") for p in (tmp_path / "logs").iterdir()].count(True) == 1  # set aside
+    with pytest.raises(ValueError, match=r"no column for \['my_metric'\]"):
+        t._log_metrics({"my_metric": 1.0})

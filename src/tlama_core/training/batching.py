@@ -6,8 +6,10 @@ CLI and the benchmarks cannot disagree about them.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ import torch
 from tlama_core.models.config import TlamaConfig
 
 
-def micro_batch_shape(loader: Any) -> tuple[int, int]:
+def micro_batch_shape(loader: Any, name: str = "train_data_loader") -> tuple[int, int]:
     """(batch_size, seq_length) of one micro-batch: the loader's attributes, else its first batch's shape."""
     batch_size, seq_length = getattr(loader, "batch_size", None), getattr(loader, "seq_length", None)
     if isinstance(batch_size, int) and isinstance(seq_length, int):
@@ -26,7 +28,7 @@ def micro_batch_shape(loader: Any) -> tuple[int, int]:
         b, t = x.shape
     except Exception as err:
         raise ValueError(
-            f"train_data_loader: cannot tell its batch size and sequence length ({err}); give it `batch_size` "
+            f"{name}: cannot tell its batch size and sequence length ({err}); give it `batch_size` "
             "and `seq_length` attributes (create_dataloader does) or make it yield (x, y) tensors of shape "
             "(batch, seq_length)."
         ) from err
@@ -54,9 +56,19 @@ def grad_accum_steps(total_batch_size: int, micro_batch_tokens: int, world_size:
         warnings.warn(
             f"total_batch_size={total_batch_size} is not a multiple of {per_round} tokens per micro-batch round; "
             f"using {steps} accumulation steps, an effective batch of {steps * per_round} tokens.",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return steps
+
+
+def user_stacklevel() -> int:
+    """The `warnings.warn` stacklevel, for the function calling this, of the first frame outside tlama_core:
+    the warning then points at the user's line (a Trainer(...) call, or a direct call) rather than ours."""
+    package = str(Path(__file__).resolve().parents[1])
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def starts_step(batch_idx: int, accum: int) -> bool:

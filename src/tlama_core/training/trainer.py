@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.models import Transformer
-from tlama_core.training.batching import StepPlan, micro_batch_shape, plan_steps
+from tlama_core.training.batching import StepPlan, ends_step, micro_batch_shape, plan_steps
 from tlama_core.training.cadence import StepCadence
 from tlama_core.training.checkpointing import (
     BEST_NAME,
@@ -43,11 +43,21 @@ LOG_NAME = "train_log.csv"
 
 
 class _ProgressBar(TQDMProgressBar):
-    """Lightning's bar, showing the step metrics of the latest logged step (loss, lr, tokens/s)."""
+    """Lightning's bar, counting optimizer steps (Lightning's counts micro-batches) and showing the metrics of the
+    latest logged step (loss, lr, tokens/s)."""
 
     def __init__(self, cadence: StepCadence) -> None:
         super().__init__()
         self.cadence = cadence
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = super().total_train_batches
+        return total if math.isinf(total) else total // self.cadence.plan.grad_accum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if ends_step(batch_idx, trainer.accumulate_grad_batches):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx // trainer.accumulate_grad_batches)
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         metrics = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in self.cadence.progress.items()}
@@ -111,12 +121,17 @@ class Trainer:
                  validation_batches: int | None = None, accelerator: str = "auto",
                  devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
                  trainer_kwargs: dict[str, Any] | None = None) -> None:
-        _check_counts(epochs=epochs, steps=steps, validation_steps=validation_steps,
-                      checkpoint_steps=checkpoint_steps, log_steps=log_steps, validation_batches=validation_batches)
+        _check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
+                      validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
+                      validation_batches=validation_batches)
         for name, value in (("gradient_clip_val", gradient_clip_val), ("learning_rate", learning_rate),
                             ("weight_decay", weight_decay)):
-            if value < 0:
-                raise ValueError(f"Trainer: {name}={value} must be >= 0.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"Trainer: {name}={value!r} must be a number >= 0.")
+        _check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay)
+        if not isinstance(callbacks, (list, tuple, type(None))):
+            raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
+                            f"pass callbacks=[{type(callbacks).__name__}(...)].")
         self.verbose = verbose
         self.seed = seed
         self._set_seed(seed)
@@ -131,7 +146,10 @@ class Trainer:
         self.scheduler = scheduler
         self.train_data_loader, self.val_data_loader = train_data_loader, val_data_loader
         batch_size, seq_length = micro_batch_shape(train_data_loader)
-        _check_data_fits_model(train_data_loader, seq_length, self.model.config)
+        _check_data_fits_model(train_data_loader, seq_length, self.model.config, "train_data_loader")
+        if val_data_loader is not None:  # now, not at the first validation after hours of training
+            _check_data_fits_model(val_data_loader, micro_batch_shape(val_data_loader, "val_data_loader")[1],
+                                   self.model.config, "val_data_loader")
 
         self.device_type = _device_type(accelerator)
         self.precision = "bf16-mixed" if use_mixed_precision and has_fast_bf16(self.device_type) else "32-true"
@@ -148,6 +166,11 @@ class Trainer:
             default_root_dir=checkpoints_dir, limit_val_batches=validation_batches or 1.0,
             **(trainer_kwargs or {}),
         )
+        # Lightning callbacks among `callbacks` join Lightning's own; the rest are hook objects (HookBridge).
+        callbacks = list(callbacks or [])
+        self._lightning_kwargs["callbacks"] = [cb for cb in callbacks if isinstance(cb, Callback)] + list(
+            self._lightning_kwargs.get("callbacks") or [])
+        callbacks = [cb for cb in callbacks if not isinstance(cb, Callback)]
         with _quiet_lightning(verbose):
             probe = L.Trainer(**{**self._lightning_kwargs, "enable_progress_bar": False})
         world_size = probe.world_size
@@ -162,7 +185,7 @@ class Trainer:
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
         self._csv = CsvLog(self.log_file) if self.master_process else None
-        self._bridge = HookBridge(self, callbacks or [])
+        self._bridge = HookBridge(self, callbacks)
         self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
         self._cadence = StepCadence(self.plan, log_steps, validation_steps, checkpoint_steps, checkpoints_dir,
                                     self._csv, has_validation=val_data_loader is not None)
@@ -180,7 +203,7 @@ class Trainer:
     def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
                            **overrides: Any) -> L.Trainer:
         callbacks = [bridge, cadence, _SignalStop(self._on_stop_signal)] + ([_ProgressBar(cadence)] if progress else [])
-        callbacks += list(self._lightning_kwargs.get("callbacks") or [])  # Lightning callbacks from trainer_kwargs
+        callbacks += self._lightning_kwargs["callbacks"]  # Lightning callbacks from `callbacks` and trainer_kwargs
         kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress, "callbacks": callbacks,
                   "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
                   "limit_train_batches": self.plan.steps_per_epoch * self.plan.grad_accum,
@@ -406,15 +429,40 @@ class Trainer:
 
 def _check_counts(**counts: int | None) -> None:
     for name, value in counts.items():
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"Trainer: {name}={value!r} must be an integer >= 1" + (
                 " (or None)." if name in ("steps", "validation_batches") else "."))
 
 
-def _check_data_fits_model(loader: Any, seq_length: int, config) -> None:
+def _check_model_and_optimisation(model: Any, optimizer: Any, scheduler: Any, learning_rate: float,
+                                  weight_decay: float) -> None:
+    """The model is ours; the optimisation arguments fit it and each other (else they would be dropped)."""
+    if not isinstance(model, (Transformer, TlamaLightningModule)):
+        raise TypeError(f"Trainer: model must be a tlama_core Transformer (or a TlamaLightningModule wrapping one), "
+                        f"got {type(model).__name__}; build it with Transformer(TlamaConfig(...)).")
+    if isinstance(model, TlamaLightningModule):
+        given = [name for name, value, default in (("optimizer", optimizer, None), ("scheduler", scheduler, None),
+                                                   ("learning_rate", learning_rate, 6e-4),
+                                                   ("weight_decay", weight_decay, 0.1)) if value != default]
+        if given:
+            raise ValueError(f"Trainer: model is a TlamaLightningModule, which holds its own optimisation settings, "
+                             f"so {', '.join(given)} would be ignored; give them to TlamaLightningModule(...).")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"Trainer: optimizer must be a torch.optim.Optimizer over the model's parameters, got "
+                        f"{optimizer!r}.")
+    if scheduler is not None and not callable(scheduler):
+        raise TypeError(f"Trainer: scheduler must map an optimizer step to a learning rate (e.g. get_lr_scheduler"
+                        f"(...)), got {scheduler!r}.")
+    if optimizer is not None and scheduler is None and optimizer.param_groups[0]["lr"] != learning_rate:
+        warnings.warn(f"Trainer: the optimizer's lr={optimizer.param_groups[0]['lr']} is replaced by "
+                      f"learning_rate={learning_rate} (without a scheduler the run trains at learning_rate); pass "
+                      f"learning_rate={optimizer.param_groups[0]['lr']} to keep it.", stacklevel=3)
+
+
+def _check_data_fits_model(loader: Any, seq_length: int, config, name: str) -> None:
     if seq_length > config.max_seq_len:
         raise ValueError(
-            f"Trainer: the loader's seq_length={seq_length} exceeds the model's max_seq_len={config.max_seq_len}; "
+            f"Trainer: {name}'s seq_length={seq_length} exceeds the model's max_seq_len={config.max_seq_len}; "
             "use shorter sequences or a model with a larger max_seq_len."
         )
     vocab = getattr(loader, "vocab_size", None)
@@ -423,8 +471,8 @@ def _check_data_fits_model(loader: Any, seq_length: int, config) -> None:
         vocab = int(max(t.max() for t in first[:2])) + 1
     if vocab > config.vocab_size:
         raise ValueError(
-            f"Trainer: the tokenizer vocab ({vocab} ids) is larger than the model's vocab_size={config.vocab_size}; "
-            f"build the model with vocab_size >= {vocab}."
+            f"Trainer: {name}'s tokenizer vocab ({vocab} ids) is larger than the model's vocab_size="
+            f"{config.vocab_size}; build the model with vocab_size >= {vocab}."
         )
 
 
@@ -465,6 +513,8 @@ def _quiet_lightning(verbose: bool) -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+            # The module always defines validation_step; a run without a val loader is the facade's normal case.
+            warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
             yield
     finally:
         lightning_logger.setLevel(level)
