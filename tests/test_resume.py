@@ -68,6 +68,8 @@ def test_a_resumed_runs_summary_times_only_its_own_steps(uninterrupted, tmp_path
     shutil.copytree(root, tmp_path, dirs_exist_ok=True)
     make(tmp_path, verbose=True).train(ckpt_path=str(tmp_path / "ckpt" / "step=00000006.ckpt"))
     assert "10 steps, 1,280 tokens; 4 steps in " in capsys.readouterr().out
+    make(tmp_path, verbose=True).train(ckpt_path="last")  # the run's final checkpoint: nothing left to train
+    assert "10 steps, 1,280 tokens; 0 steps in " in capsys.readouterr().out
 
 
 def test_last_without_checkpoints_starts_fresh_with_a_warning(tmp_path):

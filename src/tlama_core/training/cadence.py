@@ -44,7 +44,7 @@ class StepCadence(Callback):
         self._window_tokens = 0
         self._window_seconds = 0.0
         self._validation_started = 0.0
-        self.start_step = 0
+        self.start_step: int | None = None  # the step this fit's training started from (None: it never started)
         self._mfu_per_token: float | None = None
 
     # Lightning saves and restores this with every checkpoint (callback state).

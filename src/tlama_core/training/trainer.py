@@ -421,7 +421,8 @@ class Trainer:
                   f"{self.checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
         if not (self.verbose and self.master_process):
             return
-        run_steps = result["steps_completed"] - self._cadence.start_step  # a resumed run's time covers only these
+        start = self._cadence.start_step  # None: resumed from the run's final checkpoint, nothing left to train
+        run_steps = result["steps_completed"] - start if start is not None else 0  # this run's time covers these
         print(f"tlama-core: {result['steps_completed']} steps, {result['tokens']:,} tokens; {run_steps} steps in "
               f"{result['total_training_time']:.1f} s this run; last train loss {result['train_loss']:.4f}, "
               f"best val loss {result['best_val_loss']:.4f}")
