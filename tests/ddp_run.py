@@ -4,8 +4,8 @@
 Lightning's DDP launcher re-runs this script once per extra process, exactly as it would a user's train.py.
 Each rank writes the first token of every window it trained on to OUT/batches_rank{R}.txt. With
 --signal-skew each process sends itself SIGTERM as its own step starts: rank 1 at step 3, rank 0 at step 4,
-as when a cluster signals every task on its own. With --save-in-hook every rank calls the documented
-`_save_checkpoint()` from `on_step_end` at step 2 and writes what it returned to OUT/saved_rank{R}.txt.
+as when a cluster signals every task on its own. With --save-in-hook the master alone calls the documented
+`_save_checkpoint()` from `on_step_end` at step 1 and writes what it returned to OUT/saved_rank0.txt.
 """
 
 import os
@@ -37,10 +37,8 @@ class SignalSkew(Callback):
 
 
 class SaveInHook:
-    all_ranks = True
-
-    def on_step_end(self, trainer, metrics):
-        if trainer.current_step == 2:
+    def on_step_end(self, trainer, metrics):  # runs on the master only
+        if trainer.current_step == 1:
             path = trainer._save_checkpoint()
             (trainer.checkpoints_dir.parent / f"saved_rank{trainer._trainer.global_rank}.txt").write_text(str(path))
 

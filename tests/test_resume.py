@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
-from trainer_utils import ResumableLoader, tiny_model
+from trainer_utils import Recorder, ResumableLoader, tiny_model
 
 from tlama_core.training import MuonAdamW, TlamaLightningModule, Trainer, get_lr_scheduler
-from tlama_core.training.checkpointing import CheckpointError, find_last_checkpoint
+from tlama_core.training.checkpointing import CheckpointError, find_last_checkpoint, set_aside_later_checkpoints
 
 
 def make(root, model=None, loader=None, **kw) -> Trainer:
@@ -164,39 +164,49 @@ def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(uninterru
 
 
 class SaveAtStep:
-    """Calls the documented `_save_checkpoint` from `on_step_end` at `step`, then stops the run there."""
+    """Calls the documented `_save_checkpoint` from `on_step_end` at `step`."""
 
     def __init__(self, step: int, val_loss: float) -> None:
-        self.step, self.val_loss, self.path, self.saved_val_loss = step, val_loss, None, None
+        self.step, self.val_loss, self.path = step, val_loss, None
 
     def on_step_end(self, trainer, metrics):
         if trainer.current_step == self.step:
             self.path = trainer._save_checkpoint(val_loss=self.val_loss)
-            self.saved_val_loss = torch.load(self.path, weights_only=False)["val_loss"]
-            trainer.request_stop()  # the run's own final save then rewrites the file
 
 
-def test_save_checkpoint_from_a_hook_is_resumable_and_outside_training_never_replaces_run_files(
+def test_save_checkpoint_from_a_hook_writes_the_step_once_it_is_finished_and_resumes_exactly(
         uninterrupted, tmp_path):
-    """From a hook, `_save_checkpoint` writes the run's resumable step file (holding the val_loss it was
-    given); after train() it writes `model-step=N.ckpt` beside it, which "last" does not pick and which cannot
-    resume a run by mistake. "last" then resumes the step file exactly."""
+    """Step 3 is neither a checkpoint step nor the last, and it validates: the file written on request holds
+    its validation and row, so resuming from it gives the uninterrupted run's rows exactly."""
     _, full_rows, full = uninterrupted
-    hook = SaveAtStep(3, val_loss=0.25)
-    t = make(tmp_path, callbacks=[hook])
-    t.train()
-    assert hook.path == str(tmp_path / "ckpt" / "step=00000003.ckpt") and hook.saved_val_loss == 0.25
-    after = t._save_checkpoint(val_loss=0.5)
-    assert after == str(tmp_path / "ckpt" / "model-step=00000003.ckpt")
-    assert torch.load(after, weights_only=False)["val_loss"] == 0.5
-    assert find_last_checkpoint(tmp_path / "ckpt").name == "step=00000003.ckpt"
-    with pytest.raises(CheckpointError, match="no training state"):
-        make(tmp_path).train(ckpt_path=after)
+    hook, rec = SaveAtStep(3, val_loss=0.25), Recorder()
+    make(tmp_path, callbacks=[hook, rec]).train()
+    assert hook.path == str(tmp_path / "ckpt" / "step=00000003.ckpt")
+    assert (hook.path in [e[2] for e in rec.events if e[0] == "on_checkpoint_end"])
+    saved = torch.load(hook.path, weights_only=False)
+    assert saved["val_loss"] == 0.25 and saved["global_step"] == 3
 
     resumed = make(tmp_path)
-    resumed.train(ckpt_path="last")
-    assert [(r["step"], r["train_loss"]) for r in rows(resumed)] == [(r["step"], r["train_loss"]) for r in full_rows]
+    with pytest.warns(UserWarning, match="superseded-"):  # steps 4..10 belong to the run it no longer continues
+        resumed.train(ckpt_path=hook.path)
+    assert [(r["step"], r["train_loss"], r["val_loss"]) for r in rows(resumed)] == \
+        [(r["step"], r["train_loss"], r["val_loss"]) for r in full_rows]
     assert resumed.current_step == full["steps_completed"]
+
+
+def test_save_checkpoint_outside_training_never_replaces_the_runs_files(uninterrupted, tmp_path):
+    root, _, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    t = make(tmp_path)
+    t.train(ckpt_path="last")  # the run's end: nothing left to train
+    best = (tmp_path / "ckpt" / "best.ckpt").read_bytes()
+    path = t._save_checkpoint(val_loss=0.5, is_best=True)
+    assert path == str(tmp_path / "ckpt" / "model-step=00000010.ckpt")
+    assert torch.load(path, weights_only=False)["val_loss"] == 0.5 and t.best_val_loss == 0.5
+    assert (tmp_path / "ckpt" / "model-best.ckpt").exists() and (tmp_path / "ckpt" / "best.ckpt").read_bytes() == best
+    assert find_last_checkpoint(tmp_path / "ckpt").name == "step=00000010.ckpt"
+    with pytest.raises(CheckpointError, match="no training state"):
+        make(tmp_path).train(ckpt_path=path)
 
 
 def test_resuming_with_another_step_shape_is_an_error_naming_it(uninterrupted, tmp_path):
@@ -248,3 +258,22 @@ def test_resuming_an_earlier_step_sets_the_later_ones_aside(uninterrupted, tmp_p
         make(tmp_path, callbacks=[StopAt(5)]).train(ckpt_path=str(tmp_path / "ckpt" / "step=00000004.ckpt"))
     kept = sorted(p.name for p in (tmp_path / "ckpt").glob("step=*"))
     assert kept == ["step=00000002.ckpt", "step=00000004.ckpt", "step=00000005.ckpt"]
+
+
+def test_set_aside_twice_in_one_second_keeps_both(tmp_path):
+    for run in ("a", "b"):
+        (tmp_path / "step=00000004.ckpt").write_text(run)
+        set_aside_later_checkpoints(tmp_path, None)
+    assert sorted(p.read_text() for p in tmp_path.glob("superseded-*/step=00000004.ckpt")) == ["a", "b"]
+
+
+def test_metrics_logged_before_a_resumed_run_stay_in_its_log(uninterrupted, tmp_path):
+    root, full_rows, _ = uninterrupted
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    t = make(tmp_path)
+    t._log_metrics({"val_loss": 9.0})
+    with pytest.warns(UserWarning, match="superseded-"):
+        t.train(ckpt_path=str(tmp_path / "ckpt" / "step=00000004.ckpt"))
+    steps = [r["step"] for r in rows(t)]
+    assert steps == ["1", "2", "3", "4", "0"] + [str(s) for s in range(5, 11)]
+    assert not list((tmp_path / "logs").glob("train_log-*"))  # nothing of this run's log was set aside

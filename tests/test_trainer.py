@@ -456,7 +456,7 @@ def test_save_checkpoint_and_log_metrics_called_directly(tmp_path):
     assert path == str(tmp_path / "ckpt" / "model-step=00000000.ckpt")  # before training: nothing to resume
     ckpt = load_checkpoint_file(path)
     assert ckpt["val_loss"] == 1.5 and ckpt["step"] == 0 and ckpt["model_config"] == t.model.config.to_dict()
-    assert (tmp_path / "ckpt" / "best.ckpt").exists()
+    assert (tmp_path / "ckpt" / "model-best.ckpt").exists()
     assert [e[2] for e in rec.events if e[0] == "on_checkpoint_end"][0] == path
     t._log_metrics({"train_loss": 2.0, "learning_rate": 1e-3})
     rows = read_csv(t.log_file)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training.batching import StepPlan, ends_step, flops_per_token, peak_flops
-from tlama_core.training.checkpointing import BEST_NAME, step_checkpoint_name
+from tlama_core.training.checkpointing import BEST_NAME, set_aside_later_checkpoints, step_checkpoint_name
 from tlama_core.training.csv_log import CsvLog
 
 STOP_CODES = (None, "request", "signal")  # agreed across processes as their maximum: a signal wins
+
+
+@dataclass
+class SaveRequest:
+    """A checkpoint asked for by `Trainer._save_checkpoint` from a hook, written when its step is finished."""
+
+    val_loss: float | None
+    is_best: bool
 
 
 class StepCadence(Callback):
@@ -38,6 +48,9 @@ class StepCadence(Callback):
         self.best_val_loss = math.inf
         # Set: finish this step, checkpoint it, stop. "signal" (SIGINT/SIGTERM) or "request" (Trainer.request_stop)
         self.stop_reason: str | None = None
+        # Set by `Trainer._save_checkpoint` from a hook: save this step's checkpoint when the step is finished.
+        self.save_request: SaveRequest | None = None
+        self.finished = False  # the run's final step is done: nothing is saved on request any more
         self.enabled = True  # off while `Trainer.train_step()` drives single steps
         self.progress: dict[str, float] = {}
         self._pending_step: int | None = None  # a step whose row and checkpoint wait for its validation
@@ -59,31 +72,45 @@ class StepCadence(Callback):
         # MFU = per-device tokens/s x this: FLOPs per token over the device's peak (None: no known peak, a CPU).
         peak = peak_flops(pl_module.device, str(trainer.precision))
         self._mfu_per_token = flops_per_token(pl_module.config, self.plan.seq_length) / peak if peak else None
-        # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step.
+        # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and
+        # step files past it (all of them, starting fresh) belong to a run this one does not continue.
         if self.enabled and self.csv_log is not None and trainer.is_global_zero:
-            self.csv_log.open(resume_step=trainer.global_step if trainer.ckpt_path else None)
+            resume_step = trainer.global_step if trainer.ckpt_path else None
+            self.csv_log.open(resume_step=resume_step)
+            aside = set_aside_later_checkpoints(self.checkpoints_dir, resume_step)
+            if aside is not None:
+                warnings.warn(f"checkpoints of a run this one does not continue were moved to {aside}/ so that "
+                              "ckpt_path='last' finds this run's.", stacklevel=2)
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
 
+    def request_save(self, val_loss: float | None, is_best: bool) -> None:
+        self.save_request = SaveRequest(val_loss, is_best)
+
     def _is_final(self, trainer, step: int) -> bool:
         """The run ends with this step: its last one, or a stop was asked for on any process."""
-        return self.is_last_step(step) or self._stop_agreed(trainer)
+        self._agree(trainer)
+        return self.is_last_step(step) or self.stop_reason is not None
 
-    def _stop_agreed(self, trainer) -> bool:
-        """Whether any process was asked to stop; every process learns the reason ("request" or "signal").
+    def _agree(self, trainer) -> None:
+        """Make a stop (and its reason) or a save asked for on any process known to every process.
 
-        A signal reaches each process on its own (srun signals every task), possibly a step apart; processes
-        that stopped at different steps would then make mismatched collectives (a crash on gloo, a hang on
-        NCCL). So every process calls this at the same points. Lightning already syncs its own stop flag
-        every batch in multi-process runs; one more tiny collective per step adds nothing noticeable.
+        A signal reaches each process on its own (srun signals every task), possibly a step apart, and a hook
+        may run on the master alone; processes that stopped or saved at different steps would make mismatched
+        collectives (a crash on gloo, a hang on NCCL, a save waiting at its barrier). So every process calls
+        this at the same points. Lightning already syncs its own stop flag every batch in multi-process runs;
+        one more tiny collective per step adds nothing noticeable.
         """
         if trainer.world_size == 1:
-            return self.stop_reason is not None
-        code = STOP_CODES.index(self.stop_reason)
-        code = int(trainer.strategy.reduce(torch.tensor(code, device=trainer.strategy.root_device), reduce_op="max"))
+            return
+        request = self.save_request
+        flags = torch.tensor([STOP_CODES.index(self.stop_reason), request is not None,
+                              request is not None and request.is_best], device=trainer.strategy.root_device)
+        code, save, best = trainer.strategy.reduce(flags, reduce_op="max").tolist()
         self.stop_reason = STOP_CODES[code]
-        return self.stop_reason is not None
+        if save and request is None:  # asked for on another process, which holds its val_loss
+            self.save_request = SaveRequest(None, bool(best))
 
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
@@ -125,6 +152,8 @@ class StepCadence(Callback):
 
     def _finish_step(self, trainer, pl_module, val: dict[str, float] | None, final: bool) -> None:
         step = trainer.global_step
+        request, self.save_request = self.save_request, None
+        self.finished = final
         rec = pl_module.last_step
         logs = step % self.log_steps == 0 or val is not None or final
         if logs or step % self.checkpoint_steps == 0:
@@ -143,11 +172,17 @@ class StepCadence(Callback):
         improved = val is not None and val["val_loss"] < self.best_val_loss
         if improved:
             self.best_val_loss = val["val_loss"]
+        if request is not None and request.is_best and request.val_loss is not None:
+            self.best_val_loss = min(self.best_val_loss, request.val_loss)
         saving = time.perf_counter()
-        if step % self.checkpoint_steps == 0 or final:
-            trainer.save_checkpoint(self.checkpoints_dir / step_checkpoint_name(step), weights_only=False)
-        if improved:
-            trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
+        pl_module.saving_val_loss = request.val_loss if request is not None else None
+        try:
+            if step % self.checkpoint_steps == 0 or final or request is not None:
+                trainer.save_checkpoint(self.checkpoints_dir / step_checkpoint_name(step), weights_only=False)
+            if improved or (request is not None and request.is_best):
+                trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
+        finally:
+            pl_module.saving_val_loss = None
         pl_module.exclude_time(time.perf_counter() - saving)
 
     def _write_row(self, trainer, pl_module, val: dict[str, float] | None) -> None:

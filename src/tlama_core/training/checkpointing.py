@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,7 @@ __all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "loa
 
 STEP_FILE = re.compile(r"^step=(\d+)\.ckpt$")
 BEST_NAME = "best.ckpt"
+MODEL_BEST_NAME = "model-best.ckpt"  # `Trainer._save_checkpoint(is_best=True)` outside training
 
 
 def step_checkpoint_name(step: int) -> str:
@@ -56,7 +58,7 @@ def find_last_checkpoint(directory: str | Path) -> Path | None:
 
 def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) -> Path | None:
     """Move the step checkpoints past `resume_step` (all of them, and best.ckpt, for a fresh start) into
-    `directory/superseded-<unix time>/`; return that folder, or None when nothing had to move.
+    a new `directory/superseded-<unix time>-<random>/`; return that folder, or None when nothing had to move.
 
     They belong to a run this one does not continue (started over, or resumed from an earlier step): left in
     place, "last" would later resume the abandoned run instead of this one. Moved, not deleted: nothing is lost.
@@ -70,8 +72,7 @@ def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) 
         later.append(directory / BEST_NAME)
     if not later:
         return None
-    aside = directory / f"superseded-{int(time.time())}"
-    aside.mkdir(exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=f"superseded-{int(time.time())}-", dir=directory))  # a new folder
     for path in later:
         path.rename(aside / path.name)
     fsync_dir(directory)

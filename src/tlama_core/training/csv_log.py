@@ -26,40 +26,46 @@ class CsvLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: io.TextIOWrapper | None = None
-        self._ours = False  # the file at `path` was started by this log (this run), not left by an earlier run
+        self._run_opened = False  # the run has opened its log (`open`)
+        self._rows_before_run: list[dict[str, Any]] = []  # rows `write` appended before that (`_log_metrics`)
 
     def open(self, resume_step: int | None = None) -> None:
-        """Start writing. A fresh run moves an older run's log aside (keeping rows this log already wrote, e.g. by
-        `Trainer._log_metrics` before training); a resumed run keeps rows with step <= resume_step."""
+        """Start the run's log. A fresh run moves an older log aside; a resumed run keeps rows with step <=
+        resume_step. Rows written before the run started stay in the run's log either way."""
+        self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            if resume_step is None and self._ours:
-                pass
-            elif resume_step is None:
+            if resume_step is None:
                 self.path.rename(self.path.with_name(f"{self.path.stem}-{int(time.time())}{self.path.suffix}"))
-            else:
+                if self._rows_before_run:
+                    atomic_write(self.path, lambda f: f.write(_format(self._rows_before_run).encode()))
+            else:  # rows written before the run are of step 0: kept
                 kept = [r for r in read_rows(self.path) if int(r["step"]) <= resume_step]
                 atomic_write(self.path, lambda f: f.write(_format(kept).encode()))
+        self._rows_before_run = []
+        self._run_opened = True
         self._append()
 
     def _append(self) -> None:
         new = not self.path.exists()
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the run, closed by close()
-        self._ours = True
         if new:
             self._file.write(",".join(COLUMNS) + "\n")
             self._file.flush()
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append one row; outside a run too (an earlier run's log is set aside first, this run's is kept)."""
+        """Append one row (before the run opens its log too: `open` carries such rows over)."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"CSV log: no column for {sorted(unknown)}; the log's columns are {', '.join(COLUMNS)}. "
                              "Keep other metrics in your own file or logger.")
         if self._file is None:
-            self.open()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append()
         self._file.write(_format([row], header=False))
         self._file.flush()
+        if not self._run_opened:
+            self._rows_before_run.append(row)
 
     def close(self) -> None:
         if self._file is not None:

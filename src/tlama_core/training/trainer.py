@@ -6,6 +6,7 @@ hooks, mixed precision -> a precision plugin) and keeps the documented attribute
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import signal
@@ -26,13 +27,11 @@ from tlama_core.models import Transformer
 from tlama_core.training.batching import StepPlan, ends_step, micro_batch_shape, plan_steps
 from tlama_core.training.cadence import StepCadence
 from tlama_core.training.checkpointing import (
-    BEST_NAME,
+    MODEL_BEST_NAME,
     AtomicCheckpointIO,
     find_last_checkpoint,
     model_checkpoint_name,
-    set_aside_later_checkpoints,
     step_checkpoint_name,
-    step_of,
 )
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
@@ -189,7 +188,8 @@ class Trainer:
         self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
         self._cadence = StepCadence(self.plan, log_steps, validation_steps, checkpoint_steps, checkpoints_dir,
                                     self._csv, has_validation=val_data_loader is not None)
-        self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
+        self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process,
+                                                extra_callbacks=[_SignalStop(self._on_stop_signal)])
         self.device: torch.device = self._trainer.strategy.root_device
         if optimizer is None and not shards_parameters(strategy):
             module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
@@ -201,8 +201,8 @@ class Trainer:
 
     # ---- translation ---------------------------------------------------------------------------------
     def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
-                           **overrides: Any) -> L.Trainer:
-        callbacks = [bridge, cadence, _SignalStop(self._on_stop_signal)] + ([_ProgressBar(cadence)] if progress else [])
+                           extra_callbacks: list[Callback] | None = None, **overrides: Any) -> L.Trainer:
+        callbacks = [bridge, cadence, *(extra_callbacks or [])] + ([_ProgressBar(cadence)] if progress else [])
         callbacks += self._lightning_kwargs["callbacks"]  # Lightning callbacks from `callbacks` and trainer_kwargs
         kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress, "callbacks": callbacks,
                   "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
@@ -230,9 +230,10 @@ class Trainer:
         return self._stepper if self._stepper is not None else self._trainer
 
     def _fitting(self) -> bool:
-        """Whether Lightning's fit is running (this is called from a hook)."""
-        state = self._active().state
-        return state.fn == "fit" and state.stage is not None
+        """Whether `train()` is running its steps (this is called from a hook), not yet past its final one."""
+        state = self._trainer.state
+        return (self._stepper is None and state.fn == "fit" and state.stage is not None
+                and not self._cadence.finished)
 
     # ---- documented methods --------------------------------------------------------------------------
     def _set_seed(self, seed: int) -> None:
@@ -249,37 +250,32 @@ class Trainer:
     def _save_checkpoint(self, val_loss: float | None = None, is_best: bool = False) -> str | None:
         """Save a checkpoint of the current step (and `best.ckpt` when is_best); the master returns its path.
 
-        From a hook while training runs, this is the run's own resumable `step=N.ckpt` (Lightning's complete
-        checkpoint; with several processes every one must call it: they meet at a barrier, the master writes).
-        Outside training (before it, after it, between `train_step()` calls) it is `model-step=N.ckpt`: the
-        model, its config and the optimizer, loadable with `Transformer.from_checkpoint`. It never replaces the
-        run's own files, whose loop and loader state only a running fit can write, and "last" never picks it.
+        From a hook while `train()` runs, the run's own resumable `step=N.ckpt` is written when the step is
+        finished, after its validation and CSV row (a file saved before them would resume past them), and
+        `on_checkpoint_end` announces it; processes agree on it, so a hook running on the master alone is fine.
+        Outside training (before it, after it, around `train_step()`) the file is `model-step=N.ckpt` (and
+        `model-best.ckpt`): the model, its config and the optimizer, for `Transformer.from_checkpoint`. Only a
+        running fit can write the loop and loader state a resume needs: such files never replace a run's own,
+        "last" never picks them, and resuming from one is an error that says so.
         """
-        trainer = self._active()
-        if self._fitting():  # from a hook while training runs
+        if self._fitting():
+            self._cadence.request_save(val_loss, is_best)
             path = self.checkpoints_dir / step_checkpoint_name(self.current_step)
-            self._module.saving_val_loss = val_loss
-            try:
-                trainer.save_checkpoint(path, weights_only=False)
-                if is_best:
-                    trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
-            finally:
-                self._module.saving_val_loss = None
-        else:
-            path = self.checkpoints_dir / model_checkpoint_name(self.current_step)
-            checkpoint = {  # the contents SPEC.md documents, by hand: Lightning saves only inside fit
-                "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
-                "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
-                "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
-                "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
-            }
-            if self.master_process:
-                self._checkpoint_io.save_checkpoint(checkpoint, path)
-                if is_best:
-                    self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / BEST_NAME)
+            return str(path) if self.master_process else None
+        path = self.checkpoints_dir / model_checkpoint_name(self.current_step)
+        checkpoint = {  # the contents SPEC.md documents, by hand: Lightning saves only inside fit
+            "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
+            "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
+            "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
+            "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
+        }
+        if self.master_process:
+            self._checkpoint_io.save_checkpoint(checkpoint, path)
+            if is_best:
+                self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / MODEL_BEST_NAME)
+            self._checkpoint_io.wait()  # an explicit save returns once its files are in place (and announced)
         if is_best and val_loss is not None:
             self._cadence.best_val_loss = min(self._cadence.best_val_loss, val_loss)
-        self._checkpoint_io.wait()  # an explicit save returns once its files are in place (and announced)
         return str(path) if self.master_process else None
 
     def validate(self) -> float | None:
@@ -326,7 +322,7 @@ class Trainer:
     def request_stop(self) -> None:
         """Stop `train()` after the current optimizer step (validated, logged and checkpointed); callable from
         any hook, e.g. early stopping in `on_validate_end`. The result then says `stopped_early`. With several
-        processes every rank must ask at the same step: call it from a callback with `all_ranks = True`."""
+        processes a stop asked for on one (a hook on the master) stops them all at the same step."""
         self._cadence.request_stop("request")
 
     def train(self, ckpt_path: str | None = None) -> dict[str, Any]:
@@ -336,7 +332,6 @@ class Trainer:
         ckpt = self._resolve_checkpoint(ckpt_path)
         if self.master_process:
             remove_stale_temporaries(self.checkpoints_dir)
-            self._set_aside_abandoned_checkpoints(ckpt)
         start = time.perf_counter()
         self._summary_start(ckpt)
         self._trained = True
@@ -372,18 +367,6 @@ class Trainer:
                           stacklevel=3)
             return None
         return str(last)
-
-    def _set_aside_abandoned_checkpoints(self, ckpt: str | None) -> None:
-        """A fresh start, or a resume from an earlier step, abandons the later step files of the directory."""
-        if ckpt is not None and Path(ckpt).parent.resolve() != self.checkpoints_dir.resolve():
-            return  # resuming from elsewhere: this directory's files are another matter
-        step = None if ckpt is None else step_of(Path(ckpt))
-        if ckpt is not None and step is None:
-            return  # best.ckpt or a renamed file: no step to compare with
-        aside = set_aside_later_checkpoints(self.checkpoints_dir, step)
-        if aside is not None:
-            warnings.warn(f"Trainer.train(): checkpoints of a run this one does not continue were moved to {aside}/ "
-                          "so that ckpt_path='last' finds this run's.", stacklevel=3)
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -442,9 +425,10 @@ def _check_model_and_optimisation(model: Any, optimizer: Any, scheduler: Any, le
         raise TypeError(f"Trainer: model must be a tlama_core Transformer (or a TlamaLightningModule wrapping one), "
                         f"got {type(model).__name__}; build it with Transformer(TlamaConfig(...)).")
     if isinstance(model, TlamaLightningModule):
-        given = [name for name, value, default in (("optimizer", optimizer, None), ("scheduler", scheduler, None),
-                                                   ("learning_rate", learning_rate, 6e-4),
-                                                   ("weight_decay", weight_decay, 0.1)) if value != default]
+        defaults = inspect.signature(Trainer).parameters
+        given = [name for name, value in (("optimizer", optimizer), ("scheduler", scheduler),
+                                          ("learning_rate", learning_rate), ("weight_decay", weight_decay))
+                 if value != defaults[name].default]
         if given:
             raise ValueError(f"Trainer: model is a TlamaLightningModule, which holds its own optimisation settings, "
                              f"so {', '.join(given)} would be ignored; give them to TlamaLightningModule(...).")
