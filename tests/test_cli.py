@@ -128,6 +128,19 @@ def test_ckpt_path_last_resumes_after_the_newest_checkpoint(tmp_path, monkeypatc
     assert Path("checkpoints/step=00000004.ckpt").is_file()
 
 
+def test_a_fresh_run_in_an_old_runs_directory_keeps_the_old_config_and_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = str(write_yaml(tmp_path / "run.yaml", TINY_RUN))
+    main(["fit", "--config", config])
+    old = Path("checkpoints/config.yaml").read_text()
+    with pytest.warns(UserWarning, match="superseded-"):
+        main(["fit", "--config", config, "--trainer.seed", "8", "--trainer.steps", "2"])
+    assert [p.read_text() for p in Path("checkpoints").glob("config-*.yaml")] == [old]
+    (aside,) = Path("checkpoints").glob("superseded-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["best.ckpt", "step=00000002.ckpt", "step=00000004.ckpt"]
+    assert sorted(p.name for p in Path("checkpoints").glob("step=*")) == ["step=00000002.ckpt"]  # the new run's
+
+
 def test_unknown_key_in_flags_or_yaml_exits_2_naming_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--trainer.epochz", "3"])

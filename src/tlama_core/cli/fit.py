@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,8 @@ class TlamaCLI(LightningCLI):
         """Write the resolved configuration to `checkpoints_dir/config.yaml` (master process only, atomically).
 
         `ckpt_path` is left out: the file describes the run, and `tlama fit --config` on it starts that run again.
+        A fresh run keeps an earlier run's different config as `config-<unix time>.yaml` (its checkpoints go to
+        `superseded-*/`).
         """
         if not self.trainer.master_process:
             return None
@@ -191,6 +194,8 @@ class TlamaCLI(LightningCLI):
         config.ckpt_path = None
         text = self.parser.dump(config, skip_unset=False)
         path = self.trainer.checkpoints_dir / CONFIG_NAME
+        if self.config.ckpt_path is None and path.is_file() and path.read_text() != text:
+            path.rename(path.with_name(f"{path.stem}-{int(time.time())}{path.suffix}"))
         atomic_write(path, lambda f: f.write(text.encode()))
         return path
 
