@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import warnings
 
 import numpy as np
@@ -43,8 +44,10 @@ def test_a_temporary_left_by_a_killed_build_is_removed(data_text, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "old-corpus-0123.bin.tmp").write_bytes(b"half written")
+    (cache / "notes.tmp").write_text("the user's, not the cache's")
     entry = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), cache)
-    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.path.name, entry.path.name + ".json"])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.path.name, entry.path.name + ".json",
+                                                              "notes.tmp"])
 
 
 def test_parallel_build_equals_serial_build(data_text, tmp_path, monkeypatch, reference_ids):
@@ -91,6 +94,21 @@ def test_changed_text_makes_a_new_entry(data_text, tmp_path, data_sp):
     second = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
     assert second.path != first.path
     assert data_sp.decode(ids_of(second).tolist()) == "Now is the winter of our discontent\n"
+
+
+def test_a_copy_that_keeps_the_old_mtime_and_size_still_makes_a_new_entry(data_text, tmp_path, data_sp):
+    """`cp -p` / `rsync -t` over the corpus in the same process: size and mtime as before, content not."""
+    old = data_text.read_text(encoding="utf-8")
+    stat = data_text.stat()
+    first = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    new = old.replace("the", "THE", 1)
+    assert len(new.encode()) == len(old.encode()) and new != old
+    replacement = data_text.with_name("replacement.txt")
+    replacement.write_text(new, encoding="utf-8")
+    replacement.replace(data_text)
+    os.utime(data_text, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path)
+    assert second.path != first.path and data_sp.decode(ids_of(second).tolist()) == new
 
 
 def test_changed_tokenizer_makes_a_new_entry(data_text, tmp_path):

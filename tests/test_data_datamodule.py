@@ -170,3 +170,11 @@ def test_single_train_file_without_val_path_is_split_90_10(tmp_path):
     dm = TlamaDataModule(str(tmp_path / "train.bin"), batch_size=2, seq_length=16)
     assert all_ids(dm.train_dataloader()) == list(range(900))
     assert all_ids(dm.val_dataloader()) == list(range(900, 1000))
+
+
+def test_train_shards_all_named_train_without_val_path_is_an_error_at_construction(tmp_path):
+    (tmp_path / "fw").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "fw" / f"fw_train_{i:06d}.npy", np.arange(1000, dtype=np.uint16))
+    with pytest.raises(ValueError, match=r"train_path=.*named for split='train'.*pass val_path"):
+        TlamaDataModule(str(tmp_path / "fw" / "*_train_*.npy"), batch_size=2, seq_length=16)

@@ -168,3 +168,20 @@ def test_empty_file_is_an_error(tmp_path):
     empty.touch()
     with pytest.raises(ValueError, match="empty.txt is empty"):
         create_dataloader(empty, TOK, 2, 8, cache_dir=tmp_path)
+
+
+def test_ids_outside_the_tokenizers_vocabulary_are_an_error_naming_the_data(tmp_path):
+    path = tmp_path / "ids.bin"
+    np.array([5, 2000, 7] * 100, dtype=np.uint16).tofile(path)  # the built-in tokenizer has 1024 pieces
+    loader = create_dataloader(path, builtin_tokenizer_path(), batch_size=2, seq_length=8, shuffle=False)
+    with pytest.raises(ValueError, match=r"ids.bin.*token id 2000 is outside the tokenizer's vocabulary of 1024"):
+        next(iter(loader))
+
+
+def test_seed_must_be_an_integer_and_numpy_integers_are_accepted(tmp_path):
+    path = tmp_path / "ids.bin"
+    np.arange(300, dtype=np.uint16).tofile(path)
+    with pytest.raises(ValueError, match="seed=None"):
+        create_dataloader(path, None, batch_size=2, seq_length=8, seed=None)
+    loader = create_dataloader(path, None, batch_size=np.int64(2), seq_length=8, seed=np.int64(3))
+    assert next(iter(loader))[0].shape == (2, 8)

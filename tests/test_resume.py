@@ -277,3 +277,11 @@ def test_metrics_logged_before_a_resumed_run_stay_in_its_log(uninterrupted, tmp_
     steps = [r["step"] for r in rows(t)]
     assert steps == ["1", "2", "3", "4", "0"] + [str(s) for s in range(5, 11)]
     assert not list((tmp_path / "logs").glob("train_log-*"))  # nothing of this run's log was set aside
+
+
+def test_a_users_tmp_file_in_the_checkpoints_dir_is_left_alone(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "notes.tmp").write_text("mine")
+    (tmp_path / "ckpt" / "step=00000009.ckpt.tmp").write_bytes(b"a save killed midway")
+    make(tmp_path, epochs=1, steps=1).train()
+    assert (tmp_path / "ckpt" / "notes.tmp").exists() and not (tmp_path / "ckpt" / "step=00000009.ckpt.tmp").exists()

@@ -87,12 +87,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         write(f)
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Delete `*.tmp` files that an interrupted writer left in `directory`; return what was removed."""
+def remove_stale_temporaries(directory: str | os.PathLike, pattern: str = "*") -> list[Path]:
+    """Delete the temporaries `pattern + .tmp` (e.g. "*.ckpt") that an interrupted writer left in `directory`;
+    return what was removed. Other `.tmp` files there are the user's and stay."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = sorted(directory.glob("*" + TMP_SUFFIX))
+    stale = sorted(directory.glob(pattern + TMP_SUFFIX))
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

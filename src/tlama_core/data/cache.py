@@ -73,7 +73,8 @@ def cached_tokens(source: Source, tokenizer_path: str | os.PathLike, cache_dir: 
         entry = _read_entry(path)  # another process may have built it while we waited
         if entry is None:
             if exclusive:  # no other builder is running: any temporary here is left from a killed one
-                remove_stale_temporaries(directory)
+                for pattern in ("*.bin", "*.bin.json"):  # the cache's own files
+                    remove_stale_temporaries(directory, pattern)
             meta = build(source, model, path, processes)
             meta.update(key=key, tokenizer=str(tokenizer_path), files=[str(f) for f in source.files])
             atomic_write(path.with_name(path.name + ".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
@@ -208,13 +209,14 @@ def _locked(directory: Path) -> Iterator[bool]:
 
 def _file_digest(path: Path) -> bytes:
     stat = path.stat()
-    return _digest_of_version(path.resolve(), stat.st_size, stat.st_mtime_ns)
+    return _digest_of_version(path.resolve(), (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
 
 
 @functools.lru_cache(maxsize=256)
-def _digest_of_version(path: Path, size: int, mtime_ns: int) -> bytes:
-    """Content hash of one version of a file, remembered per (path, size, mtime): the train and val loaders of
-    one run read the same corpus, which is then hashed once, not once per loader (a large corpus costs seconds)."""
+def _digest_of_version(path: Path, version: tuple[int, ...]) -> bytes:
+    """Content hash of one version of a file, remembered per (path, size, mtime, ctime, inode): the train and val
+    loaders of one run read the same corpus, which is then hashed once, not once per loader (a large corpus costs
+    seconds). ctime and inode change even when a copy keeps the old mtime (`cp -p`, `rsync -t`)."""
     h = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as f:
         while block := f.read(1 << 22):

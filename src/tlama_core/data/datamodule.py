@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 
 from tlama_core.data.corpus import builtin_corpus_path, builtin_tokenizer_path
 from tlama_core.data.loader import TokenDataLoader, check_count, create_dataloader
-from tlama_core.data.sources import has_named_splits, list_files
+from tlama_core.data.sources import has_named_splits, list_files, split_of
 from tlama_core.data.tokenizer import load_tokenizer
 
 
@@ -52,12 +54,18 @@ class TlamaDataModule(L.LightningDataModule):
         check_count("batch_size", batch_size, 1)
         check_count("seq_length", seq_length, 1)
         check_count("num_workers", num_workers, 0)
+        check_count("seed", seed, 0)
         if train_path is None and val_path is not None:
             raise ValueError(f"val_path={val_path!r} without train_path: pass train_path too.")
         builtin = train_path is None
         self.train_path = str(builtin_corpus_path()) if builtin else str(train_path)
         self.val_path = _str_or_none(val_path)
         kinds = {list_files(p)[0] for p in (self.train_path, self.val_path) if p is not None}  # FileNotFoundError now
+        if self.val_path is None and not Path(self.train_path).is_file():
+            train_splits = {split_of(f) for f in list_files(self.train_path)[1]}
+            if len(train_splits) == 1 and None not in train_splits:  # e.g. a glob of *_train_* shards
+                raise ValueError(f"train_path={self.train_path!r}: its files are all named for split="
+                                 f"{train_splits.pop()!r}, so none is left to validate on; pass val_path.")
         if tokenizer_path is None and (builtin or "text" in kinds):
             tokenizer_path = builtin_tokenizer_path()
         self.tokenizer_path = _str_or_none(tokenizer_path)

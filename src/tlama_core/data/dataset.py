@@ -130,13 +130,25 @@ class TokenWindows(Dataset):
         return self.tokens.read(i * t, i * t + t + 1)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        w = torch.from_numpy(self.window(i).astype(np.int64))
+        w = torch.from_numpy(self._in_vocabulary(self.window(i)).astype(np.int64))
         return w[:-1], w[1:]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch at once (the DataLoader calls this instead of __getitem__): x, y of shape (B, T)."""
-        w = torch.from_numpy(np.stack([self.window(i) for i in indices]).astype(np.int64))  # (B, T+1)
+        w = np.stack([self.window(i) for i in indices])  # (B, T+1)
+        w = torch.from_numpy(self._in_vocabulary(w).astype(np.int64))
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    def _in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
+        """ids, checked against the tokenizer's vocabulary when one is known: pre-tokenized ids made with another
+        tokenizer would otherwise fail in the model's embedding (a device-side assert on CUDA). One max over the
+        batch: a small cost beside the copy that follows it; checking the whole corpus up front would read it all."""
+        vocab = self.info.vocab_size
+        if vocab is not None and ids.size and int(ids.max()) >= vocab:
+            raise ValueError(f"{self.info.description}: token id {int(ids.max())} is outside the tokenizer's "
+                             f"vocabulary of {vocab}; these ids were made with another tokenizer: pass its "
+                             "tokenizer_path (or none).")
+        return ids
 
 
 def batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any
 
@@ -109,6 +110,8 @@ def create_dataloader(
     check_count("batch_size", batch_size, 1)
     check_count("seq_length", seq_length, 1)
     check_count("num_workers", num_workers, 0)
+    check_count("seed", seed, 0)
+    batch_size, seq_length, num_workers, seed = int(batch_size), int(seq_length), int(num_workers), int(seed)
     source = resolve_source(data_path, split)
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     if source.kind == "text":
@@ -139,5 +142,5 @@ def create_dataloader(
 
 
 def check_count(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}.")

@@ -331,7 +331,7 @@ class Trainer:
             raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
         ckpt = self._resolve_checkpoint(ckpt_path)
         if self.master_process:
-            remove_stale_temporaries(self.checkpoints_dir)
+            remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
         start = time.perf_counter()
         self._summary_start(ckpt)
         self._trained = True
