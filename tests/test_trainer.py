@@ -530,3 +530,15 @@ def test_log_metrics_before_and_after_training_lands_in_this_runs_log(tmp_path):
     assert [p.name.startswith("train_log-") for p in (tmp_path / "logs").iterdir()].count(True) == 1  # set aside
     with pytest.raises(ValueError, match=r"no column for \['my_metric'\]"):
         t._log_metrics({"my_metric": 1.0})
+
+
+def test_the_lightning_module_trains_on_a_plain_lightning_trainer_and_counts_tokens_read():
+    import lightning as L
+
+    from tlama_core.training import TlamaLightningModule
+
+    module = TlamaLightningModule(model=tiny_model())
+    trainer = L.Trainer(max_steps=3, accumulate_grad_batches=2, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=WindowLoader(64, 4, 16))
+    assert trainer.global_step == 3 and module.last_step.tokens == 2 * 4 * 16

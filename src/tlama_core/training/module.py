@@ -87,6 +87,7 @@ class TlamaLightningModule(L.LightningModule):
 
     def _reset_step_accumulators(self) -> None:
         self._loss_sum: torch.Tensor | float = 0.0
+        self._step_tokens = 0  # tokens of this process's micro-batches in the running step
         self._grad_norm: torch.Tensor | None = None
 
     # ---- the step clock: wall time from one optimizer step's end to the next ------------------------------
@@ -133,6 +134,7 @@ class TlamaLightningModule(L.LightningModule):
         _, loss = self.model(x, targets=y)
         self.micro_loss = loss.detach()
         self._loss_sum = self._loss_sum + self.micro_loss
+        self._step_tokens += x.numel()
         return loss  # Lightning divides it by the accumulation count before backward
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -152,7 +154,8 @@ class TlamaLightningModule(L.LightningModule):
         step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
         seconds = time.perf_counter() - self._step_clock - self._excluded_seconds
         self._restart_step_clock()
-        self.last_step = StepRecord(step, loss, lr, self._grad_norm, seconds, self.plan.tokens_per_step)
+        tokens = self._step_tokens * self.trainer.world_size  # the tokens read, not planned: a short batch counts short
+        self.last_step = StepRecord(step, loss, lr, self._grad_norm, seconds, tokens)
         bad_now = (self.first_bad_step == 0) & ~torch.isfinite(loss)
         self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
 
