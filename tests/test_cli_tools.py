@@ -143,3 +143,17 @@ def test_console_script_runs_generate(run):
                            "--max_new_tokens", "5", "--seed", "0"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ROMEO:")
+
+
+def test_convert_to_hf_refuses_a_tokenizer_larger_than_the_model(tmp_path, capsys):
+    from trainer_utils import WindowLoader, tiny_model
+
+    from tlama_core.training import Trainer
+
+    trainer = Trainer(tiny_model(), WindowLoader(16, 4, 16), total_batch_size=64, verbose=False,
+                      checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"))
+    checkpoint = trainer._save_checkpoint()  # a 64-id model; the built-in tokenizer has 1024 pieces
+    with pytest.raises(SystemExit):
+        main(["convert", "to-hf", "--checkpoint", checkpoint, "--out", str(tmp_path / "hf")])
+    assert "tokenizer has 1024 pieces but the model's vocab_size is 64" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

@@ -206,3 +206,38 @@ def test_exported_tokenizer_encodes_like_sentencepiece(tmp_path, options):
 def test_export_without_tokenizer_leaves_special_ids_unset(tmp_path):
     config = json.loads((to_hf(tiny_model(), tmp_path) / "config.json").read_text())
     assert config["bos_token_id"] is None and config["eos_token_id"] is None
+
+
+def test_a_tied_export_that_also_stores_lm_head_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = random_hf_model(tie=True)
+    hf.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()  # the shared matrix stored twice
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    tokens = torch.randint(0, 90, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(from_hf(tmp_path)(tokens)[0], hf_logits(hf, tokens), rtol=0, atol=1e-4)
+    tensors["lm_head.weight"] += 1.0
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lm_head.weight differs from embed_tokens"):
+        from_hf(tmp_path)
+
+
+def test_weights_that_do_not_fit_config_json_are_errors_naming_the_directory(tmp_path):
+    hf = random_hf_model()
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
+    with pytest.raises(ValueError, match=rf"{tmp_path}: the weights do not fit config.json"):
+        from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": 50}))
+    with pytest.raises(ValueError, match="model.embed_tokens.weight has 90 rows, more than vocab_size=50"):
+        from_hf(tmp_path)
+
+
+def test_export_into_a_sharded_models_directory_is_refused(tmp_path):
+    random_hf_model().save_pretrained(tmp_path, max_shard_size="100KB")
+    with pytest.raises(ValueError, match="holds a sharded model"):
+        to_hf(tiny_model(), tmp_path)

@@ -66,6 +66,21 @@ def test_config_rejects_dropout_outside_0_1(field, value):
         tiny(**{field: value})
 
 
+@pytest.mark.parametrize("field, value", [
+    ("norm_eps", float("nan")), ("rope_theta", float("inf")), ("weight_init_std", "0.02"),
+    ("ffn_dim_multiplier", float("nan")), ("weight_init_mean", float("nan")), ("tie_embeddings", "no"),
+    ("zero_init_residual", 1), ("dropout", float("nan")),
+])
+def test_config_rejects_values_of_the_wrong_kind_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"TlamaConfig\.{field}="):
+        tiny(**{field: value})
+
+
+def test_config_rejects_a_multiplier_that_leaves_no_feed_forward():
+    with pytest.raises(ValueError, match="ffn_dim_multiplier=0.001 leaves the SwiGLU hidden size at 0"):
+        tiny(ffn_dim_multiplier=0.001, multiple_of=1)
+
+
 def test_config_round_trips_through_a_dict():
     config = tiny(ffn_dim_multiplier=1.3, tie_embeddings=True, dropout=0.1)
     assert TlamaConfig.from_dict(config.to_dict()) == config
@@ -339,3 +354,26 @@ def test_explicit_attention_in_bf16_stays_close_to_sdpa(monkeypatch):
     sdpa_loss, sdpa_grad = loss_and_grads()
     assert explicit_loss == pytest.approx(sdpa_loss, rel=1e-3)
     torch.testing.assert_close(explicit_grad, sdpa_grad, rtol=0.05, atol=0.05 * sdpa_grad.abs().max().item())
+
+
+def test_generate_rejects_ids_and_arguments_it_cannot_honour():
+    torch.manual_seed(0)
+    model = Transformer(TlamaConfig(vocab_size=100, d_model=32, n_layers=1, n_heads=2, max_seq_len=16))
+    prompt = torch.tensor([[1, 2, 3]])
+    for kwargs in (dict(temperature=float("nan")), dict(max_new_tokens=2.0), dict(eos_id=150)):
+        with pytest.raises(ValueError, match="generate:"):
+            model.generate(prompt, **{"max_new_tokens": 2, **kwargs})
+    with pytest.raises(ValueError, match=r"prompt ids \(max 110\)"):  # a padded row: never trained
+        model.generate(torch.tensor([[1, 110]]), 2)
+    tiny = model.generate(prompt, 4, temperature=1e-45)  # argmax-like, not NaN probabilities
+    assert torch.equal(tiny, model.generate(prompt, 4, temperature=0))
+
+
+def test_vocab_limit_samples_only_ids_the_tokenizer_has():
+    torch.manual_seed(0)
+    model = Transformer(TlamaConfig(vocab_size=100, d_model=32, n_layers=1, n_heads=2, max_seq_len=64))
+    with torch.no_grad():
+        model.output.weight[90:100] += 5.0  # make the ids the tokenizer lacks the likeliest
+    out = model.generate(torch.tensor([[1, 2]]), 40, temperature=1.0, vocab_limit=90)
+    assert int(out.max()) < 90
+    assert int(model.generate(torch.tensor([[1, 2]]), 40, temperature=1.0).max()) >= 90

@@ -99,3 +99,13 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_an_error_naming_it(tm
     write_checkpoint(tmp_path / "mixed.ckpt", model, model_config={**model.config.to_dict(), "d_model": 128})
     with pytest.raises(ValueError, match=r"mixed\.ckpt: the weights do not fit its model_config"):
         Transformer.from_checkpoint(tmp_path / "mixed.ckpt")
+
+
+def test_safetensors_that_do_not_fit_their_config_are_an_error_naming_the_directory(tmp_path):
+    torch.manual_seed(0)
+    save_safetensors(Transformer(TlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=16)),
+                     tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_layers": 3}))
+    with pytest.raises(ValueError, match=rf"{tmp_path}: the weights do not fit its config.json"):
+        Transformer.from_safetensors(tmp_path)

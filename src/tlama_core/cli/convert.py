@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tlama_core.cli.generate import resolve_checkpoint, resolve_tokenizer
+from tlama_core.cli.generate import check_tokenizer_fits, resolve_checkpoint, resolve_tokenizer
 
 
 def convert_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike,
                   tokenizer: str | os.PathLike | None = None) -> Path:
     """Write the model of `checkpoint` (a .ckpt or a checkpoints directory) as a Hugging Face Llama directory,
     with its tokenizer (the one given, else the run's, as `tlama generate` picks it)."""
+    from tlama_core.data import load_tokenizer
     from tlama_core.models import Transformer, to_hf
 
     path = resolve_checkpoint(checkpoint)
-    return to_hf(Transformer.from_checkpoint(path), out, tokenizer_path=resolve_tokenizer(path, tokenizer))
+    model, tokenizer_path = Transformer.from_checkpoint(path), resolve_tokenizer(path, tokenizer)
+    check_tokenizer_fits(load_tokenizer(tokenizer_path), model.config.vocab_size)
+    return to_hf(model, out, tokenizer_path=tokenizer_path)
 
 
 def convert_from_hf(model: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -39,6 +39,13 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = No
     return builtin_tokenizer_path()
 
 
+def check_tokenizer_fits(sp, vocab_size: int) -> None:
+    """A tokenizer with more pieces than the model's vocab_size is not the one it was trained with."""
+    if sp.get_piece_size() > vocab_size:
+        raise ValueError(f"tokenizer has {sp.get_piece_size()} pieces but the model's vocab_size is {vocab_size}: "
+                         "pass the tokenizer the model was trained with (--tokenizer).")
+
+
 def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
              top_k: int | None = 50, tokenizer: str | os.PathLike | None = None, seed: int | None = None,
              device: str = "auto", crop_context: bool = True) -> str:
@@ -58,14 +65,12 @@ def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 2
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = Transformer.from_checkpoint(path).to(device)
-    if sp.get_piece_size() > model.config.vocab_size:
-        raise ValueError(f"tokenizer has {sp.get_piece_size()} pieces but the model's vocab_size is "
-                         f"{model.config.vocab_size}: pass the tokenizer the model was trained with (--tokenizer).")
+    check_tokenizer_fits(sp, model.config.vocab_size)
     ids = sp.encode(prompt)
     if not ids:
         raise ValueError("prompt is empty: give some text to continue (--prompt).")
     if seed is not None:
         torch.manual_seed(seed)
     out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature, top_k=top_k,
-                         crop_context=crop_context)
+                         crop_context=crop_context, vocab_limit=sp.get_piece_size())  # ids the tokenizer can decode
     return sp.decode(out[0].tolist())

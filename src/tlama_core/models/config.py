@@ -7,6 +7,7 @@ every checkpoint, so a model can always be rebuilt from what a run wrote.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,14 +80,20 @@ class TlamaConfig:
                 f"TlamaConfig.ffn_hidden_size={self.ffn_hidden_size!r}: must be a positive integer or None."
             )
         for name in ("norm_eps", "rope_theta", "weight_init_std"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TlamaConfig.{name}={getattr(self, name)!r}: must be > 0.")
-        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
-            raise ValueError(f"TlamaConfig.ffn_dim_multiplier={self.ffn_dim_multiplier!r}: must be > 0 or None.")
+            if not _is_positive_number(getattr(self, name)):
+                raise ValueError(f"TlamaConfig.{name}={getattr(self, name)!r}: must be a finite number > 0.")
+        if self.ffn_dim_multiplier is not None and not _is_positive_number(self.ffn_dim_multiplier):
+            raise ValueError(f"TlamaConfig.ffn_dim_multiplier={self.ffn_dim_multiplier!r}: must be a finite number "
+                             "> 0 or None.")
+        if not _is_number(self.weight_init_mean):
+            raise ValueError(f"TlamaConfig.weight_init_mean={self.weight_init_mean!r}: must be a finite number.")
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
+            if value is not None and not (_is_number(value) and 0.0 <= value < 1.0):
                 raise ValueError(f"TlamaConfig.{name}={value!r}: must be in [0, 1).")
+        for name in ("zero_init_residual", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TlamaConfig.{name}={getattr(self, name)!r}: must be True or False.")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"TlamaConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
@@ -98,6 +105,9 @@ class TlamaConfig:
                 "each key/value head must serve a whole group of query heads; pick n_kv_heads among the "
                 f"divisors of n_heads ({[d for d in range(1, self.n_heads + 1) if self.n_heads % d == 0]})."
             )
+        if self.ffn_hidden_dim < 1:
+            raise ValueError(f"TlamaConfig: ffn_dim_multiplier={self.ffn_dim_multiplier!r} leaves the SwiGLU hidden "
+                             "size at 0; raise it, or set ffn_hidden_size.")
         if self.head_dim % 2:
             raise ValueError(
                 f"TlamaConfig: head_dim = d_model / n_heads = {self.head_dim} is odd; rotary embeddings rotate "
@@ -142,3 +152,12 @@ class TlamaConfig:
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, not a string, not NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_positive_number(value: Any) -> bool:
+    return _is_number(value) and value > 0

@@ -19,7 +19,7 @@ import torch
 from tlama_core.atomic import atomic_write
 from tlama_core.models.config import TlamaConfig
 from tlama_core.models.transformer import Transformer
-from tlama_core.models.weights import read_json, read_safetensors, write_weights_dir
+from tlama_core.models.weights import SHARD_INDEX, WEIGHTS_FILE, read_json, read_safetensors, write_weights_dir
 
 # Our name inside `layers.N.` -> Hugging Face's inside `model.layers.N.`
 LAYER_NAMES = {
@@ -78,6 +78,11 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) ->
     ours.update(TOP_NAMES)
     if config.tie_embeddings:
         del ours["output.weight"]
+        head = tensors.get("lm_head.weight")
+        if head is not None:  # some tied exports store the shared matrix twice; transformers ignores the copy
+            if not torch.equal(head, tensors.get("model.embed_tokens.weight", head)):
+                raise ValueError("tie_word_embeddings is true but lm_head.weight differs from embed_tokens.")
+            tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
     missing = sorted(theirs for theirs in ours.values() if theirs not in tensors)
     # Old checkpoints carry the rotary frequencies as a buffer; we compute our own.
     unexpected = sorted(k for k in set(tensors) - set(ours.values()) if not k.endswith("rotary_emb.inv_freq"))
@@ -92,6 +97,8 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) ->
             tensor = hf_to_meta_rows(tensor, config.n_kv_heads)
         elif mine in ("tok_embeddings.weight", "output.weight"):
             padding = config.padded_vocab_size - tensor.size(0)
+            if padding < 0:
+                raise ValueError(f"{theirs} has {tensor.size(0)} rows, more than vocab_size={config.vocab_size}.")
             tensor = torch.cat((tensor, tensor.new_zeros(padding, tensor.size(1))))  # (V_padded, C)
         state[mine] = tensor
     if config.tie_embeddings:
@@ -206,13 +213,13 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> TlamaConf
 
 def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face directory: `model.safetensors`, or the shards its index lists."""
-    index = directory / "model.safetensors.index.json"
+    index = directory / SHARD_INDEX
     if index.is_file():
         shards = sorted(set(read_json(index)["weight_map"].values()))
-    elif (directory / "model.safetensors").is_file():
-        shards = ["model.safetensors"]
+    elif (directory / WEIGHTS_FILE).is_file():
+        shards = [WEIGHTS_FILE]
     else:
-        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json "
+        raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE} or {SHARD_INDEX} "
                                 "(only safetensors weights are read; resave .bin checkpoints with safetensors).")
     tensors = {}
     for shard in shards:
@@ -234,5 +241,8 @@ def from_hf(directory: str | os.PathLike) -> Transformer:
     except ValueError as e:
         raise ValueError(f"{directory}: {e}") from e
     model = Transformer(config)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # a tensor shape that config.json does not describe
+        raise ValueError(f"{directory}: the weights do not fit config.json ({e}).") from e
     return model.eval()

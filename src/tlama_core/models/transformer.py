@@ -263,24 +263,34 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, eos_id: int | None = None, crop_context: bool = False) -> torch.Tensor:
+                 top_k: int | None = None, eos_id: int | None = None, crop_context: bool = False,
+                 vocab_limit: int | None = None) -> torch.Tensor:
         """Continue prompt (B, T) by max_new_tokens sampled tokens, returning (B, T + new) ids.
 
         temperature=0 is greedy decoding; top_k keeps only the k likeliest tokens. With eos_id, generation
         stops early once every row has produced it (rows that finished first are filled with eos_id).
         Prompt + new tokens past max_seq_len is an error, unless crop_context: then the model reads at most
         the last max_seq_len tokens, as nanoGPT's generate does, and once the cache is full each new token
-        re-reads the latest max_seq_len from position 0. The KV cache (B x min(T + max_new_tokens,
-        max_seq_len) positions per layer) exists only while this runs.
+        re-reads the latest max_seq_len from position 0. `vocab_limit` samples only ids below it (a tokenizer
+        with fewer pieces than vocab_size). The KV cache (B x min(T + max_new_tokens, max_seq_len) positions per
+        layer) exists only while this runs.
         """
         if prompt.dim() != 2 or prompt.size(1) == 0:
             raise ValueError(
                 f"generate: prompt must be a (batch, time) tensor of ids, got shape {tuple(prompt.shape)}."
             )
-        if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+        if (not isinstance(max_new_tokens, int) or max_new_tokens < 0 or not math.isfinite(temperature)
+                or temperature < 0 or (top_k is not None and top_k < 1)):
             raise ValueError(
-                f"generate: max_new_tokens={max_new_tokens} and temperature={temperature} must be >= 0, "
-                f"top_k={top_k} must be >= 1 or None."
+                f"generate: max_new_tokens={max_new_tokens!r} must be an integer >= 0, temperature={temperature} a "
+                f"finite number >= 0, top_k={top_k} an integer >= 1 or None."
+            )
+        vocab = min(self.config.vocab_size, vocab_limit or self.config.vocab_size)
+        if int(prompt.max()) >= self.config.vocab_size or int(prompt.min()) < 0 or (
+                eos_id is not None and not 0 <= eos_id < vocab):
+            raise ValueError(
+                f"generate: prompt ids (max {int(prompt.max())}) and eos_id={eos_id} must lie in [0, {vocab}) (the "
+                "model's vocab_size, or vocab_limit); encode the prompt with the tokenizer the model was trained with."
             )
         b, t = prompt.shape
         end, window = t + max_new_tokens, self.config.max_seq_len
@@ -303,7 +313,7 @@ class Transformer(nn.Module):
                         first = pos - window
                         tokens = out[:, first:pos]
                     h = self.hidden_states(tokens, start_pos=pos - first - tokens.size(1))[:, -1]  # (B, C)
-                    next_id = sample(self.output(h)[:, :self.config.vocab_size], temperature, top_k)  # (B,)
+                    next_id = sample(self.output(h)[:, :vocab], temperature, top_k)  # (B,)
                     if eos_id is not None:
                         next_id = next_id.masked_fill(done, eos_id)
                         done |= next_id == eos_id
@@ -320,7 +330,8 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch
     """Draw one id per row from logits (B, V); temperature 0 takes the argmax."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # max first: a tiny temperature cannot overflow
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

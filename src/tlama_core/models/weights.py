@@ -23,6 +23,7 @@ from tlama_core.models.transformer import Transformer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+SHARD_INDEX = "model.safetensors.index.json"  # a sharded Hugging Face model
 
 
 def read_json(path: Path) -> dict:
@@ -56,6 +57,8 @@ def write_weights_dir(directory: str | os.PathLike, tensors: dict[str, torch.Ten
     """Write `model.safetensors` and `config.json` into `directory`, each atomically; return the directory.
     Ours and the Hugging Face export share this layout (with their own tensor names and config)."""
     directory = Path(directory)
+    if (directory / SHARD_INDEX).exists():  # loaders would read the old shards it lists, not the new file
+        raise ValueError(f"{directory} holds a sharded model ({SHARD_INDEX}); write into an empty directory.")
     atomic_write(directory / WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
     atomic_write(directory / CONFIG_FILE, lambda f: f.write(json.dumps(config, indent=2).encode()))
     return directory
@@ -73,7 +76,10 @@ def load_safetensors(directory: str | os.PathLike) -> Transformer:
     state = read_safetensors(directory / WEIGHTS_FILE)
     if model.config.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        raise ValueError(f"{directory}: the weights do not fit its config.json ({e}).") from e
     return model.eval()
 
 
