@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tlama_core.data import TokenDataLoader, create_dataloader
+from tlama_core.data.sampler import window_order
 
 T, B = 8, 4
 
@@ -76,8 +77,23 @@ def test_state_is_plain_ints(ids_path):
     loader = make(ids_path, True)
     next(iter(loader))
     state = loader.state_dict()
-    assert state == {"epoch": 0, "batch": 1, "seed": 11, "batch_size": B, "world_size": 1}
+    assert state == {"epoch": 0, "batch": 1, "seed": 11, "batch_size": B, "order": 2, "world_size": 1}
     assert all(type(v) is int for v in state.values())
+
+
+def test_neighbouring_seeds_do_not_share_epoch_orders():
+    """Seeding each epoch with seed + epoch made seed 1338's first epoch seed 1337's second."""
+    assert not torch.equal(window_order(500, 0, 1338, True), window_order(500, 1, 1337, True))
+    assert torch.equal(window_order(500, 0, 1338, True, version=1), window_order(500, 1, 1337, True, version=1))
+
+
+def test_a_state_saved_before_the_order_changed_resumes_in_the_old_order(ids_path):
+    loader = make(ids_path, True)
+    old_state = {"epoch": 1, "batch": 2, "seed": 11, "batch_size": B, "world_size": 1}  # no "order": version 1
+    loader.load_state_dict(old_state)
+    first = next(iter(loader))[0]
+    order = window_order(len(loader.dataset), 1, 11, True, version=1)
+    assert torch.equal(first, torch.stack([loader.dataset[int(i)][0] for i in order[2 * B:3 * B]]))
 
 
 def test_position_counts_batches_handed_out_not_prefetched(ids_path):
@@ -96,7 +112,7 @@ def test_last_batch_of_an_epoch_moves_the_position_to_the_next_epoch(ids_path):
 
 def test_only_the_first_pass_after_a_restore_starts_mid_epoch(ids_path):
     loader = make(ids_path, False)
-    loader.load_state_dict({"epoch": 0, "batch": 10, "seed": 11})
+    loader.load_state_dict({"epoch": 0, "batch": 10, "seed": 11, "order": 2})
     assert len(list(loader)) == 52
     loader.sampler.set_epoch(0)
     assert len(list(loader)) == 62
@@ -111,7 +127,7 @@ def test_a_pass_cut_short_is_followed_by_a_whole_pass_with_workers(ids_path):
 
 def test_setting_another_epoch_drops_a_pending_position(ids_path):
     loader = make(ids_path, True)
-    loader.load_state_dict({"epoch": 1, "batch": 10, "seed": 11})
+    loader.load_state_dict({"epoch": 1, "batch": 10, "seed": 11, "order": 2})
     loader.sampler.set_epoch(2)
     reference = make(ids_path, True)
     reference.sampler.set_epoch(2)
@@ -121,7 +137,7 @@ def test_setting_another_epoch_drops_a_pending_position(ids_path):
 def test_state_with_another_seed_keeps_the_saved_order(ids_path):
     loader = create_dataloader(ids_path, None, B, T, True, seed=99)
     with pytest.warns(UserWarning, match="seed=11"):
-        loader.load_state_dict({"epoch": 0, "batch": 3, "seed": 11})
+        loader.load_state_dict({"epoch": 0, "batch": 3, "seed": 11, "order": 2})
     reference = make(ids_path, True)
     assert [windows(b) for b in loader] == [windows(b) for b in reference][3:]
 
@@ -143,7 +159,7 @@ def test_resume_with_more_processes_skips_exactly_the_windows_already_read(ids_p
     for _ in itertools.islice(before, 4):
         pass
     state = before.state_dict()
-    order = torch.randperm(249, generator=torch.Generator().manual_seed(11)).tolist()
+    order = window_order(249, 0, 11, True).tolist()
     after = []
     for rank in range(4):
         loader = make(ids_path, True).shard(rank, 4)

@@ -11,16 +11,24 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
+ORDER_VERSION = 2  # 1 seeded each epoch's permutation with seed + epoch: seeds s and s+1 shared orders, shifted
 
-def window_order(num_windows: int, epoch: int, seed: int, shuffle: bool) -> torch.Tensor:
-    """All window indices in the order of `epoch`: a permutation drawn from (seed + epoch), or 0..n-1."""
+
+def window_order(num_windows: int, epoch: int, seed: int, shuffle: bool, version: int = ORDER_VERSION) -> torch.Tensor:
+    """All window indices in the order of `epoch`: a permutation drawn from (seed, epoch), or 0..n-1.
+
+    The pair is mixed by NumPy's SeedSequence, so no two (seed, epoch) pairs share an order; `version` 1 is the
+    older seed + epoch, which a loader state saved before the change still resumes with.
+    """
     if not shuffle:
         return torch.arange(num_windows)
-    return torch.randperm(num_windows, generator=torch.Generator().manual_seed(seed + epoch))
+    mixed = seed + epoch if version == 1 else int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0])
+    return torch.randperm(num_windows, generator=torch.Generator().manual_seed(mixed % 2**63))
 
 
 # A DistributedSampler subclass only so that Lightning under DDP keeps it: Lightning wraps any other sampler
@@ -37,6 +45,7 @@ class WindowSampler(DistributedSampler):
         self.num_windows, self.batch_size, self.shuffle, self.seed = num_windows, batch_size, shuffle, seed
         self.drop_last = True
         self.epoch, self.batch = 0, 0
+        self.order_version = ORDER_VERSION
         self._override: tuple[int, int] | None = None
         self._pass_world: int | None = None  # processes of the pass the position counts in
         self._resume_windows: int | None = None  # windows consumed over all ranks, set by load_state_dict
@@ -104,7 +113,7 @@ class WindowSampler(DistributedSampler):
             if start >= n:
                 self.epoch, start = self.epoch + 1, 0
         self.batch, self._pass_world = start, world
-        order = window_order(self.num_windows, self.epoch, self.seed, self.shuffle)
+        order = window_order(self.num_windows, self.epoch, self.seed, self.shuffle, self.order_version)
         self._plan = order[: n * self.batch_size * world][rank::world][start * self.batch_size:]
         return self.epoch, start, n
 
@@ -121,7 +130,7 @@ class WindowSampler(DistributedSampler):
     # ---- resume ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.epoch), "batch": int(self.batch), "seed": int(self.seed),
-                "batch_size": int(self.batch_size),
+                "batch_size": int(self.batch_size), "order": self.order_version,
                 "world_size": int(self._pass_world or self.num_replicas)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -134,6 +143,7 @@ class WindowSampler(DistributedSampler):
                           f"{seed} so the resumed run reads the same order.", stacklevel=3)
             self.seed = seed
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.order_version = int(state.get("order", 1))  # states without it were saved by version 1
         self._pass_world = int(state.get("world_size", 1))
         self._resume_windows = self.batch * int(state.get("batch_size", self.batch_size)) * self._pass_world
 
