@@ -178,3 +178,9 @@ def test_train_shards_all_named_train_without_val_path_is_an_error_at_constructi
         np.save(tmp_path / "fw" / f"fw_train_{i:06d}.npy", np.arange(1000, dtype=np.uint16))
     with pytest.raises(ValueError, match=r"train_path=.*named for split='train'.*pass val_path"):
         TlamaDataModule(str(tmp_path / "fw" / "*_train_*.npy"), batch_size=2, seq_length=16)
+
+
+def test_numpy_integers_become_plain_ints_that_a_weights_only_checkpoint_can_hold(tmp_path):
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "ids.bin")
+    dm = TlamaDataModule(str(tmp_path / "ids.bin"), batch_size=np.int64(2), seq_length=16, seed=np.int64(3))
+    assert all(type(dm.hparams[k]) is int for k in ("batch_size", "seq_length", "num_workers", "seed"))

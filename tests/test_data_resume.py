@@ -167,3 +167,8 @@ def test_resume_with_more_processes_skips_exactly_the_windows_already_read(ids_p
         after += [w for b in loader for w in windows(b)]
     assert not set(after) & set(order[:32])
     assert len(after) == 4 * (len(order) // 4 // B * B - 32 // 4)
+
+
+def test_a_state_from_an_unknown_order_version_is_refused(ids_path):
+    with pytest.raises(ValueError, match="order=3"):
+        make(ids_path, True).load_state_dict({"epoch": 0, "batch": 1, "seed": 11, "order": 3})

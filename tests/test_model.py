@@ -363,7 +363,7 @@ def test_generate_rejects_ids_and_arguments_it_cannot_honour():
     for kwargs in (dict(temperature=float("nan")), dict(max_new_tokens=2.0), dict(eos_id=150)):
         with pytest.raises(ValueError, match="generate:"):
             model.generate(prompt, **{"max_new_tokens": 2, **kwargs})
-    with pytest.raises(ValueError, match=r"prompt ids \(max 110\)"):  # a padded row: never trained
+    with pytest.raises(ValueError, match=r"prompt ids must lie in \[0, vocab_size=100\), got 1..110"):  # padded row
         model.generate(torch.tensor([[1, 110]]), 2)
     tiny = model.generate(prompt, 4, temperature=1e-45)  # argmax-like, not NaN probabilities
     assert torch.equal(tiny, model.generate(prompt, 4, temperature=0))
@@ -377,3 +377,10 @@ def test_vocab_limit_samples_only_ids_the_tokenizer_has():
     out = model.generate(torch.tensor([[1, 2]]), 40, temperature=1.0, vocab_limit=90)
     assert int(out.max()) < 90
     assert int(model.generate(torch.tensor([[1, 2]]), 40, temperature=1.0).max()) >= 90
+
+
+@pytest.mark.parametrize("limit", [0, -5, 2.0])
+def test_vocab_limit_must_be_a_positive_integer(limit):
+    model = Transformer(TlamaConfig(vocab_size=100, d_model=32, n_layers=1, n_heads=2, max_seq_len=16))
+    with pytest.raises(ValueError, match=f"vocab_limit={limit!r}"):
+        model.generate(torch.tensor([[1, 2]]), 2, vocab_limit=limit)

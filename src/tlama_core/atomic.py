@@ -87,7 +87,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         write(f)
 
 
-def remove_stale_temporaries(directory: str | os.PathLike, pattern: str = "*") -> list[Path]:
+def remove_stale_temporaries(directory: str | os.PathLike, pattern: str) -> list[Path]:
     """Delete the temporaries `pattern + .tmp` (e.g. "*.ckpt") that an interrupted writer left in `directory`;
     return what was removed. Other `.tmp` files there are the user's and stay."""
     directory = Path(directory)

@@ -185,7 +185,7 @@ class TlamaCLI(LightningCLI):
         """Write the resolved configuration to `checkpoints_dir/config.yaml` (master process only, atomically).
 
         `ckpt_path` is left out: the file describes the run, and `tlama fit --config` on it starts that run again.
-        A fresh run keeps an earlier run's different config as `config-<unix time>.yaml` (its checkpoints go to
+        A fresh run keeps an earlier run's different config as `config-<unix ns>.yaml` (its checkpoints go to
         `superseded-*/`).
         """
         if not self.trainer.master_process:
@@ -195,7 +195,7 @@ class TlamaCLI(LightningCLI):
         text = self.parser.dump(config, skip_unset=False)
         path = self.trainer.checkpoints_dir / CONFIG_NAME
         if self.config.ckpt_path is None and path.is_file() and path.read_text() != text:
-            path.rename(path.with_name(f"{path.stem}-{int(time.time())}{path.suffix}"))
+            path.rename(path.with_name(f"{path.stem}-{time.time_ns()}{path.suffix}"))  # unique: never overwrites
         atomic_write(path, lambda f: f.write(text.encode()))
         return path
 

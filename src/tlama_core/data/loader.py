@@ -54,7 +54,8 @@ class TokenDataLoader(DataLoader):
         return _Pass(super().__iter__(), self.sampler, epoch, start, num_batches)
 
     def state_dict(self) -> dict[str, int]:
-        """Position as plain ints: epoch, batches handed out in its current pass, seed, batch_size, world_size."""
+        """Position as plain ints: epoch, batches handed out in its current pass, seed, batch_size, order (how
+        epoch orders are drawn), world_size."""
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

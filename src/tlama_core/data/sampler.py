@@ -27,7 +27,7 @@ def window_order(num_windows: int, epoch: int, seed: int, shuffle: bool, version
     """
     if not shuffle:
         return torch.arange(num_windows)
-    mixed = seed + epoch if version == 1 else int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0])
+    mixed = seed + epoch if version == 1 else int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
     return torch.randperm(num_windows, generator=torch.Generator().manual_seed(mixed % 2**63))
 
 
@@ -144,6 +144,10 @@ class WindowSampler(DistributedSampler):
             self.seed = seed
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self.order_version = int(state.get("order", 1))  # states without it were saved by version 1
+        if self.order_version not in (1, ORDER_VERSION):
+            raise ValueError(f"loader state has order={self.order_version}, which this version of tlama-core does "
+                             f"not know (it draws orders 1 and {ORDER_VERSION}); resume with the version that saved "
+                             "it.")
         self._pass_world = int(state.get("world_size", 1))
         self._resume_windows = self.batch * int(state.get("batch_size", self.batch_size)) * self._pass_world
 

@@ -96,9 +96,10 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) ->
         elif mine.endswith("attention.wk.weight"):
             tensor = hf_to_meta_rows(tensor, config.n_kv_heads)
         elif mine in ("tok_embeddings.weight", "output.weight"):
+            if tensor.size(0) != config.vocab_size:
+                raise ValueError(f"{theirs} has {tensor.size(0)} rows, config.json's vocab_size is "
+                                 f"{config.vocab_size}.")
             padding = config.padded_vocab_size - tensor.size(0)
-            if padding < 0:
-                raise ValueError(f"{theirs} has {tensor.size(0)} rows, more than vocab_size={config.vocab_size}.")
             tensor = torch.cat((tensor, tensor.new_zeros(padding, tensor.size(1))))  # (V_padded, C)
         state[mine] = tensor
     if config.tie_embeddings:

@@ -285,13 +285,15 @@ class Transformer(nn.Module):
                 f"generate: max_new_tokens={max_new_tokens!r} must be an integer >= 0, temperature={temperature} a "
                 f"finite number >= 0, top_k={top_k} an integer >= 1 or None."
             )
-        vocab = min(self.config.vocab_size, vocab_limit or self.config.vocab_size)
-        if int(prompt.max()) >= self.config.vocab_size or int(prompt.min()) < 0 or (
-                eos_id is not None and not 0 <= eos_id < vocab):
-            raise ValueError(
-                f"generate: prompt ids (max {int(prompt.max())}) and eos_id={eos_id} must lie in [0, {vocab}) (the "
-                "model's vocab_size, or vocab_limit); encode the prompt with the tokenizer the model was trained with."
-            )
+        if vocab_limit is not None and not (isinstance(vocab_limit, int) and vocab_limit >= 1):
+            raise ValueError(f"generate: vocab_limit={vocab_limit!r} must be an integer >= 1 or None.")
+        vocab = self.config.vocab_size if vocab_limit is None else min(self.config.vocab_size, vocab_limit)
+        low, high = (int(v) for v in torch.aminmax(prompt))
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(f"generate: prompt ids must lie in [0, vocab_size={self.config.vocab_size}), got "
+                             f"{low}..{high}; encode the prompt with the tokenizer the model was trained with.")
+        if eos_id is not None and not 0 <= eos_id < vocab:
+            raise ValueError(f"generate: eos_id={eos_id} must lie in [0, {vocab}) (vocab_size, or vocab_limit).")
         b, t = prompt.shape
         end, window = t + max_new_tokens, self.config.max_seq_len
         if end > window and not crop_context:
