@@ -47,13 +47,9 @@ class TlamaDataModule(L.LightningDataModule):
         shuffle: bool = True,
     ) -> None:
         super().__init__()
-        check_count("batch_size", batch_size, 1)
-        check_count("seq_length", seq_length, 1)
-        check_count("num_workers", num_workers, 0)
-        check_count("seed", seed, 0)
-        # Plain ints (numpy's are accepted above): checkpoints are loaded with weights_only=True.
-        batch_size, seq_length, num_workers, seed = int(batch_size), int(seq_length), int(num_workers), int(seed)
-        self.save_hyperparameters({
+        batch_size, seq_length = check_count("batch_size", batch_size, 1), check_count("seq_length", seq_length, 1)
+        num_workers, seed = check_count("num_workers", num_workers, 0), check_count("seed", seed, 0)
+        self.save_hyperparameters({  # plain values only: checkpoints are loaded with weights_only=True
             "train_path": _str_or_none(train_path), "val_path": _str_or_none(val_path),
             "tokenizer_path": _str_or_none(tokenizer_path), "batch_size": batch_size, "seq_length": seq_length,
             "num_workers": num_workers, "seed": seed, "cache_dir": _str_or_none(cache_dir), "shuffle": bool(shuffle)})
@@ -64,13 +60,12 @@ class TlamaDataModule(L.LightningDataModule):
         self.val_path = _str_or_none(val_path)
         kinds = {list_files(p)[0] for p in (self.train_path, self.val_path) if p is not None}  # FileNotFoundError now
         if self.val_path is None and not Path(self.train_path).is_file():
-            train_splits = {split_of(f) for f in list_files(self.train_path)[1]}
-            if train_splits == {"train"}:  # e.g. a glob of *_train_* shards
-                raise ValueError(f"train_path={self.train_path!r}: its files are all named for split='train', "
-                                 "so none is left to validate on; pass val_path.")
-            if train_splits == {"val"}:
-                raise ValueError(f"train_path={self.train_path!r}: its files are all named for split='val', "
-                                 "so none is left to train on; pass the training files as train_path.")
+            splits = {split_of(f) for f in list_files(self.train_path)[1]}
+            if splits in ({"train"}, {"val"}):  # e.g. a glob of *_train_* shards: the other split is missing
+                (split,) = splits
+                role, fix = ("validate", "pass val_path") if split == "train" else ("train", "pass train files")
+                raise ValueError(f"train_path={self.train_path!r}: its files are all named for split={split!r}, so "
+                                 f"none is left to {role} on; {fix}.")
         if tokenizer_path is None and (builtin or "text" in kinds):
             tokenizer_path = builtin_tokenizer_path()
         self.tokenizer_path = _str_or_none(tokenizer_path)

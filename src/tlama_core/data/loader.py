@@ -108,11 +108,8 @@ def create_dataloader(
         split: "train" or "val": shards named for it, else the first 90% / last 10% of the data.
         pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
     """
-    check_count("batch_size", batch_size, 1)
-    check_count("seq_length", seq_length, 1)
-    check_count("num_workers", num_workers, 0)
-    check_count("seed", seed, 0)
-    batch_size, seq_length, num_workers, seed = int(batch_size), int(seq_length), int(num_workers), int(seed)
+    batch_size, seq_length = check_count("batch_size", batch_size, 1), check_count("seq_length", seq_length, 1)
+    num_workers, seed = check_count("num_workers", num_workers, 0), check_count("seed", seed, 0)
     source = resolve_source(data_path, split)
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     if source.kind == "text":
@@ -142,6 +139,9 @@ def create_dataloader(
     return loader
 
 
-def check_count(name: str, value: Any, minimum: int) -> None:
+def check_count(name: str, value: Any, minimum: int) -> int:
+    """`value` as a plain int (numpy's integers too: plain ints are what weights_only checkpoints hold), or a
+    ValueError naming `name` when it is not an integer >= minimum."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}.")
+    return int(value)

@@ -26,8 +26,8 @@ class CsvLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: io.TextIOWrapper | None = None
-        self._run_opened = False  # the run has opened its log (`open`)
-        self._rows_before_run: list[dict[str, Any]] = []  # rows `write` appended before that (`_log_metrics`)
+        # Rows `write` appended before the run opened its log (`Trainer._log_metrics`); None once it has.
+        self._rows_before_run: list[dict[str, Any]] | None = []
 
     def open(self, resume_step: int | None = None) -> None:
         """Start the run's log. A fresh run moves an older log aside; a resumed run keeps rows with step <=
@@ -42,8 +42,7 @@ class CsvLog:
             else:  # rows written before the run are of step 0: kept
                 kept = [r for r in read_rows(self.path) if int(r["step"]) <= resume_step]
                 atomic_write(self.path, lambda f: f.write(_format(kept).encode()))
-        self._rows_before_run = []
-        self._run_opened = True
+        self._rows_before_run = None
         self._append()
 
     def _append(self) -> None:
@@ -64,7 +63,7 @@ class CsvLog:
             self._append()
         self._file.write(_format([row], header=False))
         self._file.flush()
-        if not self._run_opened:
+        if self._rows_before_run is not None:
             self._rows_before_run.append(row)
 
     def close(self) -> None:
