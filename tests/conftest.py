@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, load_tokenizer
+from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -26,8 +26,8 @@ def _token_cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="session")
 def data_sp() -> spm.SentencePieceProcessor:
-    """The built-in Shakespeare BPE tokenizer (data tests)."""
-    return load_tokenizer(builtin_tokenizer_path())
+    """The built-in Shakespeare BPE tokenizer, as sentencepiece itself loads it: the reference (data tests)."""
+    return spm.SentencePieceProcessor(model_file=str(builtin_tokenizer_path()))
 
 
 @pytest.fixture

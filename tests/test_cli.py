@@ -234,3 +234,15 @@ def test_gpu_preset_parses_and_trains_on_cpu_when_shrunk(preset, tmp_path, monke
     assert [r[0] for r in losses("logs/train_log.csv")] == ["1", "2"]
     saved = yaml.safe_load(Path("checkpoints/config.yaml").read_text())
     assert saved["model"]["config"]["d_model"] == 32 and saved["trainer"]["strategy"] == "auto"
+
+
+def test_a_file_that_is_not_a_tokenizer_exits_2_naming_the_key_and_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.model"
+    bad.write_text("not a tokenizer\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--data.tokenizer_path", str(bad)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "tokenizer_path" in err and "bad.model" in err and "Traceback" not in err
+    assert not Path("checkpoints").exists()

@@ -92,7 +92,7 @@ def test_tokenizer_train_writes_a_model_of_the_requested_size(data_text, tmp_pat
     main(["tokenizer", "train", "--input", str(data_text), str(second), "--vocab_size", "300", "--output", str(out)])
     assert str(out) in capsys.readouterr().out
     sp = load_tokenizer(out)
-    assert sp.get_piece_size() == 300
+    assert sp.vocab_size == 300
     assert sp.decode(sp.encode("To be, or not to be")) == "To be, or not to be"
 
 
@@ -157,3 +157,12 @@ def test_convert_to_hf_refuses_a_tokenizer_larger_than_the_model(tmp_path, capsy
         main(["convert", "to-hf", "--checkpoint", checkpoint, "--out", str(tmp_path / "hf")])
     assert "tokenizer has 1024 pieces but the model's vocab_size is 64" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+def test_generate_with_a_file_that_is_not_a_tokenizer_exits_2_naming_it(run, tmp_path, capsys):
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:", "--tokenizer", str(bad)])
+    assert exit_.value.code == 2
+    assert "bad.model" in capsys.readouterr().err

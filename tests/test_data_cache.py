@@ -69,9 +69,9 @@ FOREIGN_TOKENIZERS = {  # options a tokenizer made elsewhere may have: lines mus
 @pytest.mark.parametrize("options", FOREIGN_TOKENIZERS.values(), ids=FOREIGN_TOKENIZERS.keys())
 def test_tokenizer_that_can_merge_across_lines_is_encoded_line_by_line(data_text, tmp_path, reference_ids, options):
     tok = train_tokenizer(data_text, tmp_path / "other.model", vocab_size=400, **options)
-    sp = load_tokenizer(tok)
+    sp = load_tokenizer(tok).processor
     assert not newline_is_a_boundary(sp)
-    assert newline_is_a_boundary(load_tokenizer(builtin_tokenizer_path()))
+    assert newline_is_a_boundary(load_tokenizer(builtin_tokenizer_path()).processor)
     entry = cached_tokens(resolve_source(data_text), tok, tmp_path / "cache")
     assert ids_of(entry).tolist() == reference_ids([data_text.read_text(encoding="utf-8")], sp)
 

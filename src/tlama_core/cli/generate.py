@@ -9,6 +9,7 @@ import yaml
 
 from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
+from tlama_core.data.tokenizer import Tokenizer
 from tlama_core.training.checkpointing import find_last_checkpoint
 
 
@@ -39,10 +40,10 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = No
     return builtin_tokenizer_path()
 
 
-def check_tokenizer_fits(sp, vocab_size: int) -> None:
+def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int) -> None:
     """A tokenizer with more pieces than the model's vocab_size is not the one it was trained with."""
-    if sp.get_piece_size() > vocab_size:
-        raise ValueError(f"tokenizer has {sp.get_piece_size()} pieces but the model's vocab_size is {vocab_size}: "
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces but the model's vocab_size is {vocab_size}: "
                          "pass the tokenizer the model was trained with (--tokenizer).")
 
 
@@ -72,5 +73,5 @@ def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 2
     if seed is not None:
         torch.manual_seed(seed)
     out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature, top_k=top_k,
-                         crop_context=crop_context, vocab_limit=sp.get_piece_size())  # ids the tokenizer can decode
+                         crop_context=crop_context, vocab_limit=sp.vocab_size)  # ids the tokenizer can decode
     return sp.decode(out[0].tolist())

@@ -13,7 +13,7 @@ from tlama_core.data.cache import cached_tokens
 from tlama_core.data.dataset import CorpusInfo, TokenFile, TokenStream, TokenWindows, batch_as_is
 from tlama_core.data.sampler import WindowSampler
 from tlama_core.data.sources import resolve_source
-from tlama_core.data.tokenizer import load_tokenizer, optional_id
+from tlama_core.data.tokenizer import load_tokenizer
 
 
 class TokenDataLoader(DataLoader):
@@ -124,8 +124,7 @@ def create_dataloader(
         tokens = TokenStream([TokenFile.open(f) for f in source.files]).fraction(source.fraction)
         info = CorpusInfo(None, None, None, None, source.describe())
         if tokenizer is not None:
-            info.vocab_size = tokenizer.get_piece_size()
-            info.eos_id, info.bos_id = optional_id(tokenizer.eos_id()), optional_id(tokenizer.bos_id())
+            info.vocab_size, info.eos_id, info.bos_id = tokenizer.vocab_size, tokenizer.eos_id, tokenizer.bos_id
     need = batch_size * seq_length + 1
     if len(tokens) < need:
         raise ValueError(

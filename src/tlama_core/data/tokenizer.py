@@ -1,4 +1,9 @@
-"""Sentencepiece tokenizers: train a BPE model, load any `.model` file.
+"""Tokenizers: one small protocol (`Tokenizer`) for every kind a run can use; sentencepiece training.
+
+`load_tokenizer(path)` opens a sentencepiece `.model` (or a directory holding `tokenizer.model`) and returns a
+`Tokenizer`: `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`, `bos_id`, `eos_id` (None when the
+tokenizer has none). Everything that makes or reads tokens (the token cache, loaders, generation, export) goes
+through it, so a new kind of tokenizer is one class here.
 
 Special ids of the models trained here: unk=0, bos=1, eos=2, no pad piece (pad_id=-1; batches are dense windows
 of the token stream, nothing is padded). The defaults keep text lossless, so `decode(encode(text)) == text`:
@@ -12,7 +17,7 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import sentencepiece as spm
 
@@ -37,15 +42,64 @@ DEFAULT_TRAINER_OPTIONS: dict[str, Any] = {
 }
 
 
-def load_tokenizer(path: str | os.PathLike) -> spm.SentencePieceProcessor:
-    """Load a sentencepiece `.model` file (trained here or anywhere else)."""
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the library needs of a tokenizer; `load_tokenizer` returns one."""
+
+    path: Path  # the file the tokenizer was read from: a run copies it beside its checkpoints
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text` as the tokenizer library itself encodes it (no BOS/EOS added)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`."""
+        ...
+
+
+class SentencePieceTokenizer:
+    """A sentencepiece `.model` behind the `Tokenizer` protocol; `processor` is sentencepiece's own object."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self.processor = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (RuntimeError, OSError) as e:  # sentencepiece's "could not parse ModelProto" names no file
+            raise ValueError(f"tokenizer_path={str(self.path)!r}: not a readable sentencepiece model ({e}); pass a "
+                             "sentencepiece .model file (e.g. builtin_tokenizer_path()).") from e
+        if self.processor.get_piece_size() == 0:
+            raise ValueError(f"tokenizer_path={str(self.path)!r}: the sentencepiece model has no pieces.")
+        self.vocab_size: int = self.processor.get_piece_size()
+        self.bos_id = optional_id(self.processor.bos_id())
+        self.eos_id = optional_id(self.processor.eos_id())
+
+    def encode(self, text: str) -> list[int]:
+        return self.processor.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.processor.decode(list(ids))
+
+    def __repr__(self) -> str:
+        return f"SentencePieceTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Open the tokenizer at `path`: a sentencepiece `.model` file, or a directory holding `tokenizer.model`.
+
+    A missing path is a FileNotFoundError and a file that is not a tokenizer a ValueError, each naming the path.
+    """
     path = Path(path)
+    if path.is_dir() and (path / "tokenizer.model").is_file():
+        path = path / "tokenizer.model"
     if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer_path={str(path)!r}: no such file; pass a sentencepiece .model file "
             "(train one with tlama_core.data.train_tokenizer or use builtin_tokenizer_path())."
         )
-    return spm.SentencePieceProcessor(model_file=str(path))
+    return SentencePieceTokenizer(path)
 
 
 def optional_id(special_id: int) -> int | None:
