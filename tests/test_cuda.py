@@ -30,6 +30,7 @@ from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, create_
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training import Trainer
 from tlama_core.training.batching import peak_flops
+from tlama_core.training.checkpointing import find_last_checkpoint, step_checkpoint_name, step_of
 from tlama_core.training.csv_log import read_rows
 
 pytestmark = [pytest.mark.cuda,
@@ -156,10 +157,10 @@ class _KillAfterCheckpoint:
     """A hook that kills its own process (SIGKILL: no cleanup) once the checkpoint of `step` is on disk."""
 
     def __init__(self, step: int) -> None:
-        self.name = f"step={step}.ckpt"
+        self.step = step
 
     def on_checkpoint_end(self, trainer, path: str) -> None:
-        if Path(path).name == self.name:
+        if step_of(Path(path)) == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -183,8 +184,7 @@ def test_kill_and_resume_on_the_device_continues_the_run(tmp_path, figures):
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = _run(tmp_path / "cut", 20, kill_after=10)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert (tmp_path / "cut" / "ckpt" / "step=10.ckpt").exists()
-    assert not (tmp_path / "cut" / "ckpt" / "step=20.ckpt").exists()
+    assert find_last_checkpoint(tmp_path / "cut" / "ckpt").name == step_checkpoint_name(10)
     resumed = _run(tmp_path / "cut", 20)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1]) == {"steps_completed": 20}
