@@ -379,7 +379,7 @@ def header(device_type: str, smoke: bool, commit: str | None) -> dict[str, Any]:
         "script": "bench/gpu_check.py",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit or git_commit(), "smoke": smoke, "skipped": False,
-        "device": torch.cuda.get_device_name() if device_type == "cuda" else f"cpu ({platform.processor() or 'cpu'})",
+        "device": torch.cuda.get_device_name() if device_type == "cuda" else f"cpu ({platform.machine()})",
         "torch": torch.__version__, "cuda": torch.version.cuda, "lightning": lightning.__version__,
         "python": platform.python_version(),
     }
@@ -500,7 +500,6 @@ class Check:
                 self.report["tests"] = tests_error(message)
             else:
                 runs[name] = {"error": message}
-            free_device(self.device_type)
         print(f"gpu_check: {name} done in {time.perf_counter() - started:.0f} s", flush=True)
         evaluate(self.report)
         save(self.report, self.path)
