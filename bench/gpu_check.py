@@ -3,14 +3,15 @@
     python bench/gpu_check.py --out gpu-results      # on a GPU machine: about 6 minutes on one H200
     python bench/gpu_check.py --smoke --out DIR      # the same pipeline on a CPU, tiny shapes (tests/test_gpu_check.py)
 
-Parts, in order (`--parts` picks some, e.g. to rerun one after a fix):
+Parts, in order (`--parts` picks some, e.g. to rerun one after a fix; the one without a goal runs last):
   tests          tests/test_cuda.py (`pytest -m cuda`) in a subprocess: each test's outcome and the figures it records.
-  gpt2-eager     GPT-2 small's shape (124M, tied embeddings, vocab padded to 50304), 16 x 1024 tokens per
-  gpt2-compiled  micro-batch, 32 accumulated (524,288 tokens a step, as configs/gpt2-small-gpu.yaml), eager / compiled.
-  bare-loop      the compiled GPT-2 run as a bare PyTorch loop in build-nanogpt's style (bf16 autocast, compile,
-                 fused AdamW, TF32, the same model, batches and accumulation): the facade's reference.
+  gpt2-compiled  GPT-2 small's shape (124M, tied embeddings, vocab padded to 50304), 16 x 1024 tokens per
+                 micro-batch, 32 accumulated (524,288 tokens a step, as configs/gpt2-small-gpu.yaml), compiled.
+  bare-loop      the same run as a bare PyTorch loop in build-nanogpt's style (bf16 autocast, compile, fused AdamW,
+                 TF32, the same model, batches and accumulation): the facade's reference.
   llama-1b       TinyLlama's shape (1.1B, 22 layers, 2048 wide, 32 query / 4 key-value heads), 8 x 2048 tokens per
                  micro-batch, 8 accumulated, compiled.
+  gpt2-eager     the GPT-2 run without compile.
 Trainer figures are the CSV log's own columns (tokens_per_sec_per_device, mfu), one row per step, over the steps
 after the warm-up (compilation included there); random token ids, since speed does not depend on the text.
 
@@ -56,7 +57,7 @@ from tlama_core.training.csv_log import read_rows
 from tlama_core.training.trainer import has_fast_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("tests", "gpt2-eager", "gpt2-compiled", "bare-loop", "llama-1b")
+PARTS = ("tests", "gpt2-compiled", "bare-loop", "llama-1b", "gpt2-eager")
 GOALS = {"mfu_124m": 0.50, "mfu_1b": 0.60, "facade_over_bare": 0.97}
 FIGURES_ENV = "TLAMA_GPU_CHECK_FIGURES"  # tests/test_cuda.py appends each test's figures (JSON lines) there
 

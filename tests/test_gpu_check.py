@@ -81,7 +81,7 @@ def test_smoke_runs_every_part_and_writes_sane_figures(tmp_path):
     assert all(r["outcome"] == "skipped" and "CUDA" in r["message"] for r in tests["results"].values())
 
     runs = report["runs"]
-    assert list(runs) == ["gpt2-eager", "gpt2-compiled", "bare-loop", "llama-1b"]
+    assert list(runs) == ["gpt2-compiled", "bare-loop", "llama-1b", "gpt2-eager"]
     for name, run in runs.items():
         shape = gpu_check.SMOKE_SHAPES["gpt2-compiled" if name == "bare-loop" else name]
         assert run["params"] == Transformer(TlamaConfig(**shape.model)).num_params()
@@ -180,4 +180,4 @@ def test_unknown_parts_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main(["--parts", "tests,gpt3"])
     assert exit_info.value.code == 2
-    assert "--parts: unknown gpt3; choose from tests, gpt2-eager" in capsys.readouterr().err
+    assert "--parts: unknown gpt3; choose from tests, gpt2-compiled" in capsys.readouterr().err
