@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,21 +162,25 @@ def test_compile_gives_the_eager_losses(tmp_path, figures):
     assert gaps[0] <= 0.005 and max(gaps) <= 0.05 and last <= 0.02
 
 
-class _KillAfterCheckpoint:
-    """A hook that kills its own process (SIGKILL: no cleanup) once the checkpoint of `step` is on disk."""
+class _KillMidRun:
+    """A hook that kills its own process (SIGKILL: no cleanup) at the start of step `step + 3`, once the checkpoint
+    of `step` is on disk (it is committed in the background: waiting for it keeps the test independent of the
+    disk's speed, and the next checkpoint is not due before the kill)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, checkpoints_dir: Path) -> None:
+        self.step, self.checkpoints_dir = step, checkpoints_dir
 
-    def on_checkpoint_end(self, trainer, path: str) -> None:
-        if step_of(Path(path)) == self.step:
+    def on_step_start(self, trainer) -> None:
+        if trainer.current_step == self.step + 2:
+            while step_of(find_last_checkpoint(self.checkpoints_dir) or Path()) != self.step:
+                time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 def resume_run(root: str, steps: int, kill_after: int | None) -> None:
     """The run under test_kill_and_resume (a subprocess): dropout on, so the device's random streams must resume
     too; a checkpoint every 5 steps; `train(ckpt_path="last")` continues whatever is in root."""
-    callbacks = [_KillAfterCheckpoint(kill_after)] if kill_after else None
+    callbacks = [_KillMidRun(kill_after, Path(root) / "ckpt")] if kill_after else None
     trainer = build_trainer(Path(root), steps, model=small_model(dropout=0.1), checkpoint_steps=5,
                             callbacks=callbacks)
     result = trainer.train(ckpt_path="last")
@@ -193,6 +198,7 @@ def test_kill_and_resume_on_the_device_continues_the_run(tmp_path, figures):
     killed = _run(tmp_path / "cut", 20, kill_after=10)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert find_last_checkpoint(tmp_path / "cut" / "ckpt").name == step_checkpoint_name(10)
+    assert len(read_rows(tmp_path / "cut" / "logs" / "train_log.csv")) == 12  # it died in step 13
     resumed = _run(tmp_path / "cut", 20)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1]) == {"steps_completed": 20}
