@@ -1,6 +1,6 @@
 """The device check for one CUDA GPU: correctness tests, then tokens/s, MFU and peak memory through the Trainer.
 
-    python bench/gpu_check.py --out gpu-results      # on a GPU machine: about 6 minutes on one H200
+    python bench/gpu_check.py --out gpu-results      # on a GPU machine: ~6-7 minutes on one H200
     python bench/gpu_check.py --smoke --out DIR      # the same pipeline on a CPU, tiny shapes (tests/test_gpu_check.py)
 
 Parts, in order (`--parts` picks some, e.g. to rerun one after a fix; the one without a goal runs last):
@@ -91,15 +91,16 @@ GPT2 = dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_kv_heads=N
             multiple_of=256, rope_theta=10000.0, tie_embeddings=True, pad_vocab_multiple=64)
 TINYLLAMA = dict(vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4, max_seq_len=2048,
                  ffn_hidden_size=5632, rope_theta=10000.0, tie_embeddings=False)
-# Sized for about 6 minutes on one H200 at the goals: a 124M step (524k tokens) ~0.9 s compiled, a 1.1B step
-# (131k tokens) ~1.7 s, plus ~1 min of compilation per compiled model (the bare loop reuses Inductor's cache).
+# Sized from the datasheet (989 TFLOP/s dense bf16) at the goals' MFU: a 124M step (524k tokens, 855 MFLOP each)
+# ~0.9 s compiled, a 1.1B step (131k tokens, 7.8 GFLOP each) ~1.7 s; ~1 min of compilation per compiled model
+# (the bare loop reuses Inductor's on-disk cache), ~2 min of tests: ~6-7 minutes on one H200, not yet timed.
 SHAPES = {
     "gpt2-eager": RunShape(GPT2, 16, 1024, 32, compile=False, warmup=2, measured=5),
     "gpt2-compiled": RunShape(GPT2, 16, 1024, 32, compile=True, warmup=3, measured=6, profiled=2),
     "llama-1b": RunShape(TINYLLAMA, 8, 2048, 8, compile=True, warmup=2, measured=5, profiled=2),
 }
-# --smoke: every line of the pipeline on a CPU in seconds. Compilation stays off there: it alone would take
-# minutes on a small CPU, and the facade's compile path has its own CPU tests.
+# --smoke: every line of the pipeline on a CPU in seconds. Compilation stays off there: it alone takes minutes on
+# a small CPU (bench/compile_cpu.py runs the facade's compile path on a CPU; tests/test_cuda.py on the GPU).
 SMOKE_GPT2 = dict(GPT2, vocab_size=250, d_model=64, n_layers=2, n_heads=4, max_seq_len=32, multiple_of=64)
 SMOKE_LLAMA = dict(TINYLLAMA, vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
                    ffn_hidden_size=160)
@@ -157,7 +158,8 @@ KERNEL_KINDS = (  # first match wins: attention kernels may name the architectur
 
 def profile_summary(prof: torch.profiler.profile, device_type: str, wall_seconds: float, top: int = 12) -> dict:
     """Where the profiled steps' time went: the top kernels by device time (CUDA) or operators by self CPU time,
-    their kinds, and on CUDA how busy the device was (kernel time / wall time: low means the host held it up)."""
+    their kinds, and on CUDA how busy the device was (kernel time / wall time: low means the host held it up;
+    the profiler's own host work lowers it a little)."""
     events = prof.key_averages()
     if device_type == "cuda":
         rows = [(e.key, e.self_device_time_total, e.count) for e in events
