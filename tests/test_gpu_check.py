@@ -181,3 +181,20 @@ def test_unknown_parts_are_refused(capsys):
         gpu_check.main(["--parts", "tests,gpt3"])
     assert exit_info.value.code == 2
     assert "--parts: unknown gpt3; choose from tests, gpt2-compiled" in capsys.readouterr().err
+
+
+def test_a_part_that_raises_is_recorded_and_the_next_part_still_runs(tmp_path, monkeypatch, capsys):
+    def fake_run(shape, device_type):
+        if shape.model["n_kv_heads"] == 2:  # the llama-1b shape
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"params": 124_000_000, "tokens_per_sec_per_device": 500_000.0, "mfu": None, "mfu_max_step": None,
+                "peak_memory_gib": None, "wall_seconds": 60.0, "train_loss": 5.0, "profile": None,
+                "precision": "bf16-mixed"}
+
+    monkeypatch.setattr(gpu_check, "trainer_run", fake_run)
+    code = gpu_check.main(["--smoke", "--out", str(tmp_path), "--parts", "llama-1b,gpt2-eager"])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert code == 1 and report["ok"] is False
+    assert "CUDA out of memory" in report["runs"]["llama-1b"]["error"]
+    assert report["runs"]["gpt2-eager"]["tokens_per_sec_per_device"] == 500_000.0
+    assert re.search(r"llama-1b +error: RuntimeError: CUDA out of memory", capsys.readouterr().out)
