@@ -384,8 +384,15 @@ def header(device_type: str, smoke: bool, commit: str | None) -> dict[str, Any]:
         "commit": commit or git_commit(), "smoke": smoke, "skipped": False,
         "device": torch.cuda.get_device_name() if device_type == "cuda" else f"cpu ({platform.machine()})",
         "torch": torch.__version__, "cuda": torch.version.cuda, "lightning": lightning.__version__,
-        "python": platform.python_version(),
+        "python": platform.python_version(), "gpu": gpu_properties() if device_type == "cuda" else None,
     }
+
+
+def gpu_properties() -> dict[str, Any]:
+    props = torch.cuda.get_device_properties(0)
+    return {"capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count,
+            "memory_gib": props.total_memory / 2**30, "cudnn": torch.backends.cudnn.version(),
+            "visible_devices": torch.cuda.device_count()}
 
 
 def git_commit() -> str | None:
