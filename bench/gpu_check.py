@@ -465,7 +465,7 @@ def summary(report: dict[str, Any]) -> str:
             continue
         mfu = f"{run['mfu']:.1%}" if run["mfu"] is not None else "-"
         peak = f"{run['peak_memory_gib']:.1f}" if run["peak_memory_gib"] is not None else "-"
-        lines.append(f"{name:<15}{run['params'] / 1e6:>7.0f}M{run['tokens_per_sec_per_device']:>17,.0f}{mfu:>8}"
+        lines.append(f"{name:<15}{run['params'] / 1e6:>7.1f}M{run['tokens_per_sec_per_device']:>17,.0f}{mfu:>8}"
                      f"{peak:>10}{run['wall_seconds']:>8.0f}")
     for name, value in report.get("ratios", {}).items():
         lines.append(f"{name}: {value:.3f}" if value is not None else f"{name}: -")
