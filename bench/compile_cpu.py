@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from gpu_throughput import measure
-
-from tlama_core.models import TlamaConfig
+from gpu_check import RunShape, trainer_run
 
 
 def main() -> None:
@@ -24,14 +22,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TlamaConfig(vocab_size=1024, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=64,
-                         zero_init_residual=True)
-    eager, compiled = (measure(flag, args.steps, 32, 64, config) for flag in (False, True))
+    model = dict(vocab_size=1024, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=64,
+                 zero_init_residual=True)
+    half = args.steps // 2  # the second half's steps are measured: compilation and warm-up excluded
+    eager, compiled = (trainer_run(RunShape(model, 32, 64, 4, compile=flag, warmup=half,
+                                            measured=args.steps - half - 1), "cpu") for flag in (False, True))
     print(f"{args.steps} steps of 4 x 32 x 64 tokens, {args.threads} threads")
-    print(f"  eager:    {eager['tokens_per_sec_per_device']:8.0f} tokens/s, run {eager['seconds']:5.1f} s")
-    print(f"  compiled: {compiled['tokens_per_sec_per_device']:8.0f} tokens/s, run {compiled['seconds']:5.1f} s")
+    for name, r in (("eager", eager), ("compiled", compiled)):
+        print(f"  {name + ':':<10}{r['tokens_per_sec_per_device']:8.0f} tokens/s, run {r['wall_seconds']:5.1f} s")
     steady = compiled["tokens_per_sec_per_device"] / eager["tokens_per_sec_per_device"]
-    print(f"  compiled / eager: steady tokens/s {steady:.2f}, whole run {eager['seconds'] / compiled['seconds']:.2f}")
+    whole = eager["wall_seconds"] / compiled["wall_seconds"]
+    print(f"  compiled / eager: steady tokens/s {steady:.2f}, whole run {whole:.2f}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ SKIPPED = {
     "pip install": "installs packages (network); this environment has them",
     # It runs this very test suite.
     "bash .ci/run": "runs the whole test suite",
+    # The device check: without CUDA it only writes a 'skipped' JSON; tests/test_gpu_check.py runs it (--smoke).
+    "python bench/gpu_check.py": "needs a CUDA GPU",
 }
 
 
