@@ -9,8 +9,17 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from tlama_core.models import TlamaConfig, Transformer, from_hf, save_safetensors, to_hf  # noqa: E402
+from tlama_core.models import (  # noqa: E402
+    TlamaConfig,
+    Transformer,
+    find_weights,
+    from_hf,
+    load_model,
+    save_safetensors,
+    to_hf,
+)
 from tlama_core.models.hf import config_from_hf, to_hf_state_dict  # noqa: E402
+from tlama_core.models.weights import load_safetensors  # noqa: E402
 
 SHAPES = {"gqa": dict(n_heads=4, n_kv_heads=2), "mha": dict(n_heads=4, n_kv_heads=4)}
 
@@ -77,7 +86,7 @@ def test_exported_directory_loads_as_llama_with_equal_logits(tmp_path, tie):
 def test_hf_model_loads_into_ours_with_equal_logits(tmp_path, tie):
     hf = random_hf_model(tie)
     hf.save_pretrained(tmp_path)
-    ours = Transformer.from_pretrained(tmp_path)
+    ours = load_model(tmp_path)
     assert ours.config.ffn_hidden_dim == 120 and ours.config.rope_theta == 5000.0
     assert ours.config.tie_embeddings == tie and not ours.training
     tokens = torch.randint(0, 90, (2, 20))
@@ -163,8 +172,10 @@ def test_bfloat16_hf_weights_load_into_an_fp32_model(tmp_path):
 def test_tlama_and_hf_directories_are_not_confused(tmp_path):
     to_hf(tiny_model(), tmp_path / "hf")
     save_safetensors(tiny_model(), tmp_path / "ours")
+    assert find_weights(tmp_path / "hf").kind == "hugging face"
+    assert find_weights(tmp_path / "ours").kind == "safetensors"
     with pytest.raises(ValueError, match="Hugging Face weights, not tlama-core ones"):
-        Transformer.from_safetensors(tmp_path / "hf")
+        load_safetensors(tmp_path / "hf")
     with pytest.raises(ValueError, match="tlama-core weights, not Hugging Face ones"):
         from_hf(tmp_path / "ours")
 
@@ -230,7 +241,7 @@ def test_weights_that_do_not_fit_config_json_are_errors_naming_the_directory(tmp
     hf.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
-    with pytest.raises(ValueError, match=rf"{tmp_path}: the weights do not fit config.json"):
+    with pytest.raises(ValueError, match=rf"{tmp_path}: the weights do not fit its config.json"):
         from_hf(tmp_path)
     for vocab in (50, 80):  # fewer rows than the weights hold, also within the padding
         (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": vocab}))

@@ -1,10 +1,10 @@
 """The `tlama` command: `fit` (a LightningCLI YAML run) and the small tools around a run.
 
     tlama fit [--config run.yaml] [--key value ...]       train (tlama fit --help lists every key)
-    tlama generate --checkpoint PATH --prompt TEXT         sample text from a checkpoint
+    tlama generate --checkpoint PATH --prompt TEXT         sample text from any weights
     tlama tokenizer train --input FILES... --vocab_size N --output PATH
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
-    tlama convert to-hf --checkpoint PATH --out DIR        a Hugging Face Llama directory
+    tlama convert to-hf --checkpoint PATH --out DIR        any weights as a Hugging Face Llama directory
     tlama convert from-hf --model DIR --out DIR            Hugging Face weights as our safetensors
 
 Each tool is a plain function (`generate`, `plot_log`, `convert_to_hf`, ...) that this module parses flags for;
@@ -20,6 +20,9 @@ from typing import Any
 from jsonargparse import ArgumentParser, Namespace
 
 from tlama_core import __version__
+
+WEIGHTS_HELP = ("Weights: a .ckpt file, a checkpoints directory (its newest step checkpoint), a safetensors "
+                "directory (convert from-hf) or a Hugging Face Llama directory.")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -58,8 +61,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     add("fit", commands, fit, "Train a model from a YAML config and flags (LightningCLI).", None)
 
     gen = ArgumentParser(description="Continue a prompt with a trained model and print the text.")
-    gen.add_argument("--checkpoint", type=str, required=True,
-                     help="A .ckpt file, or a checkpoints directory (its newest step checkpoint).")
+    gen.add_argument("--checkpoint", type=str, required=True, help=WEIGHTS_HELP)
     gen.add_argument("--prompt", type=str, required=True, help="Text to continue.")
     gen.add_argument("--max_new_tokens", type=int, default=200, help="Tokens to sample after the prompt.")
     gen.add_argument("--temperature", type=float, default=0.8, help="Sampling temperature; 0: greedy.")
@@ -71,7 +73,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     gen.add_argument("--crop_context", type=bool, default=True,
                      help="Past the model's max_seq_len, read only its last max_seq_len tokens (nanoGPT's rule); "
                           "false: an error instead.")
-    add("generate", commands, gen, "Sample text from a checkpoint.", _generate)
+    add("generate", commands, gen, "Sample text from a model (any weights).", _generate)
 
     tok = ArgumentParser(description="Sentencepiece tokenizers.")
     add("tokenizer", commands, tok, "Train a tokenizer.", None)
@@ -94,12 +96,12 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     conv = ArgumentParser(description="Convert weights to and from Hugging Face Llama directories.")
     add("convert", commands, conv, "Convert weights to or from Hugging Face.", None)
     conv_commands = conv.add_subcommands(dest="subcommand")
-    to_hf = ArgumentParser(description="Write a checkpoint's model as a Hugging Face Llama directory.")
-    to_hf.add_argument("--checkpoint", type=str, required=True, help="A .ckpt file or a checkpoints directory.")
+    to_hf = ArgumentParser(description="Write any weights as a Hugging Face Llama directory.")
+    to_hf.add_argument("--checkpoint", type=str, required=True, help=WEIGHTS_HELP)
     to_hf.add_argument("--out", type=str, required=True, help="Output directory.")
     to_hf.add_argument("--tokenizer", type=str | None, default=None,
-                       help="Sentencepiece .model to include; default: the run's, else the built-in one.")
-    add("convert to-hf", conv_commands, to_hf, "Checkpoint -> Hugging Face Llama directory.", _to_hf)
+                       help="Tokenizer to include; default: the run's (config.yaml beside the checkpoint), else none.")
+    add("convert to-hf", conv_commands, to_hf, "Weights -> Hugging Face Llama directory.", _to_hf)
     from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory.")
     from_hf.add_argument("--model", type=str, required=True, help="Hugging Face Llama directory (safetensors).")
     from_hf.add_argument("--out", type=str, required=True, help="Output directory.")
@@ -131,7 +133,11 @@ def _plot(cfg: Namespace) -> None:
 def _to_hf(cfg: Namespace) -> None:
     from tlama_core.cli.convert import convert_to_hf
 
-    print(f"Hugging Face Llama directory written to {convert_to_hf(cfg.checkpoint, cfg.out, cfg.tokenizer)}")
+    out, tokenizer = convert_to_hf(cfg.checkpoint, cfg.out, cfg.tokenizer)
+    if tokenizer is None:
+        print(f"no tokenizer is known for {cfg.checkpoint} (no --tokenizer, no run config.yaml beside it): wrote the "
+              "weights alone; pass --tokenizer to include one.", file=sys.stderr)
+    print(f"Hugging Face Llama directory written to {out}" + (f" with the tokenizer {tokenizer}" if tokenizer else ""))
 
 
 def _from_hf(cfg: Namespace) -> None:

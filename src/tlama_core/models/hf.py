@@ -19,7 +19,14 @@ import torch
 from tlama_core.atomic import atomic_write
 from tlama_core.models.config import TlamaConfig
 from tlama_core.models.transformer import Transformer
-from tlama_core.models.weights import SHARD_INDEX, WEIGHTS_FILE, read_json, read_safetensors, write_weights_dir
+from tlama_core.models.weights import (
+    CONFIG_FILE,
+    SHARD_INDEX,
+    WEIGHTS_FILE,
+    read_json,
+    read_safetensors,
+    write_weights_dir,
+)
 
 # Our name inside `layers.N.` -> Hugging Face's inside `model.layers.N.`
 LAYER_NAMES = {
@@ -91,10 +98,12 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) ->
     state = {}
     for mine, theirs in ours.items():
         tensor = tensors[theirs]
-        if mine.endswith("attention.wq.weight"):
-            tensor = hf_to_meta_rows(tensor, config.n_heads)
-        elif mine.endswith("attention.wk.weight"):
-            tensor = hf_to_meta_rows(tensor, config.n_kv_heads)
+        if mine.endswith(("attention.wq.weight", "attention.wk.weight")):
+            heads = config.n_heads if mine.endswith("wq.weight") else config.n_kv_heads
+            shape = (heads * config.head_dim, config.d_model)
+            if tuple(tensor.shape) != shape:  # checked here: the row permutation needs whole heads
+                raise ValueError(f"{theirs} has shape {tuple(tensor.shape)}, config.json's is {shape}.")
+            tensor = hf_to_meta_rows(tensor, heads)
         elif mine in ("tok_embeddings.weight", "output.weight"):
             if tensor.size(0) != config.vocab_size:
                 raise ValueError(f"{theirs} has {tensor.size(0)} rows, config.json's vocab_size is "
@@ -216,7 +225,10 @@ def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face directory: `model.safetensors`, or the shards its index lists."""
     index = directory / SHARD_INDEX
     if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no 'weight_map' object listing the shards.")
+        shards = sorted(set(weight_map.values()))
     elif (directory / WEIGHTS_FILE).is_file():
         shards = [WEIGHTS_FILE]
     else:
@@ -231,19 +243,12 @@ def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def from_hf(directory: str | os.PathLike) -> Transformer:
     """Load a Hugging Face Llama directory (safetensors, one file or sharded) as our Transformer, in eval mode."""
     directory = Path(directory)
-    hf = read_json(directory / "config.json")
+    hf = read_json(directory / CONFIG_FILE)
     if "d_model" in hf:
-        raise ValueError(f"{directory} holds tlama-core weights, not Hugging Face ones: "
-                         "use Transformer.from_safetensors.")
-    config = config_from_hf(hf, source=str(directory / "config.json"))
-    tensors = read_hf_tensors(directory)
+        raise ValueError(f"{directory} holds tlama-core weights, not Hugging Face ones: load it with load_model.")
+    config = config_from_hf(hf, source=str(directory / CONFIG_FILE))
     try:
-        state = from_hf_state_dict(tensors, config)
+        state = from_hf_state_dict(read_hf_tensors(directory), config)
     except ValueError as e:
         raise ValueError(f"{directory}: {e}") from e
-    model = Transformer(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:  # a tensor shape that config.json does not describe
-        raise ValueError(f"{directory}: the weights do not fit config.json ({e}).") from e
-    return model.eval()
+    return Transformer.from_state_dict(config, state, str(directory), CONFIG_FILE)

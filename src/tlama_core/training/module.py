@@ -11,8 +11,8 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from tlama_core.checkpoints import CheckpointError
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.models.weights import CheckpointError
 from tlama_core.training.batching import StepPlan, starts_step
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
