@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from tlama_core import __version__
 from tlama_core.atomic import atomic_write
 from tlama_core.data import TlamaDataModule
+from tlama_core.models import TlamaConfig
+from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
 from tlama_core.training.checkpointing import CheckpointError
 
@@ -141,6 +144,22 @@ class TlamaCLI(LightningCLI):
         # LightningCLI seeds with `seed_everything` before it builds the model: make that trainer.seed.
         parser.link_arguments("trainer.seed", "seed_everything")
         parser.set_defaults(BUILTIN_RUN)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+        """Parse twice when `model.config.name` names a preset: its fields then become the defaults of
+        `model.config`, under whatever the YAML and the flags set (the first pass only reads the name, so
+        `--print_config` is left to the second)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        probe = parser.parse_args([a for a in argv if a.split("=")[0] != "--print_config"])
+        name = probe.get("model.config.name")
+        if name:
+            try:
+                fields = preset(name)
+            except ValueError as err:
+                parser.error(f'Parser key "model.config.name": {err}')
+            defaults = {f.name: f.default for f in dataclasses.fields(TlamaConfig)}
+            parser.set_defaults({"model.config": {**defaults, **fields, "name": name}})
+        super().parse_arguments(parser, args)
 
     # ---- building -------------------------------------------------------------------------------------
     def instantiate_classes(self) -> None:

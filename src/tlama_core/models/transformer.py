@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tlama_core.models.config import TlamaConfig
+from tlama_core.models.config import RopeScaling, TlamaConfig
 from tlama_core.models.generation import generate
 from tlama_core.models.ops import cross_entropy, rms_norm, swiglu
 
@@ -33,11 +33,23 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def rope_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
+def rope_table(config: TlamaConfig) -> torch.Tensor:
     """cos and sin of every (position, channel pair) angle: a (max_seq_len, head_dim/2, 2) fp32 table."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)
+    d = config.head_dim
+    freqs = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)  # (D/2,)
+    if config.rope_scaling is not None:
+        freqs = llama3_scaled(freqs, config.rope_scaling)
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
     return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
+
+
+def llama3_scaled(freqs: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's frequencies: long wavelengths slowed by `factor`, short ones kept, the band between blended."""
+    context = scaling.original_max_seq_len
+    wavelen = 2 * math.pi / freqs
+    smooth = ((context / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor)).clamp(0, 1)  # 0: long, 1: short wavelengths
+    return (1 - smooth) * freqs / scaling.factor + smooth * freqs
 
 
 def apply_rope(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
@@ -174,8 +186,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.register_buffer("rope", rope_table(config.head_dim, config.max_seq_len, config.rope_theta),
-                             persistent=False)
+        self.register_buffer("rope", rope_table(config), persistent=False)
         # Recompute each block in the backward pass instead of storing its activations (long sequences).
         self.activation_checkpointing = False
         self.reset_parameters()
@@ -195,7 +206,7 @@ class Transformer(nn.Module):
         model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True, strict=False)
         if config.tie_embeddings:
             model.output.weight = model.tok_embeddings.weight
-        model.rope = rope_table(config.head_dim, config.max_seq_len, config.rope_theta)
+        model.rope = rope_table(config)
         return model.eval()
 
     def reset_parameters(self) -> None:

@@ -7,7 +7,6 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from collections import deque
@@ -66,14 +65,11 @@ def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) 
     return aside
 
 
-def config_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Fields whose values differ between two TlamaConfig dicts, as 'field: saved X, model Y'.
-
-    A field the checkpoint lacks (saved before the field existed) counts as its default.
-    """
-    saved = {**{f.name: f.default for f in dataclasses.fields(TlamaConfig)}, **saved}
-    return [f"{k}: checkpoint {saved.get(k)!r}, model {expected.get(k)!r}"
-            for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k)]
+def config_mismatch(saved: TlamaConfig, expected: dict[str, Any]) -> list[str]:
+    """Shape fields whose values differ between a checkpoint's config and a TlamaConfig dict, as 'field:
+    checkpoint X, model Y'. `name` is a label, not a shape, and is not compared."""
+    expected = TlamaConfig.from_dict(expected).shape_dict()
+    return [f"{k}: checkpoint {v!r}, model {expected[k]!r}" for k, v in saved.shape_dict().items() if v != expected[k]]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -140,14 +136,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "training writes such files); it cannot resume a run. Resume from a step=N.ckpt file, or load the "
                 "model with tlama_core.models.load_model, or start a run from it with init_from."
             )
-        if self.expected_config is not None:
-            diff = config_mismatch(checkpoint["model_config"], self.expected_config)
-            if diff:
-                raise CheckpointError(f"checkpoint {path} was made for another model shape: {'; '.join(diff)}.")
         try:
             config = TlamaConfig.from_dict(checkpoint["model_config"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its model_config is not a TlamaConfig ({e}).") from e
+        if self.expected_config is not None:
+            diff = config_mismatch(config, self.expected_config)
+            if diff:
+                raise CheckpointError(f"checkpoint {path} was made for another model shape: {'; '.join(diff)}.")
         try:  # here, not in Lightning's load_state_dict, whose error names no file
             check_weights(config, model_state(checkpoint, path), str(path), "model_config")
         except ValueError as e:
