@@ -7,12 +7,14 @@ import random
 import resource
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from trainer_utils import WindowLoader, tiny_model
 
 from tlama_core.checkpoints import CheckpointError
 from tlama_core.cli import main
+from tlama_core.evaluation import evaluate
 from tlama_core.models import TlamaConfig, find_weights, load_model, save_safetensors, to_hf
 from tlama_core.training import Trainer
 
@@ -116,14 +118,24 @@ def test_resuming_from_weights_that_do_not_fit_their_own_config_names_the_file(b
         trainer.train(ckpt_path=str(bad["misfit"]))
 
 
-@pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["convert", "to-hf", "--out", "OUT"]])
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x", "--checkpoint"],
+                                     ["convert", "to-hf", "--out", "OUT", "--checkpoint"],
+                                     ["evaluate", "--data", "DATA", "--model"]])
 @pytest.mark.parametrize("kind", KINDS)
 def test_cli_commands_exit_2_naming_a_bad_checkpoint(bad, kind, command, tmp_path, capsys):
-    command = [str(tmp_path / "hf") if arg == "OUT" else arg for arg in command]
+    np.save(tmp_path / "ids.npy", np.arange(64, dtype=np.uint16))
+    command = [{"OUT": str(tmp_path / "hf"), "DATA": str(tmp_path / "ids.npy")}.get(arg, arg) for arg in command]
     with pytest.raises(SystemExit) as exit_:
-        main([*command, "--checkpoint", str(bad[kind])])
+        main([*command, str(bad[kind])])
     assert exit_.value.code == 2
     assert f"{kind}.ckpt: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_evaluate_names_a_bad_checkpoint(bad, kind, tmp_path):
+    np.save(tmp_path / "ids.npy", np.arange(64, dtype=np.uint16))
+    with pytest.raises(ValueError, match=rf"{kind}\.ckpt: "):
+        evaluate(bad[kind], tmp_path / "ids.npy")
 
 
 @pytest.mark.parametrize("damage", ["config_garbage", "config_list", "weights_truncated", "weights_empty"])

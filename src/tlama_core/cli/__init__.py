@@ -2,6 +2,7 @@
 
     tlama fit [--config run.yaml] [--key value ...]       train (tlama fit --help lists every key)
     tlama generate --checkpoint PATH --prompt TEXT         sample text from any weights
+    tlama evaluate --model PATH --data PATH               loss, perplexity, bits/char (JSON on stdout)
     tlama tokenizer train --input FILES... --vocab_size N --output PATH
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
     tlama convert to-hf --checkpoint PATH --out DIR        any weights as a Hugging Face Llama directory
@@ -75,6 +76,18 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
                           "false: an error instead.")
     add("generate", commands, gen, "Sample text from a model (any weights).", _generate)
 
+    ev = ArgumentParser(description="Loss, perplexity and bits/char of a model on data: a human summary on stderr, "
+                                    "one JSON object on stdout.")
+    ev.add_argument("--model", type=str, required=True, help=WEIGHTS_HELP)
+    ev.add_argument("--data", type=str, required=True, help="Text (.txt files) or token ids (.bin, .npy shards).")
+    ev.add_argument("--tokenizer", type=str | None, default=None,
+                    help="The model's tokenizer; default: the run's (config.yaml beside a checkpoint). Text needs one.")
+    ev.add_argument("--seq_length", type=int | None, default=None, help="Window length; default: max_seq_len.")
+    ev.add_argument("--batch_size", type=int, default=8, help="Windows per forward pass.")
+    ev.add_argument("--max_batches", type=int | None, default=None, help="Stop after this many batches; null: all.")
+    ev.add_argument("--device", type=str, default="auto", help="cpu, cuda, ...; auto: cuda if available.")
+    add("evaluate", commands, ev, "Score a model on held-out data (loss, perplexity, bits/char).", _evaluate)
+
     tok = ArgumentParser(description="Sentencepiece tokenizers.")
     add("tokenizer", commands, tok, "Train a tokenizer.", None)
     tok_commands = tok.add_subcommands(dest="subcommand")
@@ -114,6 +127,23 @@ def _generate(cfg: Namespace) -> None:
 
     print(generate(cfg.checkpoint, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.tokenizer,
                    cfg.seed, cfg.device, cfg.crop_context))
+
+
+def _evaluate(cfg: Namespace) -> None:
+    import json
+
+    import torch
+
+    from tlama_core.cli.convert import known_tokenizer
+    from tlama_core.evaluation import evaluate, summary
+    from tlama_core.models import find_weights
+
+    weights = find_weights(cfg.model)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    result = evaluate(weights.load().to(device), cfg.data, known_tokenizer(weights, cfg.tokenizer), cfg.seq_length,
+                      cfg.batch_size, cfg.max_batches)
+    print(summary(result, cfg.model, cfg.data), file=sys.stderr)
+    print(json.dumps(result))
 
 
 def _tokenizer_train(cfg: Namespace) -> None:

@@ -7,6 +7,15 @@ from pathlib import Path
 
 from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.cli.generate import check_tokenizer_fits, resolve_tokenizer
+from tlama_core.models.loading import CHECKPOINT, Weights
+
+
+def known_tokenizer(weights: Weights, tokenizer: str | os.PathLike | None) -> Path | None:
+    """The tokenizer given, else the one of the run that wrote a checkpoint (its config.yaml beside it, read as
+    `tlama generate` reads it), else None: nothing says which tokenizer other weights were trained with."""
+    if tokenizer is None and not (weights.kind == CHECKPOINT and (weights.path.parent / CONFIG_NAME).is_file()):
+        return None
+    return resolve_tokenizer(weights.path, tokenizer)
 
 
 def convert_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike,
@@ -19,12 +28,9 @@ def convert_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike,
     """
     from tlama_core.data import load_tokenizer
     from tlama_core.models import find_weights, to_hf
-    from tlama_core.models.loading import CHECKPOINT
 
     weights = find_weights(checkpoint)
-    model = weights.load()
-    known = tokenizer is not None or (weights.kind == CHECKPOINT and (weights.path.parent / CONFIG_NAME).is_file())
-    tokenizer_path = resolve_tokenizer(weights.path, tokenizer) if known else None
+    model, tokenizer_path = weights.load(), known_tokenizer(weights, tokenizer)
     if tokenizer_path is not None:
         check_tokenizer_fits(load_tokenizer(tokenizer_path), model.config.vocab_size)
     return to_hf(model, out, tokenizer_path=tokenizer_path), tokenizer_path
