@@ -43,7 +43,8 @@ def test_load_model_reads_every_kind_of_weights(tmp_path):
     to_hf(model, tmp_path / "hf")
     for path, kind, found in [(newest, "checkpoint", newest), (ckpt_dir, "checkpoint", newest),
                               (tmp_path / "ours", "safetensors", tmp_path / "ours"),
-                              (tmp_path / "hf", "hugging face", tmp_path / "hf")]:
+                              (tmp_path / "hf", "hugging face", tmp_path / "hf"),
+                              (tmp_path / "hf" / "model.safetensors", "hugging face", tmp_path / "hf")]:
         weights = find_weights(path)
         assert (weights.kind, weights.path) == (kind, found)
         loaded = load_model(path)
@@ -75,7 +76,10 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     """One file of each kind that is not a checkpoint: garbage, text, a truncated zip, empty, JSON, a foreign
     torch dict, a checkpoint whose config is not a TlamaConfig, one whose weights do not fit its config."""
     good = write_checkpoint(tmp_path / "good.ckpt", tiny_model()).read_bytes()
+    # garbage and text end in torch's unpickler as UnpicklingError and KeyError; these 64 random bytes as
+    # "IndexError: pop from empty list", what train(ckpt_path=) used to raise, naming nothing.
     contents = {"garbage": random.Random(0).randbytes(4096), "text": b"hello world, not a checkpoint\n",
+                "popped": random.Random(2).randbytes(64),
                 "truncated": good[: len(good) // 2], "empty": b"", "json": json.dumps({"state_dict": {}}).encode()}
     files = {}
     for name, data in contents.items():
@@ -89,7 +93,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-KINDS = ["garbage", "text", "truncated", "empty", "json", "foreign", "config", "misfit"]
+KINDS = ["garbage", "text", "popped", "truncated", "empty", "json", "foreign", "config", "misfit"]
 
 
 @pytest.fixture(scope="module")

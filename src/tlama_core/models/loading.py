@@ -49,7 +49,9 @@ class Weights:
 def find_weights(path: str | os.PathLike) -> Weights:
     """The weights at `path`; a path that holds none is a FileNotFoundError saying what it does hold."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() and (path.suffix == ".safetensors" or path.name == CONFIG_FILE):
+        path = path.parent  # a file of a weights directory: the directory
+    elif path.is_file():
         return Weights(CHECKPOINT, path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory (expected weights: a .ckpt file, a checkpoints "
