@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 from tlama_core.cli import main
 from tlama_core.cli.generate import resolve_tokenizer
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
-from tlama_core.models import Transformer
+from tlama_core.models import load_model
 
 TINY = ["--model.config.d_model", "32", "--model.config.n_layers", "2", "--model.config.n_heads", "4",
         "--model.config.n_kv_heads", "2", "--model.config.max_seq_len", "64", "--model.scheduler.warmup_steps", "1",
@@ -38,7 +39,7 @@ def test_generate_prints_the_prompt_and_the_requested_number_of_tokens(run, caps
     printed = capsys.readouterr().out
 
     sp = load_tokenizer(builtin_tokenizer_path())
-    model = Transformer.from_checkpoint(run / "checkpoints" / "step=00000004.ckpt")  # the directory's newest
+    model = load_model(run / "checkpoints" / "step=00000004.ckpt")  # the directory's newest
     prompt = sp.encode("ROMEO:")
     ids = model.generate(torch.tensor([prompt]), max_new_tokens=12, temperature=0)[0].tolist()
     assert len(ids) == len(prompt) + 12
@@ -130,10 +131,23 @@ def test_convert_to_hf_and_back_keeps_the_model(run, tmp_path):
     assert {p.name for p in (tmp_path / "hf").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.model"}
     main(["convert", "from-hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")])
 
-    original = Transformer.from_checkpoint(run / "checkpoints" / "step=00000004.ckpt")
-    converted = Transformer.from_safetensors(tmp_path / "ours")
+    original = load_model(run / "checkpoints" / "step=00000004.ckpt")
+    converted = load_model(tmp_path / "ours")
     tokens = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(converted(tokens)[0], original(tokens)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_generate_and_convert_read_safetensors_and_hugging_face_directories(run, tmp_path, capsys):
+    main(["convert", "to-hf", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "hf")])
+    main(["convert", "from-hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")])
+    main(["convert", "to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")])
+    assert "wrote the weights alone" in capsys.readouterr().err  # a safetensors directory names no tokenizer
+    samples = []
+    for weights in (run / "checkpoints", tmp_path / "ours", tmp_path / "hf", tmp_path / "hf2"):
+        main(["generate", "--checkpoint", str(weights), "--prompt", "ROMEO:", "--max_new_tokens", "8",
+              "--temperature", "0", "--tokenizer", str(builtin_tokenizer_path())])
+        samples.append(capsys.readouterr().out)
+    assert samples[0].startswith("ROMEO:") and samples == [samples[0]] * 4
 
 
 def test_console_script_runs_generate(run):
@@ -145,18 +159,24 @@ def test_console_script_runs_generate(run):
     assert done.stdout.startswith("ROMEO:")
 
 
-def test_convert_to_hf_refuses_a_tokenizer_larger_than_the_model(tmp_path, capsys):
+def test_convert_to_hf_without_a_known_tokenizer_writes_the_weights_alone(tmp_path, capsys):
     from trainer_utils import WindowLoader, tiny_model
 
     from tlama_core.training import Trainer
 
     trainer = Trainer(tiny_model(), WindowLoader(16, 4, 16), total_batch_size=64, verbose=False,
                       checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"))
-    checkpoint = trainer._save_checkpoint()  # a 64-id model; the built-in tokenizer has 1024 pieces
-    with pytest.raises(SystemExit):
-        main(["convert", "to-hf", "--checkpoint", checkpoint, "--out", str(tmp_path / "hf")])
+    checkpoint = trainer._save_checkpoint()  # a Python run: no config.yaml says which tokenizer it used
+    main(["convert", "to-hf", "--checkpoint", checkpoint, "--out", str(tmp_path / "hf")])
+    assert "wrote the weights alone; pass --tokenizer" in capsys.readouterr().err
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors"}
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["bos_token_id"] is None
+
+    with pytest.raises(SystemExit):  # a 64-id model; the built-in tokenizer has 1024 pieces
+        main(["convert", "to-hf", "--checkpoint", checkpoint, "--out", str(tmp_path / "hf2"), "--tokenizer",
+              str(builtin_tokenizer_path())])
     assert "tokenizer has 1024 pieces but the model's vocab_size is 64" in capsys.readouterr().err
-    assert not (tmp_path / "hf").exists()
+    assert not (tmp_path / "hf2").exists()
 
 
 def test_generate_with_a_file_that_is_not_a_tokenizer_exits_2_naming_it(run, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """Hugging Face Llama in and out: logits, generation, config.json and the tokenizer agree with transformers."""
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -9,8 +11,18 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from tlama_core.models import TlamaConfig, Transformer, from_hf, save_safetensors, to_hf  # noqa: E402
+from tlama_core.models import (  # noqa: E402
+    TlamaConfig,
+    Transformer,
+    find_weights,
+    from_hf,
+    load_model,
+    save_safetensors,
+    to_hf,
+)
 from tlama_core.models.hf import config_from_hf, to_hf_state_dict  # noqa: E402
+from tlama_core.models.transformer import rope_table  # noqa: E402
+from tlama_core.models.weights import load_safetensors  # noqa: E402
 
 SHAPES = {"gqa": dict(n_heads=4, n_kv_heads=2), "mha": dict(n_heads=4, n_kv_heads=4)}
 
@@ -77,7 +89,7 @@ def test_exported_directory_loads_as_llama_with_equal_logits(tmp_path, tie):
 def test_hf_model_loads_into_ours_with_equal_logits(tmp_path, tie):
     hf = random_hf_model(tie)
     hf.save_pretrained(tmp_path)
-    ours = Transformer.from_pretrained(tmp_path)
+    ours = load_model(tmp_path)
     assert ours.config.ffn_hidden_dim == 120 and ours.config.rope_theta == 5000.0
     assert ours.config.tie_embeddings == tie and not ours.training
     tokens = torch.randint(0, 90, (2, 20))
@@ -105,12 +117,13 @@ def test_hf_greedy_generate_from_exported_weights_equals_ours(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}),
+    ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}),  # llama3 without its frequency factors
+    ("rope_scaling", {"type": "yarn", "factor": 4.0}),
     ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
+    ("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
     ("attention_bias", True),
     ("mlp_bias", True),
     ("hidden_act", "gelu"),
-    ("head_dim", 32),
     ("model_type", "mistral"),
 ])
 def test_unsupported_hf_variants_are_errors_naming_the_field(tmp_path, field, value):
@@ -119,6 +132,70 @@ def test_unsupported_hf_variants_are_errors_naming_the_field(tmp_path, field, va
     (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
     with pytest.raises(ValueError, match=rf"config\.json: {field}="):
         from_hf(tmp_path)
+
+
+# Llama 3.1/3.2 rope scaling, small enough to matter at 40 positions: with head_dim 16 and theta 10000 the
+# wavelengths are 6.3 (between the 16/4 and 16/1 bounds: blended), 20, 63, ... (past 16: divided by the factor).
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+VARIANTS = {
+    "llama-3.1": dict(rope_scaling=LLAMA3_ROPE, rope_theta=10000.0, hidden_size=64, num_attention_heads=4),
+    "head_dim": dict(head_dim=32, hidden_size=64, num_attention_heads=4),  # 4 x 32 != 64
+    "llama-3.2": dict(rope_scaling=LLAMA3_ROPE, rope_theta=10000.0, head_dim=16, hidden_size=48,
+                      num_attention_heads=4, tie_word_embeddings=True),
+}
+
+
+def variant_hf_model(variant: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=90, intermediate_size=96, num_hidden_layers=2, num_key_value_heads=2,
+                         max_position_embeddings=64, rms_norm_eps=1e-5, attn_implementation="sdpa",
+                         **{"rope_theta": 5000.0, **copy.deepcopy(VARIANTS[variant])})  # transformers edits dicts
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("written_as", ["transformers 5", "published config.json"])
+def test_llama_3_variants_load_with_equal_logits(tmp_path, variant, written_as):
+    hf = variant_hf_model(variant)
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if written_as == "published config.json":  # Meta's files: rope_scaling, and rope_theta at the top level
+        rope = config.pop("rope_parameters")
+        config["rope_theta"] = rope.pop("rope_theta")
+        config["rope_scaling"] = rope if rope["rope_type"] != "default" else None
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    ours = load_model(tmp_path)
+    scaling = VARIANTS[variant].get("rope_scaling")
+    assert ours.config.head_dim == VARIANTS[variant].get("head_dim", 16)
+    assert (ours.config.rope_scaling is not None) == (scaling is not None)
+    tokens = torch.randint(0, 90, (2, 40))
+    with torch.no_grad():
+        logits = ours(tokens)[0]
+        torch.testing.assert_close(logits, hf_logits(hf, tokens), rtol=0, atol=1e-4)
+        if scaling is not None:  # the scaling changes the logits: the comparison above could fail without it
+            ours.rope = rope_table(dataclasses.replace(ours.config, rope_scaling=None))
+            assert (ours(tokens)[0] - logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_llama_3_variants_export_to_transformers_with_equal_logits(tmp_path, variant):
+    ours = from_hf(save_variant(tmp_path / "src", variant))
+    to_hf(ours, tmp_path / "out")
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="sdpa").eval()
+    assert hf.config.head_dim == ours.config.head_dim
+    if ours.config.rope_scaling is not None:
+        assert exported["rope_scaling"] == LLAMA3_ROPE  # what transformers 4.x reads
+        assert hf.config.rope_parameters == {**LLAMA3_ROPE, "rope_theta": 10000.0}
+    tokens = torch.randint(0, 90, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens)[0], hf_logits(hf, tokens), rtol=0, atol=1e-4)
+
+
+def save_variant(directory, variant: str):
+    variant_hf_model(variant).save_pretrained(directory)
+    return directory
 
 
 def test_legacy_config_keys_are_read():
@@ -163,8 +240,10 @@ def test_bfloat16_hf_weights_load_into_an_fp32_model(tmp_path):
 def test_tlama_and_hf_directories_are_not_confused(tmp_path):
     to_hf(tiny_model(), tmp_path / "hf")
     save_safetensors(tiny_model(), tmp_path / "ours")
+    assert find_weights(tmp_path / "hf").kind == "hugging face"
+    assert find_weights(tmp_path / "ours").kind == "safetensors"
     with pytest.raises(ValueError, match="Hugging Face weights, not tlama-core ones"):
-        Transformer.from_safetensors(tmp_path / "hf")
+        load_safetensors(tmp_path / "hf")
     with pytest.raises(ValueError, match="tlama-core weights, not Hugging Face ones"):
         from_hf(tmp_path / "ours")
 
@@ -230,7 +309,7 @@ def test_weights_that_do_not_fit_config_json_are_errors_naming_the_directory(tmp
     hf.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
-    with pytest.raises(ValueError, match=rf"{tmp_path}: the weights do not fit config.json"):
+    with pytest.raises(ValueError, match=rf"{tmp_path}: the weights do not fit its config.json"):
         from_hf(tmp_path)
     for vocab in (50, 80):  # fewer rows than the weights hold, also within the padding
         (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": vocab}))

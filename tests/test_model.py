@@ -102,7 +102,8 @@ def test_ffn_hidden_size_overrides_the_rounding_rule():
 
 def test_rope_rotates_each_channel_pair_by_its_position_angle():
     x = torch.randn(1, 5, 2, 8)  # (B, T, heads, D)
-    out = apply_rope(x, torch.view_as_complex(rope_table(8, 5, 10000.0))[:, None])
+    config = TlamaConfig(vocab_size=8, d_model=16, n_layers=1, n_heads=2, max_seq_len=5, rope_theta=10000.0)
+    out = apply_rope(x, torch.view_as_complex(rope_table(config))[:, None])
     pos = torch.arange(5.0)[:, None, None]  # (T, 1, 1)
     angle = pos * 10000.0 ** (-torch.arange(0, 8, 2) / 8)  # (T, 1, D/2)
     a, b = x[..., 0::2], x[..., 1::2]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlama_core.models import TlamaConfig, Transformer, save_safetensors
+from tlama_core.models import TlamaConfig, Transformer, load_model, save_safetensors
 
 
 def tiny_model(tie: bool = False) -> Transformer:
@@ -26,7 +26,7 @@ def write_checkpoint(path, model: Transformer, prefix: str = "model.", **entries
 def test_safetensors_round_trip_is_exact(tmp_path, tie):
     model = tiny_model(tie)
     save_safetensors(model, tmp_path)
-    loaded = Transformer.from_safetensors(tmp_path)
+    loaded = load_model(tmp_path)
     assert loaded.config == model.config and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -45,14 +45,14 @@ def test_truncated_safetensors_file_is_an_error_naming_it(tmp_path):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="model.safetensors: not a readable safetensors file"):
-        Transformer.from_safetensors(tmp_path)
+        load_model(tmp_path)
 
 
 @pytest.mark.parametrize("prefix", ["model.", "model._orig_mod."])
 def test_from_checkpoint_rebuilds_the_model_for_inference(tmp_path, prefix):
     model = tiny_model()
     write_checkpoint(tmp_path / "last.ckpt", model, prefix)
-    loaded = Transformer.from_checkpoint(tmp_path / "last.ckpt")
+    loaded = load_model(tmp_path / "last.ckpt")
     assert loaded.config == model.config and not loaded.training
     tokens = torch.randint(0, 100, (2, 10))
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_from_checkpoint_rebuilds_the_model_for_inference(tmp_path, prefix):
 def test_checkpoint_without_model_config_is_an_error_naming_the_file(tmp_path):
     write_checkpoint(tmp_path / "old.ckpt", tiny_model(), model_config=None)
     with pytest.raises(ValueError, match=r"old\.ckpt: the checkpoint has no 'model_config'"):
-        Transformer.from_checkpoint(tmp_path / "old.ckpt")
+        load_model(tmp_path / "old.ckpt")
 
 
 @pytest.mark.parametrize(("content", "problem"), [
@@ -75,13 +75,13 @@ def test_unreadable_checkpoint_is_an_error_naming_the_file(tmp_path, content, pr
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(content((tmp_path / "good.ckpt").read_bytes()))
     with pytest.raises(ValueError, match=rf"bad\.ckpt: {problem}"):
-        Transformer.from_checkpoint(bad)
+        load_model(bad)
 
 
 def test_checkpoint_with_arbitrary_objects_is_refused_unexecuted(tmp_path):
     torch.save({"state_dict": {}, "model_config": {}, "evil": Transformer}, tmp_path / "pickle.ckpt")
     with pytest.raises(ValueError, match=r"pickle\.ckpt: not a readable training checkpoint"):
-        Transformer.from_checkpoint(tmp_path / "pickle.ckpt")
+        load_model(tmp_path / "pickle.ckpt")
 
 
 @pytest.mark.parametrize(("saved", "problem"), [
@@ -91,14 +91,14 @@ def test_checkpoint_with_arbitrary_objects_is_refused_unexecuted(tmp_path):
 def test_foreign_torch_file_is_an_error_naming_it(tmp_path, saved, problem):
     torch.save(saved, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match=rf"foreign\.pt: .*{problem}"):
-        Transformer.from_checkpoint(tmp_path / "foreign.pt")
+        load_model(tmp_path / "foreign.pt")
 
 
 def test_checkpoint_whose_weights_do_not_fit_its_config_is_an_error_naming_it(tmp_path):
     model = tiny_model()
     write_checkpoint(tmp_path / "mixed.ckpt", model, model_config={**model.config.to_dict(), "d_model": 128})
     with pytest.raises(ValueError, match=r"mixed\.ckpt: the weights do not fit its model_config"):
-        Transformer.from_checkpoint(tmp_path / "mixed.ckpt")
+        load_model(tmp_path / "mixed.ckpt")
 
 
 def test_safetensors_that_do_not_fit_their_config_are_an_error_naming_the_directory(tmp_path):
@@ -108,4 +108,4 @@ def test_safetensors_that_do_not_fit_their_config_are_an_error_naming_the_direct
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_layers": 3}))
     with pytest.raises(ValueError, match=rf"{tmp_path}: the weights do not fit its config.json"):
-        Transformer.from_safetensors(tmp_path)
+        load_model(tmp_path)

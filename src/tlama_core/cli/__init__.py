@@ -1,10 +1,11 @@
 """The `tlama` command: `fit` (a LightningCLI YAML run) and the small tools around a run.
 
     tlama fit [--config run.yaml] [--key value ...]       train (tlama fit --help lists every key)
-    tlama generate --checkpoint PATH --prompt TEXT         sample text from a checkpoint
+    tlama generate --checkpoint PATH --prompt TEXT         sample text from any weights
+    tlama evaluate --model PATH --data PATH               loss, perplexity, bits/char (JSON on stdout)
     tlama tokenizer train --input FILES... --vocab_size N --output PATH
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
-    tlama convert to-hf --checkpoint PATH --out DIR        a Hugging Face Llama directory
+    tlama convert to-hf --checkpoint PATH --out DIR        any weights as a Hugging Face Llama directory
     tlama convert from-hf --model DIR --out DIR            Hugging Face weights as our safetensors
 
 Each tool is a plain function (`generate`, `plot_log`, `convert_to_hf`, ...) that this module parses flags for;
@@ -20,6 +21,9 @@ from typing import Any
 from jsonargparse import ArgumentParser, Namespace
 
 from tlama_core import __version__
+
+WEIGHTS_HELP = ("Weights: a .ckpt file, a checkpoints directory (its newest step checkpoint), a safetensors "
+                "directory (convert from-hf) or a Hugging Face Llama directory.")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -58,8 +62,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     add("fit", commands, fit, "Train a model from a YAML config and flags (LightningCLI).", None)
 
     gen = ArgumentParser(description="Continue a prompt with a trained model and print the text.")
-    gen.add_argument("--checkpoint", type=str, required=True,
-                     help="A .ckpt file, or a checkpoints directory (its newest step checkpoint).")
+    gen.add_argument("--checkpoint", type=str, required=True, help=WEIGHTS_HELP)
     gen.add_argument("--prompt", type=str, required=True, help="Text to continue.")
     gen.add_argument("--max_new_tokens", type=int, default=200, help="Tokens to sample after the prompt.")
     gen.add_argument("--temperature", type=float, default=0.8, help="Sampling temperature; 0: greedy.")
@@ -71,7 +74,19 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     gen.add_argument("--crop_context", type=bool, default=True,
                      help="Past the model's max_seq_len, read only its last max_seq_len tokens (nanoGPT's rule); "
                           "false: an error instead.")
-    add("generate", commands, gen, "Sample text from a checkpoint.", _generate)
+    add("generate", commands, gen, "Sample text from a model (any weights).", _generate)
+
+    ev = ArgumentParser(description="Loss, perplexity and bits/char of a model on data: a human summary on stderr, "
+                                    "one JSON object on stdout.")
+    ev.add_argument("--model", type=str, required=True, help=WEIGHTS_HELP)
+    ev.add_argument("--data", type=str, required=True, help="Text (.txt files) or token ids (.bin, .npy shards).")
+    ev.add_argument("--tokenizer", type=str | None, default=None,
+                    help="The model's tokenizer; default: the run's (config.yaml beside a checkpoint). Text needs one.")
+    ev.add_argument("--seq_length", type=int | None, default=None, help="Window length; default: max_seq_len.")
+    ev.add_argument("--batch_size", type=int, default=8, help="Windows per forward pass.")
+    ev.add_argument("--max_batches", type=int | None, default=None, help="Stop after this many batches; null: all.")
+    ev.add_argument("--device", type=str, default="auto", help="cpu, cuda, ...; auto: cuda if available.")
+    add("evaluate", commands, ev, "Score a model on held-out data (loss, perplexity, bits/char).", _evaluate)
 
     tok = ArgumentParser(description="Sentencepiece tokenizers.")
     add("tokenizer", commands, tok, "Train a tokenizer.", None)
@@ -94,12 +109,12 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     conv = ArgumentParser(description="Convert weights to and from Hugging Face Llama directories.")
     add("convert", commands, conv, "Convert weights to or from Hugging Face.", None)
     conv_commands = conv.add_subcommands(dest="subcommand")
-    to_hf = ArgumentParser(description="Write a checkpoint's model as a Hugging Face Llama directory.")
-    to_hf.add_argument("--checkpoint", type=str, required=True, help="A .ckpt file or a checkpoints directory.")
+    to_hf = ArgumentParser(description="Write any weights as a Hugging Face Llama directory.")
+    to_hf.add_argument("--checkpoint", type=str, required=True, help=WEIGHTS_HELP)
     to_hf.add_argument("--out", type=str, required=True, help="Output directory.")
     to_hf.add_argument("--tokenizer", type=str | None, default=None,
-                       help="Sentencepiece .model to include; default: the run's, else the built-in one.")
-    add("convert to-hf", conv_commands, to_hf, "Checkpoint -> Hugging Face Llama directory.", _to_hf)
+                       help="Tokenizer to include; default: the run's (config.yaml beside the checkpoint), else none.")
+    add("convert to-hf", conv_commands, to_hf, "Weights -> Hugging Face Llama directory.", _to_hf)
     from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory.")
     from_hf.add_argument("--model", type=str, required=True, help="Hugging Face Llama directory (safetensors).")
     from_hf.add_argument("--out", type=str, required=True, help="Output directory.")
@@ -112,6 +127,23 @@ def _generate(cfg: Namespace) -> None:
 
     print(generate(cfg.checkpoint, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.tokenizer,
                    cfg.seed, cfg.device, cfg.crop_context))
+
+
+def _evaluate(cfg: Namespace) -> None:
+    import json
+
+    import torch
+
+    from tlama_core.cli.convert import known_tokenizer
+    from tlama_core.evaluation import evaluate, summary
+    from tlama_core.models import find_weights
+
+    weights = find_weights(cfg.model)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    result = evaluate(weights.load().to(device), cfg.data, known_tokenizer(weights, cfg.tokenizer), cfg.seq_length,
+                      cfg.batch_size, cfg.max_batches)
+    print(summary(result, cfg.model, cfg.data), file=sys.stderr)
+    print(json.dumps(result))
 
 
 def _tokenizer_train(cfg: Namespace) -> None:
@@ -131,7 +163,11 @@ def _plot(cfg: Namespace) -> None:
 def _to_hf(cfg: Namespace) -> None:
     from tlama_core.cli.convert import convert_to_hf
 
-    print(f"Hugging Face Llama directory written to {convert_to_hf(cfg.checkpoint, cfg.out, cfg.tokenizer)}")
+    out, tokenizer = convert_to_hf(cfg.checkpoint, cfg.out, cfg.tokenizer)
+    if tokenizer is None:
+        print(f"no tokenizer is known for {cfg.checkpoint} (no --tokenizer, no run config.yaml beside it): wrote the "
+              "weights alone; pass --tokenizer to include one.", file=sys.stderr)
+    print(f"Hugging Face Llama directory written to {out}" + (f" with the tokenizer {tokenizer}" if tokenizer else ""))
 
 
 def _from_hf(cfg: Namespace) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from tlama_core import __version__
 from tlama_core.atomic import atomic_write
 from tlama_core.data import TlamaDataModule
+from tlama_core.models import TlamaConfig, find_weights
+from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
 from tlama_core.training.checkpointing import CheckpointError
 
@@ -141,6 +144,25 @@ class TlamaCLI(LightningCLI):
         # LightningCLI seeds with `seed_everything` before it builds the model: make that trainer.seed.
         parser.link_arguments("trainer.seed", "seed_everything")
         parser.set_defaults(BUILTIN_RUN)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+        """Parse twice when `model.init_from` names weights or `model.config.name` a preset: the weights' config
+        (else the preset's fields) then become the defaults of `model.config`, under whatever the YAML and the
+        flags set. The first pass only reads those two keys, so `--print_config` is left to the second."""
+        argv = list(sys.argv[1:] if args is None else args)
+        probe = parser.parse_args([a for a in argv if a.split("=")[0] != "--print_config"])
+        init_from, name = probe.get("model.init_from"), probe.get("model.config.name")
+        key = "model.init_from" if init_from else "model.config.name"
+        try:
+            if init_from:
+                fields = find_weights(init_from).config().to_dict()
+            elif name:
+                fields = {**{f.name: f.default for f in dataclasses.fields(TlamaConfig)}, **preset(name), "name": name}
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(f'Parser key "{key}": {err}')
+        if init_from or name:
+            parser.set_defaults({"model.config": fields})
+        super().parse_arguments(parser, args)
 
     # ---- building -------------------------------------------------------------------------------------
     def instantiate_classes(self) -> None:

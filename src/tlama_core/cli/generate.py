@@ -1,4 +1,4 @@
-"""`tlama generate`: continue a prompt with the model of a training checkpoint."""
+"""`tlama generate`: continue a prompt with a model: any weights `load_model` reads."""
 
 from __future__ import annotations
 
@@ -10,21 +10,6 @@ import yaml
 from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
 from tlama_core.data.tokenizer import Tokenizer
-from tlama_core.training.checkpointing import find_last_checkpoint
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file as given, or a checkpoints directory's newest step checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        last = find_last_checkpoint(path)
-        if last is None:
-            raise FileNotFoundError(f"checkpoint directory {str(path)!r} holds no step=*.ckpt file; "
-                                    "train first (tlama fit) or pass a .ckpt file.")
-        return last
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file or directory.")
-    return path
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = None) -> Path:
@@ -52,20 +37,21 @@ def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 2
              device: str = "auto", crop_context: bool = True) -> str:
     """The prompt followed by `max_new_tokens` sampled tokens, as text.
 
-    `checkpoint` is a .ckpt file or a checkpoints directory (its newest checkpoint). temperature=0 decodes
+    `checkpoint` is any weights PATH (`tlama_core.models.find_weights`): a .ckpt file, a checkpoints directory (its
+    newest checkpoint), our safetensors directory or a Hugging Face Llama directory. temperature=0 decodes
     greedily; `seed` makes sampling repeatable. With `crop_context` (the default here, unlike
     `Transformer.generate`) text may run past the model's max_seq_len, each token conditioned on the last
     max_seq_len: a model trained on 64-token windows still writes a page.
     """
     import torch
 
-    from tlama_core.models import Transformer
+    from tlama_core.models import find_weights
 
-    path = resolve_checkpoint(checkpoint)
-    sp = load_tokenizer(resolve_tokenizer(path, tokenizer))
+    weights = find_weights(checkpoint)
+    sp = load_tokenizer(resolve_tokenizer(weights.path, tokenizer))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = Transformer.from_checkpoint(path).to(device)
+    model = weights.load().to(device)
     check_tokenizer_fits(sp, model.config.vocab_size)
     ids = sp.encode(prompt)
     if not ids:

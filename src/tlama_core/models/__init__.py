@@ -1,9 +1,14 @@
-"""The Llama model: `TlamaConfig` (its shape), `Transformer` (the network, with KV-cache generation) and its
-weights on disk: safetensors (`save_safetensors`) and Hugging Face Llama directories (`to_hf`, `from_hf`)."""
+"""The Llama model: `TlamaConfig` (its shape), `Transformer` (the network), generation, and weights on disk.
 
-from tlama_core.models.config import TlamaConfig
+Imports point one way: config, then transformer (with generation), then the weight formats (safetensors,
+training checkpoints, Hugging Face) and `load_model`, which reads any of them.
+"""
+
+from tlama_core.models.config import RopeScaling, TlamaConfig
 from tlama_core.models.hf import from_hf, to_hf
-from tlama_core.models.transformer import Transformer
+from tlama_core.models.loading import find_weights, load_model
+from tlama_core.models.transformer import Transformer, check_weights
 from tlama_core.models.weights import save_safetensors
 
-__all__ = ["TlamaConfig", "Transformer", "from_hf", "save_safetensors", "to_hf"]
+__all__ = ["RopeScaling", "TlamaConfig", "Transformer", "check_weights", "find_weights", "from_hf", "load_model",
+           "save_safetensors", "to_hf"]

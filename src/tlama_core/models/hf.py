@@ -17,9 +17,16 @@ import sentencepiece as spm
 import torch
 
 from tlama_core.atomic import atomic_write
-from tlama_core.models.config import TlamaConfig
+from tlama_core.models.config import RopeScaling, TlamaConfig
 from tlama_core.models.transformer import Transformer
-from tlama_core.models.weights import SHARD_INDEX, WEIGHTS_FILE, read_json, read_safetensors, write_weights_dir
+from tlama_core.models.weights import (
+    CONFIG_FILE,
+    SHARD_INDEX,
+    WEIGHTS_FILE,
+    read_json,
+    read_safetensors,
+    write_weights_dir,
+)
 
 # Our name inside `layers.N.` -> Hugging Face's inside `model.layers.N.`
 LAYER_NAMES = {
@@ -91,10 +98,12 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) ->
     state = {}
     for mine, theirs in ours.items():
         tensor = tensors[theirs]
-        if mine.endswith("attention.wq.weight"):
-            tensor = hf_to_meta_rows(tensor, config.n_heads)
-        elif mine.endswith("attention.wk.weight"):
-            tensor = hf_to_meta_rows(tensor, config.n_kv_heads)
+        if mine.endswith(("attention.wq.weight", "attention.wk.weight")):
+            heads = config.n_heads if mine.endswith("wq.weight") else config.n_kv_heads
+            shape = (heads * config.head_dim, config.d_model)
+            if tuple(tensor.shape) != shape:  # checked here: the row permutation needs whole heads
+                raise ValueError(f"{theirs} has shape {tuple(tensor.shape)}, config.json's is {shape}.")
+            tensor = hf_to_meta_rows(tensor, heads)
         elif mine in ("tok_embeddings.weight", "output.weight"):
             if tensor.size(0) != config.vocab_size:
                 raise ValueError(f"{theirs} has {tensor.size(0)} rows, config.json's vocab_size is "
@@ -124,8 +133,7 @@ def hf_config(config: TlamaConfig, dtype: torch.dtype, bos_id: int | None = None
         "hidden_act": "silu",
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
-        "rope_theta": config.rope_theta,  # transformers 4.x reads this key, 5.x the one below
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        **rope_to_hf(config),
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": config.tie_embeddings,
@@ -191,32 +199,68 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> TlamaConf
     missing = [field for field in required if field not in hf]
     if missing:
         raise ValueError(f"{source}: no {missing}, which a Llama config.json states.")
-    for field in ("rope_scaling", "rope_parameters"):
-        rope = hf.get(field) or {}
-        kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind != "default":
-            raise ValueError(f"{source}: {field}={rope!r} is not supported (only plain rotary embeddings).")
     for field, supported in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
         if hf.get(field, supported) != supported:
             raise ValueError(f"{source}: {field}={hf[field]!r} is not supported (only {supported!r}).")
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim") not in (None, d_model // n_heads):
-        raise ValueError(f"{source}: head_dim={hf['head_dim']!r} is not supported "
-                         f"(only hidden_size / num_attention_heads = {d_model // n_heads}).")
-    rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
-    return TlamaConfig(
-        vocab_size=hf["vocab_size"], d_model=d_model, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads, max_seq_len=hf["max_position_embeddings"],
-        ffn_hidden_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope_theta), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-    )
+    rope_theta, rope_scaling = rope_from_hf(hf, source)
+    try:
+        return TlamaConfig(
+            vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+            n_heads=hf["num_attention_heads"], n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim"), max_seq_len=hf["max_position_embeddings"],
+            ffn_hidden_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope_theta,
+            rope_scaling=rope_scaling, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def rope_from_hf(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
+    """rope_theta and Llama 3.1 scaling from `rope_scaling` (published config.json files, transformers 4) and
+    `rope_parameters` (what transformers 5 writes, rope_theta inside); other rope types are refused."""
+    rope: dict[str, Any] = {}
+    for field in ("rope_scaling", "rope_parameters"):
+        value = hf.get(field)
+        if value is None:
+            continue
+        kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else None
+        if kind not in ("default", "llama3") or value.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(f"{source}: {field}={value!r} is not supported (only rope_type 'default' or 'llama3', "
+                             "rotating whole heads).")
+        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in value]
+        if kind == "llama3" and missing:
+            raise ValueError(f"{source}: {field}={value!r}: rope_type 'llama3' needs {missing} too.")
+        rope.update(value)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if kind == "default":
+        return theta, None
+    return theta, RopeScaling(factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
+                              high_freq_factor=float(rope["high_freq_factor"]),
+                              original_max_seq_len=rope.get("original_max_position_embeddings",
+                                                            hf["max_position_embeddings"]))
+
+
+def rope_to_hf(config: TlamaConfig) -> dict[str, Any]:
+    """config.json's rotary keys: `rope_theta` and `rope_scaling` for transformers 4.x, `rope_parameters` for 5.x."""
+    scaling = config.rope_scaling
+    params: dict[str, Any] = {"rope_type": "default"}
+    if scaling is not None:
+        params = {"rope_type": "llama3", "factor": scaling.factor, "low_freq_factor": scaling.low_freq_factor,
+                  "high_freq_factor": scaling.high_freq_factor,
+                  "original_max_position_embeddings": scaling.original_max_seq_len}
+    return {"rope_theta": config.rope_theta, "rope_scaling": params if scaling is not None else None,
+            "rope_parameters": {**params, "rope_theta": config.rope_theta}}
 
 
 def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face directory: `model.safetensors`, or the shards its index lists."""
     index = directory / SHARD_INDEX
     if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no 'weight_map' object listing the shards.")
+        shards = sorted(set(weight_map.values()))
     elif (directory / WEIGHTS_FILE).is_file():
         shards = [WEIGHTS_FILE]
     else:
@@ -231,19 +275,12 @@ def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def from_hf(directory: str | os.PathLike) -> Transformer:
     """Load a Hugging Face Llama directory (safetensors, one file or sharded) as our Transformer, in eval mode."""
     directory = Path(directory)
-    hf = read_json(directory / "config.json")
+    hf = read_json(directory / CONFIG_FILE)
     if "d_model" in hf:
-        raise ValueError(f"{directory} holds tlama-core weights, not Hugging Face ones: "
-                         "use Transformer.from_safetensors.")
-    config = config_from_hf(hf, source=str(directory / "config.json"))
-    tensors = read_hf_tensors(directory)
+        raise ValueError(f"{directory} holds tlama-core weights, not Hugging Face ones: load it with load_model.")
+    config = config_from_hf(hf, source=str(directory / CONFIG_FILE))
     try:
-        state = from_hf_state_dict(tensors, config)
+        state = from_hf_state_dict(read_hf_tensors(directory), config)
     except ValueError as e:
         raise ValueError(f"{directory}: {e}") from e
-    model = Transformer(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:  # a tensor shape that config.json does not describe
-        raise ValueError(f"{directory}: the weights do not fit config.json ({e}).") from e
-    return model.eval()
+    return Transformer.from_state_dict(config, state, str(directory), CONFIG_FILE)

@@ -8,7 +8,6 @@ use another one and are converted on the way in and out (`tlama_core.models.hf`)
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tlama_core.models.config import TlamaConfig
+from tlama_core.models.config import RopeScaling, TlamaConfig
+from tlama_core.models.generation import generate
 from tlama_core.models.ops import cross_entropy, rms_norm, swiglu
 
 
@@ -33,11 +33,23 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def rope_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
+def rope_table(config: TlamaConfig) -> torch.Tensor:
     """cos and sin of every (position, channel pair) angle: a (max_seq_len, head_dim/2, 2) fp32 table."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)
+    d = config.head_dim
+    freqs = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)  # (D/2,)
+    if config.rope_scaling is not None:
+        freqs = llama3_scaled(freqs, config.rope_scaling)
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
     return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
+
+
+def llama3_scaled(freqs: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's frequencies: long wavelengths slowed by `factor`, short ones kept, the band between blended."""
+    context = scaling.original_max_seq_len
+    wavelen = 2 * math.pi / freqs
+    smooth = ((context / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor)).clamp(0, 1)  # 0: long, 1: short wavelengths
+    return (1 - smooth) * freqs / scaling.factor + smooth * freqs
 
 
 def apply_rope(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
@@ -174,29 +186,28 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.register_buffer("rope", rope_table(config.head_dim, config.max_seq_len, config.rope_theta),
-                             persistent=False)
+        self.register_buffer("rope", rope_table(config), persistent=False)
         # Recompute each block in the backward pass instead of storing its activations (long sequences).
         self.activation_checkpointing = False
         self.reset_parameters()
 
     @classmethod
-    def from_safetensors(cls, directory: str | os.PathLike) -> Transformer:
-        """Load what `tlama_core.models.save_safetensors` wrote (eval mode)."""
-        from tlama_core.models.weights import load_safetensors
-        return load_safetensors(directory)
+    def from_state_dict(cls, config: TlamaConfig, state: dict[str, torch.Tensor], source: str = "weights",
+                        config_name: str = "config") -> Transformer:
+        """A model of `config` holding `state` (our parameter names, fp32 on the CPU), in eval mode.
 
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> Transformer:
-        """Rebuild the model of a training checkpoint for inference (eval mode, CPU)."""
-        from tlama_core.models.weights import load_checkpoint
-        return load_checkpoint(path)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> Transformer:
-        """Load a Hugging Face Llama directory (eval mode); `tlama_core.models.to_hf` writes one."""
-        from tlama_core.models.hf import from_hf
-        return from_hf(directory)
+        The keys and shapes are checked against the config before anything is allocated (`check_weights`), so a
+        small file whose config declares a huge model is an error, not gigabytes of memory. A tied model's
+        output layer is the embedding (a stored copy must equal it). Errors name `source` and `config_name`.
+        """
+        state = check_weights(config, state, source, config_name)
+        with torch.device("meta"):  # the modules' shapes without their memory: the state supplies it
+            model = cls(config)
+        model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True, strict=False)
+        if config.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model.rope = rope_table(config)
+        return model.eval()
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(mean, std) everywhere, residual projections scaled by 1/sqrt(2*n_layers)
@@ -243,6 +254,12 @@ class Transformer(nn.Module):
                 x = layer(x, turns, start_pos)
         return self.norm(x)
 
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, eos_id: int | None = None, crop_context: bool = False,
+                 vocab_limit: int | None = None) -> torch.Tensor:
+        """Continue prompt (B, T) by max_new_tokens sampled tokens: `tlama_core.models.generation.generate`."""
+        return generate(self, prompt, max_new_tokens, temperature, top_k, eos_id, crop_context, vocab_limit)
+
     @contextmanager
     def kv_cache(self, batch_size: int, seq_len: int | None = None) -> Iterator[None]:
         """Give every attention layer a KV cache of seq_len (default max_seq_len) positions while the block runs."""
@@ -261,80 +278,31 @@ class Transformer(nn.Module):
             for layer in self.layers:
                 layer.attention.cache = None
 
-    @torch.inference_mode()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, eos_id: int | None = None, crop_context: bool = False,
-                 vocab_limit: int | None = None) -> torch.Tensor:
-        """Continue prompt (B, T) by max_new_tokens sampled tokens, returning (B, T + new) ids.
-
-        temperature=0 is greedy decoding; top_k keeps only the k likeliest tokens. With eos_id, generation
-        stops early once every row has produced it (rows that finished first are filled with eos_id).
-        Prompt + new tokens past max_seq_len is an error, unless crop_context: then the model reads at most
-        the last max_seq_len tokens, as nanoGPT's generate does, and once the cache is full each new token
-        re-reads the latest max_seq_len from position 0. `vocab_limit` samples only ids below it (a tokenizer
-        with fewer pieces than vocab_size). The KV cache (B x min(T + max_new_tokens, max_seq_len) positions per
-        layer) exists only while this runs.
-        """
-        if prompt.dim() != 2 or prompt.size(1) == 0:
-            raise ValueError(
-                f"generate: prompt must be a (batch, time) tensor of ids, got shape {tuple(prompt.shape)}."
-            )
-        if (not isinstance(max_new_tokens, int) or max_new_tokens < 0 or not math.isfinite(temperature)
-                or temperature < 0 or (top_k is not None and top_k < 1)):
-            raise ValueError(
-                f"generate: max_new_tokens={max_new_tokens!r} must be an integer >= 0, temperature={temperature} a "
-                f"finite number >= 0, top_k={top_k} an integer >= 1 or None."
-            )
-        if vocab_limit is not None and not (isinstance(vocab_limit, int) and vocab_limit >= 1):
-            raise ValueError(f"generate: vocab_limit={vocab_limit!r} must be an integer >= 1 or None.")
-        vocab = self.config.vocab_size if vocab_limit is None else min(self.config.vocab_size, vocab_limit)
-        low, high = (int(v) for v in torch.aminmax(prompt))
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(f"generate: prompt ids must lie in [0, vocab_size={self.config.vocab_size}), got "
-                             f"{low}..{high}; encode the prompt with the tokenizer the model was trained with.")
-        if eos_id is not None and not 0 <= eos_id < vocab:
-            raise ValueError(f"generate: eos_id={eos_id} must lie in [0, {vocab}) (vocab_size, or vocab_limit).")
-        b, t = prompt.shape
-        end, window = t + max_new_tokens, self.config.max_seq_len
-        if end > window and not crop_context:
-            raise ValueError(
-                f"generate: prompt of {t} tokens + max_new_tokens={max_new_tokens} = {end} exceeds "
-                f"max_seq_len={window}; shorten the prompt, ask for fewer tokens, or pass crop_context=True "
-                "to condition each new token on the last max_seq_len tokens only."
-            )
-        was_training = self.training
-        self.eval()
-        out = torch.cat((prompt, prompt.new_empty(b, max_new_tokens)), dim=1)  # (B, T + new), filled below
-        done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
-        try:
-            with self.kv_cache(b, min(end, window)):
-                first = max(0, t - window)  # the id in `out` at cache position 0
-                tokens = out[:, first:t]  # what the next forward reads
-                for pos in range(t, end):
-                    if pos - first > window:  # the cache is full: re-read the latest `window` ids from position 0
-                        first = pos - window
-                        tokens = out[:, first:pos]
-                    h = self.hidden_states(tokens, start_pos=pos - first - tokens.size(1))[:, -1]  # (B, C)
-                    next_id = sample(self.output(h)[:, :vocab], temperature, top_k)  # (B,)
-                    if eos_id is not None:
-                        next_id = next_id.masked_fill(done, eos_id)
-                        done |= next_id == eos_id
-                    out[:, pos] = next_id
-                    if eos_id is not None and bool(done.all()):
-                        return out[:, :pos + 1]
-                    tokens = next_id[:, None]  # (B, 1)
-        finally:
-            self.train(was_training)
-        return out
 
 
-def sample(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
-    """Draw one id per row from logits (B, V); temperature 0 takes the argmax."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # max first: a tiny temperature cannot overflow
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
+def check_weights(config: TlamaConfig, state: dict[str, torch.Tensor], source: str,
+                  config_name: str = "config") -> dict[str, torch.Tensor]:
+    """`state` with every parameter of a `config` model, each of its shape; else a ValueError naming `source`.
+
+    Compared with a model built on the meta device (shapes, no memory). A tied model needs no `output.weight`;
+    a stored one must equal the embedding and is dropped. Returns the state to load.
+    """
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in Transformer(config).state_dict().items()}
+    state = dict(state)
+    if config.tie_embeddings:
+        del expected["output.weight"]
+        head, embedding = state.pop("output.weight", None), state.get("tok_embeddings.weight")
+        if head is not None and embedding is not None and not (head.shape == embedding.shape
+                                                               and torch.equal(head, embedding)):
+            raise ValueError(f"{source}: tie_embeddings is true but output.weight differs from tok_embeddings.")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+                 for k in expected if k in state and state[k].shape != expected[k]]
+    if missing or unexpected or misshapen:
+        problems = [f"{what} {names[:6]}" + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                    for what, names in (("missing", missing), ("unexpected", unexpected), ("shapes", misshapen))
+                    if names]
+        raise ValueError(f"{source}: the weights do not fit its {config_name} ({'; '.join(problems)}).")
+    return state

@@ -7,8 +7,6 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import tempfile
 import time
 from collections import deque
@@ -21,39 +19,27 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tlama_core.atomic import commit, fsync_dir, staged
-from tlama_core.models import TlamaConfig
-from tlama_core.models.weights import CheckpointError, read_checkpoint
-from tlama_core.models.weights import read_checkpoint as load_checkpoint_file
+from tlama_core.checkpoints import (
+    CheckpointError,
+    find_last_checkpoint,
+    model_state,
+    read_checkpoint,
+    step_checkpoint_name,
+    step_of,
+)
+from tlama_core.checkpoints import read_checkpoint as load_checkpoint_file
+from tlama_core.models import TlamaConfig, check_weights
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "load_checkpoint_file"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "load_checkpoint_file",
+           "step_checkpoint_name"]
 
-STEP_FILE = re.compile(r"^step=(\d+)\.ckpt$")
 BEST_NAME = "best.ckpt"
 MODEL_BEST_NAME = "model-best.ckpt"  # `Trainer._save_checkpoint(is_best=True)` outside training
-
-
-def step_checkpoint_name(step: int) -> str:
-    return f"step={step:08d}.ckpt"
 
 
 def model_checkpoint_name(step: int) -> str:
     """`Trainer._save_checkpoint()` outside training: a model and its optimizer, no run state to resume."""
     return f"model-step={step:08d}.ckpt"
-
-
-def step_of(path: Path) -> int | None:
-    """The step in a step checkpoint's name (None for other files)."""
-    m = STEP_FILE.match(path.name)
-    return int(m.group(1)) if m else None
-
-
-def find_last_checkpoint(directory: str | Path) -> Path | None:
-    """The step checkpoint with the highest step in `directory` (all are complete: writes are atomic)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    steps = [(step, p) for p in directory.iterdir() if (step := step_of(p)) is not None]
-    return max(steps)[1] if steps else None
 
 
 def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) -> Path | None:
@@ -79,14 +65,11 @@ def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) 
     return aside
 
 
-def config_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Fields whose values differ between two TlamaConfig dicts, as 'field: saved X, model Y'.
-
-    A field the checkpoint lacks (saved before the field existed) counts as its default.
-    """
-    saved = {**{f.name: f.default for f in dataclasses.fields(TlamaConfig)}, **saved}
-    return [f"{k}: checkpoint {saved.get(k)!r}, model {expected.get(k)!r}"
-            for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k)]
+def config_mismatch(saved: TlamaConfig, expected: dict[str, Any]) -> list[str]:
+    """Shape fields whose values differ between a checkpoint's config and a TlamaConfig dict, as 'field:
+    checkpoint X, model Y'. `name` is a label, not a shape, and is not compared."""
+    expected = TlamaConfig.from_dict(expected).shape_dict()
+    return [f"{k}: checkpoint {v!r}, model {expected[k]!r}" for k, v in saved.shape_dict().items() if v != expected[k]]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -151,10 +134,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(
                 f"checkpoint {path} holds a model but no training state (Trainer._save_checkpoint() outside "
                 "training writes such files); it cannot resume a run. Resume from a step=N.ckpt file, or load the "
-                "model with Transformer.from_checkpoint and start a new run."
+                "model with tlama_core.models.load_model, or start a run from it with init_from."
             )
+        try:
+            config = TlamaConfig.from_dict(checkpoint["model_config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its model_config is not a TlamaConfig ({e}).") from e
         if self.expected_config is not None:
-            diff = config_mismatch(checkpoint["model_config"], self.expected_config)
+            diff = config_mismatch(config, self.expected_config)
             if diff:
                 raise CheckpointError(f"checkpoint {path} was made for another model shape: {'; '.join(diff)}.")
+        try:  # here, not in Lightning's load_state_dict, whose error names no file
+            check_weights(config, model_state(checkpoint, path), str(path), "model_config")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
         return checkpoint

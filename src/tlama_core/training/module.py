@@ -11,8 +11,8 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.models.weights import CheckpointError
+from tlama_core.checkpoints import CheckpointError
+from tlama_core.models import TlamaConfig, Transformer, load_model
 from tlama_core.training.batching import StepPlan, starts_step
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
@@ -33,9 +33,9 @@ class StepRecord:
 class TlamaLightningModule(L.LightningModule):
     """Wraps a Transformer for Lightning: loss per micro-batch, lr per optimizer step, step metrics, val loss.
 
-    Give either `config` (a new model, as the YAML/CLI does) or `model` (an existing Transformer, as the
-    `Trainer` facade does). `scheduler` maps an optimizer step (from 0) to a learning rate; without one the
-    rate is `learning_rate` throughout.
+    Give either `config` (a new model, as the YAML/CLI does), `init_from` (weights to continue from) or `model` (an
+    existing Transformer, as the `Trainer` facade does). `scheduler` maps an optimizer step (from 0) to a learning
+    rate; without one the rate is `learning_rate` throughout.
 
     Args:
         config: The shape of a new model (TlamaConfig).
@@ -44,14 +44,21 @@ class TlamaLightningModule(L.LightningModule):
         muon: Muon (torch.optim.Muon) for the blocks' weight matrices, AdamW for embeddings, output and norms;
             the same learning rate, schedule and weight decay drive both. False: AdamW for everything.
         scheduler: Learning rate per optimizer step (LRSchedule); null: learning_rate throughout.
+        init_from: Start from these weights (a .ckpt, a checkpoints directory, a safetensors or Hugging Face
+            directory) with a fresh optimizer and schedule, at step 0; the config is theirs, and a `config` given
+            too must equal it.
         model: An existing Transformer instead of config (Python API).
         optimizer: An optimizer instead of the default AdamW (Python API).
     """
 
     def __init__(self, config: TlamaConfig | None = None, learning_rate: float = 6e-4, weight_decay: float = 0.1,
-                 scheduler: LRSchedule | None = None, muon: bool = False, *, model: Transformer | None = None,
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+                 scheduler: LRSchedule | None = None, muon: bool = False, init_from: str | None = None, *,
+                 model: Transformer | None = None, optimizer: torch.optim.Optimizer | None = None) -> None:
         super().__init__()
+        if init_from is not None and model is not None:
+            raise ValueError("TlamaLightningModule: give either `init_from` (weights to load) or `model`.")
+        if init_from is not None:
+            model, config = load_model(init_from, expect=config).train(), None
         if (config is None) == (model is None):
             raise ValueError("TlamaLightningModule: give exactly one of `config` (a new model) or `model`.")
         if muon and optimizer is not None:

@@ -254,7 +254,7 @@ class Trainer:
         finished, after its validation and CSV row (a file saved before them would resume past them), and
         `on_checkpoint_end` announces it; processes agree on it, so a hook running on the master alone is fine.
         Outside training (before it, after it, around `train_step()`) the file is `model-step=N.ckpt` (and
-        `model-best.ckpt`): the model, its config and the optimizer, for `Transformer.from_checkpoint`. Only a
+        `model-best.ckpt`): the model, its config and the optimizer, for `load_model`. Only a
         running fit can write the loop and loader state a resume needs: such files never replace a run's own,
         "last" never picks them, and resuming from one is an error that says so.
         """
