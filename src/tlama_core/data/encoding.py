@@ -26,13 +26,14 @@ from tlama_core.data.tokenizer import SentencePieceTokenizer, Tokenizer
 
 GROUP_LINES = 4
 BOUNDARY = re.compile(r"(?<=\n)(?=[!-~])")
+BOUNDARY_IN_TOKEN = re.compile(r"\n[!-~]")
 PROBE = ("First line.\nnever  mind\n  having two spaces\n\n\ttab\nx = 12345;\n(paren) ends \n"
          " caf\u00e9 \u4e2d\u6587\n\n\nlast line")
 
 
 def chunking_of(tokenizer: Tokenizer) -> str:
     """How text can be cut into chunks whose ids join into the whole document's ids (see the module doc)."""
-    if isinstance(tokenizer, SentencePieceTokenizer) and _piece_crosses_a_line_end(tokenizer):
+    if any(BOUNDARY_IN_TOKEN.search(t) for t in _token_texts(tokenizer)):
         return "whole"
     whole = tokenizer.encode(PROBE)
     chunks = BOUNDARY.split(PROBE)
@@ -46,10 +47,11 @@ def chunking_of(tokenizer: Tokenizer) -> str:
     return "whole"
 
 
-def _piece_crosses_a_line_end(tokenizer: SentencePieceTokenizer) -> bool:
-    """A sentencepiece piece holding "\\n" beside other characters could merge across a line end."""
-    sp = tokenizer.processor
-    return any("\n" in p and p != "\n" for p in map(sp.id_to_piece, range(sp.get_piece_size())))
+def _token_texts(tokenizer: Tokenizer) -> list[str]:
+    """The text of every token: a token holding a chunk boundary could merge across it."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return [tokenizer.processor.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    return [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
 
 
 @dataclass
