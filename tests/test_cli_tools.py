@@ -85,6 +85,13 @@ def test_tokenizer_defaults_to_the_one_the_run_used(tmp_path):
     assert resolve_tokenizer(ckpt, "given.model") == Path("given.model")
 
 
+def test_fit_keeps_the_run_tokenizer_beside_its_checkpoints(run):
+    (copy,) = (run / "checkpoints").glob("tokenizer-*")
+    assert (copy / builtin_tokenizer_path().name).read_bytes() == builtin_tokenizer_path().read_bytes()
+    for ckpt in (run / "checkpoints").glob("step=*.ckpt"):
+        assert resolve_tokenizer(ckpt) == copy / builtin_tokenizer_path().name
+
+
 def test_tokenizer_train_writes_a_model_of_the_requested_size(data_text, tmp_path, capsys):
     second = tmp_path / "more.txt"
     second.write_text("To be, or not to be, that is the question.\n" * 50)

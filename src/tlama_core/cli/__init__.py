@@ -65,7 +65,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     gen.add_argument("--temperature", type=float, default=0.8, help="Sampling temperature; 0: greedy.")
     gen.add_argument("--top_k", type=int | None, default=50, help="Sample among the k likeliest tokens; null: all.")
     gen.add_argument("--tokenizer", type=str | None, default=None,
-                     help="Sentencepiece .model; default: the run's (its config.yaml), else the built-in one.")
+                     help="Sentencepiece .model or tokenizer.json; default: the run's copy the checkpoint records, "
+                          "else its config.yaml's, else the built-in one.")
     gen.add_argument("--seed", type=int | None, default=None, help="Seed for repeatable samples.")
     gen.add_argument("--device", type=str, default="auto", help="cpu, cuda, ...; auto: cuda if available.")
     gen.add_argument("--crop_context", type=bool, default=True,
@@ -98,7 +99,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     to_hf.add_argument("--checkpoint", type=str, required=True, help="A .ckpt file or a checkpoints directory.")
     to_hf.add_argument("--out", type=str, required=True, help="Output directory.")
     to_hf.add_argument("--tokenizer", type=str | None, default=None,
-                       help="Sentencepiece .model to include; default: the run's, else the built-in one.")
+                       help="Sentencepiece .model or tokenizer.json to include; default: the run's, else the "
+                            "built-in one.")
     add("convert to-hf", conv_commands, to_hf, "Checkpoint -> Hugging Face Llama directory.", _to_hf)
     from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory.")
     from_hf.add_argument("--model", type=str, required=True, help="Hugging Face Llama directory (safetensors).")

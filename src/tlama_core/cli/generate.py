@@ -11,6 +11,7 @@ from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
 from tlama_core.data.tokenizer import Tokenizer
 from tlama_core.training.checkpointing import find_last_checkpoint
+from tlama_core.training.run_files import run_tokenizer
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -28,15 +29,19 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = None) -> Path:
-    """The tokenizer given; else the one the run used (`data.tokenizer_path` in its config.yaml next to the
-    checkpoint); else the built-in one (also what a run with `tokenizer_path: null` used)."""
+    """The tokenizer given; else the run's copy that the checkpoint records (see `run_files.py`); for checkpoints
+    that record none, the one in the run's config.yaml next to the checkpoint (`data.tokenizer_path`); else the
+    built-in one (also what a run with `tokenizer_path: null` used)."""
     if tokenizer is not None:
         return Path(tokenizer)
+    recorded = run_tokenizer(checkpoint)
+    if recorded is not None:
+        return recorded
     config = checkpoint.parent / CONFIG_NAME
     if config.is_file():
-        run_tokenizer = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("tokenizer_path")
-        if run_tokenizer:
-            return Path(run_tokenizer)
+        configured = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("tokenizer_path")
+        if configured:
+            return Path(configured)
     return builtin_tokenizer_path()
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
-import warnings
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from tlama_core.atomic import atomic_open, atomic_write, remove_stale_temporaries
+from tlama_core.atomic import atomic_write, remove_stale_temporaries
 from tlama_core.data import documents, text
-from tlama_core.data.encoding import Encoded, Encoder, chunking_of
+from tlama_core.data.encoding import Encoder, chunking_of
 from tlama_core.data.sources import TRAIN_FRACTION, Source
+from tlama_core.data.streaming import Totals, cpu_count, ids_dtype, plan, size_of, warn_about, write_ids
 from tlama_core.data.tokenizer import Tokenizer, load_tokenizer
 
 CACHE_FORMAT = 2  # 2: ids equal each whole document's encoding (1 encoded lines on their own)
@@ -97,94 +96,39 @@ def cache_key(source: Source, model: bytes) -> str:
     return h.hexdigest()
 
 
-def plan(source: Source, chunking: str, piece_bytes: int | None = None) -> list[text.Piece | documents.Unit]:
-    """The units of work that make up `source`, in order."""
-    if source.kind == "records":
-        return list(documents.plan(source.files, source.dataset, source.fraction, piece_bytes or text.PIECE_BYTES,
-                                   TRAIN_FRACTION))
-    return list(text.pieces(text.segments(source.files, source.fraction), 0 if chunking == "whole" else piece_bytes))
-
-
 def build(source: Source, tokenizer: Tokenizer, path: Path, processes: int | None = None) -> dict[str, Any]:
     """Encode `source` into `path` (atomically) and return the sidecar's facts about it."""
-    vocab = tokenizer.vocab_size
-    dtype = ids_dtype(vocab)
+    dtype = ids_dtype(tokenizer.vocab_size)
     separator = next((i for i in (tokenizer.eos_id, tokenizer.bos_id) if i is not None), None)
     chunking = chunking_of(tokenizer)
     work = plan(source, chunking)
-    sizes = [_size(w) for w in work]
-    total = sum(sizes)
-    processes = processes or max(2, min(_cpu_count(), 16))
+    total = sum(map(size_of, work))
+    processes = processes or max(2, min(cpu_count(), 16))
     # tokenizers' encode_batch runs a thread per core by itself; processes on top of it would only compete
-    parallel = (processes > 1 and total >= PARALLEL_MIN_BYTES and len(work) > 1
-                and type(tokenizer).__name__ != "HFTokenizer")
-    num_tokens = text_chars = empty = 0
-    replaced: set[str] = set()
-    name = source.files[0].name if source.files else "dataset"
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {name}",
-               disable=True if total < PARALLEL_MIN_BYTES else None)
+    parallel = total >= PARALLEL_MIN_BYTES and not isinstance(tokenizer, _threaded_tokenizers())
     encoder = Encoder(tokenizer, dtype, separator, source.text_field, source.dataset, chunking)
-    with atomic_open(path) as out, bar:
-        for unit, size, result in zip(work, sizes, _encode_all(work, encoder, processes, parallel), strict=True):
-            ids = result.ids
-            if num_tokens == 0 and source.kind == "records" and separator is not None and len(ids):
-                ids = ids[1:]  # the first document of the stream has none before it
-            out.write(ids.tobytes())
-            num_tokens += len(ids)
-            text_chars += result.chars
-            empty += result.empty
-            if result.replaced:
-                replaced.add(unit.path)
-            bar.update(size)
-    for file in sorted(replaced):
-        warnings.warn(f"{file}: bytes that are not UTF-8 were replaced by U+FFFD while tokenizing.", stacklevel=3)
-    if empty:
-        warnings.warn(f"{source.describe()}: skipped {empty} empty record(s) (no text in {source.text_field!r}).",
-                      stacklevel=3)
-    return {"format": CACHE_FORMAT, "dtype": dtype.name, "num_tokens": num_tokens, "text_chars": text_chars,
-            "vocab_size": vocab, "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id,
-            "separator_id": separator, "split": source.fraction, "chunking": chunking}
+    name = source.files[0].name if source.files else "dataset"
+    totals = write_ids(work, encoder, path, processes=processes, parallel=parallel, drop_first_separator=True,
+                       desc=f"tokenizing {name}", progress=None if total >= PARALLEL_MIN_BYTES else False)
+    warn_about(totals, source)
+    return sidecar(tokenizer, dtype, totals, separator, chunking) | {"split": source.fraction}
 
 
-def ids_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every id fits in it (vocab_size <= 65536), else uint32."""
-    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+def sidecar(tokenizer: Tokenizer, dtype: np.dtype, totals: Totals, separator: int | None,
+            chunking: str) -> dict[str, Any]:
+    """Facts about a file of ids that its JSON sidecar holds (also `tlama prepare`'s shards)."""
+    return {"format": CACHE_FORMAT, "dtype": dtype.name, "num_tokens": totals.num_tokens,
+            "text_chars": totals.text_chars, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+            "bos_id": tokenizer.bos_id, "separator_id": separator, "chunking": chunking}
 
 
-def _size(work: text.Piece | documents.Unit) -> int:
-    """Bytes of a unit of work, for the progress bar (a row group or dataset rows count as one byte a row)."""
-    if isinstance(work, text.Piece) or work.kind == "jsonl":
-        return work.end - work.start
-    if work.kind == "jsonl.gz":
-        return os.path.getsize(work.path)
-    return work.count or 0
+def _threaded_tokenizers() -> tuple[type, ...]:
+    """Tokenizer classes whose batch encoding is already multi-threaded (only if their library is loaded)."""
+    if "tokenizers" not in sys.modules:
+        return ()
+    from tlama_core.data.hf_tokenizer import HFTokenizer
 
-
-_worker_encoder: Encoder | None = None
-
-
-def _init_worker(encoder: Encoder) -> None:
-    global _worker_encoder
-    _worker_encoder = encoder
-
-
-def _encode_in_worker(work: text.Piece | documents.Unit) -> Encoded:
-    assert _worker_encoder is not None
-    return _worker_encoder(work)
-
-
-def _encode_all(work: list[text.Piece | documents.Unit], encoder: Encoder, processes: int,
-                parallel: bool) -> Iterator[Encoded]:
-    """Encoded units in order: in this process for small inputs, else from a pool (results stream in order)."""
-    if not parallel:
-        yield from map(encoder, work)
-        return
-    # fork where it exists: workers start at once without re-importing torch (as DataLoader workers do), and
-    # inherit the encoder (and a datasets.Dataset) without pickling it
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with context.Pool(min(processes, len(work)), initializer=_init_worker, initargs=(encoder,)) as pool:
-        yield from pool.imap(_encode_in_worker, work, chunksize=1)
+    return (HFTokenizer,)
 
 
 def _read_entry(path: Path) -> CacheEntry | None:
@@ -230,10 +174,3 @@ def _digest_of_version(path: Path, version: tuple[int, ...]) -> bytes:
         while block := f.read(1 << 22):
             h.update(block)
     return h.digest()
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
