@@ -2,6 +2,7 @@
 
     tlama fit [--config run.yaml] [--key value ...]       train (tlama fit --help lists every key)
     tlama generate --checkpoint PATH --prompt TEXT         sample text from a checkpoint
+    tlama prepare --data PATH_OR_GLOB --tokenizer T --out DIR [--shard I --num_shards N]   tokenize ahead
     tlama tokenizer train --input FILES... --vocab_size N --output PATH
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
     tlama convert to-hf --checkpoint PATH --out DIR        a Hugging Face Llama directory
@@ -74,6 +75,22 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
                           "false: an error instead.")
     add("generate", commands, gen, "Sample text from a checkpoint.", _generate)
 
+    prep = ArgumentParser(description="Tokenize a corpus into .bin shards that create_dataloader(DIR) reads as one "
+                                      "stream; shard I of N takes a deterministic 1/N of the input.")
+    prep.add_argument("--data", type=str, required=True,
+                      help="Text (.txt), records (.jsonl, .jsonl.gz, .parquet), a directory or glob of them, or a "
+                           "datasets save_to_disk directory.")
+    prep.add_argument("--tokenizer", type=str, required=True, help="Sentencepiece .model or tokenizer.json.")
+    prep.add_argument("--out", type=str, required=True, help="Directory of the shards.")
+    prep.add_argument("--text_field", type=str, default="text", help="Field or column holding a record's text.")
+    prep.add_argument("--split", type=str | None, default=None,
+                      help="train or val: split-named files, else the first 90%% / last 10%%; null: all.")
+    prep.add_argument("--shard", type=int, default=0, help="This machine's shard, 0 .. num_shards-1.")
+    prep.add_argument("--num_shards", type=int, default=1, help="Machines sharing the work.")
+    prep.add_argument("--workers", type=int | None, default=None,
+                      help="Encoding processes; null: one per core (sentencepiece), one (tokenizer.json).")
+    add("prepare", commands, prep, "Tokenize a corpus into .bin shards.", _prepare)
+
     tok = ArgumentParser(description="Sentencepiece tokenizers.")
     add("tokenizer", commands, tok, "Train a tokenizer.", None)
     tok_commands = tok.add_subcommands(dest="subcommand")
@@ -114,6 +131,14 @@ def _generate(cfg: Namespace) -> None:
 
     print(generate(cfg.checkpoint, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.tokenizer,
                    cfg.seed, cfg.device, cfg.crop_context))
+
+
+def _prepare(cfg: Namespace) -> None:
+    from tlama_core.data.prepare import prepare
+
+    path = prepare(cfg.data, cfg.tokenizer, cfg.out, text_field=cfg.text_field, split=cfg.split, shard=cfg.shard,
+                   num_shards=cfg.num_shards, workers=cfg.workers)
+    print(f"shard {cfg.shard} of {cfg.num_shards} written to {path}")
 
 
 def _tokenizer_train(cfg: Namespace) -> None:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tlama_core.data.cache import cached_tokens
 from tlama_core.data.dataset import CorpusInfo, TokenFile, TokenStream, TokenWindows, batch_as_is
 from tlama_core.data.sampler import WindowSampler
-from tlama_core.data.sources import resolve_source
+from tlama_core.data.sources import Source, bin_sidecar, resolve_source
 from tlama_core.data.tokenizer import load_tokenizer
 
 
@@ -130,7 +130,7 @@ def create_dataloader(
         info = CorpusInfo(meta["vocab_size"], meta["text_chars"], meta["eos_id"], meta["bos_id"], source.describe())
     else:
         tokens = TokenStream([TokenFile.open(f) for f in source.files]).fraction(source.fraction)
-        info = CorpusInfo(None, None, None, None, source.describe())
+        info = sidecar_info(source)
         if tokenizer is not None:
             info.vocab_size, info.eos_id, info.bos_id = tokenizer.vocab_size, tokenizer.eos_id, tokenizer.bos_id
     need = batch_size * seq_length + 1
@@ -145,6 +145,19 @@ def create_dataloader(
     loader.sampler.require_batches()  # under DDP, fail now rather than at the first epoch
     loader.tokenizer_path = tokenizer.path if tokenizer is not None else None
     return loader
+
+
+def sidecar_info(source: Source) -> CorpusInfo:
+    """What the sidecars of `.bin` shards (the cache's, `tlama prepare`'s) say about the ids, when all have one:
+    vocabulary and special ids, and the characters behind the ids (when read whole)."""
+    facts = [bin_sidecar(f) for f in source.files]
+    info = CorpusInfo(None, None, None, None, source.describe())
+    if facts and all("vocab_size" in f for f in facts):
+        info.vocab_size = max(f["vocab_size"] for f in facts)
+        info.eos_id, info.bos_id = facts[0].get("eos_id"), facts[0].get("bos_id")
+    if facts and source.fraction is None and all(isinstance(f.get("text_chars"), int) for f in facts):
+        info.text_chars = sum(f["text_chars"] for f in facts)
+    return info
 
 
 def check_count(name: str, value: Any, minimum: int) -> int:

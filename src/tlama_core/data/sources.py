@@ -120,11 +120,23 @@ def _resolve_files(data_path: str | os.PathLike, split: str | None) -> Source:
     return Source(kind, tuple(files), split)
 
 
+def bin_sidecar(path: Path) -> dict[str, Any]:
+    """The JSON sidecar `NAME.bin.json` of a raw `.bin` of ids (the cache's, `tlama prepare`'s), or {}."""
+    sidecar = path.with_name(path.name + ".json")
+    if path.suffix != ".bin" or not sidecar.is_file():
+        return {}
+    try:
+        facts = json.loads(sidecar.read_text())
+    except ValueError as e:
+        raise ValueError(f"{sidecar}: not a JSON sidecar ({e}); delete it or fix it.") from e
+    return facts if isinstance(facts, dict) else {}
+
+
 def bin_dtype(path: Path) -> np.dtype:
     """dtype of a raw `.bin` of ids: its sidecar's "dtype", else uint32 if the name says so, else uint16."""
     sidecar = path.with_name(path.name + ".json")
     if sidecar.is_file():
-        dtype = json.loads(sidecar.read_text()).get("dtype", "uint16")
+        dtype = bin_sidecar(path).get("dtype", "uint16")
     else:
         dtype = "uint32" if "uint32" in path.name.lower() else "uint16"
     if dtype not in ("uint16", "uint32"):
