@@ -110,3 +110,25 @@ def test_json_that_is_not_a_tokenizer_is_named(tmp_path):
     bad.write_text('{"hello": 1}')
     with pytest.raises(ValueError, match=r"tokenizer\.json.*not a readable Hugging Face tokenizer\.json"):
         load_tokenizer(bad)
+
+
+def test_cli_trains_a_byte_level_bpe_tokenizer_json(data_text, tmp_path, capsys):
+    from tlama_core.cli import main
+
+    main(["tokenizer", "train", "--kind", "hf-bpe", "--input", str(data_text), "--vocab_size", "400",
+          "--output", str(tmp_path / "tok")])
+    path = tmp_path / "tok" / "tokenizer.json"
+    assert str(path) in capsys.readouterr().out
+    tok = load_tokenizer(tmp_path / "tok")
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == 400 and tok.eos_id == 0
+    text = data_text.read_text(encoding="utf-8")
+    assert tok.decode(tok.encode(text)) == text  # byte-level: lossless
+    assert tok.encode(text) == Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids
+    assert len(tok.encode(text)) < len(text.encode()) / 1.5  # 143 merges were learned
+
+
+def test_hf_bpe_vocab_too_small_is_named(data_text, tmp_path):
+    from tlama_core.data.hf_tokenizer import train_hf_bpe
+
+    with pytest.raises(ValueError, match="vocab_size=100"):
+        train_hf_bpe(data_text, tmp_path / "t.json", 100)

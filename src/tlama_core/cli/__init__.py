@@ -3,7 +3,7 @@
     tlama fit [--config run.yaml] [--key value ...]       train (tlama fit --help lists every key)
     tlama generate --checkpoint PATH --prompt TEXT         sample text from a checkpoint
     tlama prepare --data PATH_OR_GLOB --tokenizer T --out DIR [--shard I --num_shards N]   tokenize ahead
-    tlama tokenizer train --input FILES... --vocab_size N --output PATH
+    tlama tokenizer train --input FILES... --vocab_size N --output PATH [--kind sentencepiece|hf-bpe]
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
     tlama convert to-hf --checkpoint PATH --out DIR        a Hugging Face Llama directory
     tlama convert from-hf --model DIR --out DIR            Hugging Face weights as our safetensors
@@ -91,17 +91,23 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
                       help="Encoding processes; null: one per core (sentencepiece), one (tokenizer.json).")
     add("prepare", commands, prep, "Tokenize a corpus into .bin shards.", _prepare)
 
-    tok = ArgumentParser(description="Sentencepiece tokenizers.")
+    tok = ArgumentParser(description="Sentencepiece and Hugging Face (byte-level BPE) tokenizers.")
     add("tokenizer", commands, tok, "Train a tokenizer.", None)
     tok_commands = tok.add_subcommands(dest="subcommand")
-    tok_train = ArgumentParser(description="Train a sentencepiece BPE tokenizer on text files.")
+    tok_train = ArgumentParser(description="Train a tokenizer on text files: sentencepiece BPE (the default) or a "
+                                           "byte-level BPE tokenizer.json (--kind hf-bpe).")
     tok_train.add_argument("--input", type=str, nargs="+", required=True, help="Text files (one sentence per line).")
     tok_train.add_argument("--vocab_size", type=int, required=True, help="Pieces in the vocabulary.")
-    tok_train.add_argument("--output", type=str, required=True, help="The .model file to write (or its prefix).")
-    tok_train.add_argument("--model_type", type=str, default="bpe", help="bpe, unigram, char or word.")
+    tok_train.add_argument("--output", type=str, required=True,
+                           help="sentencepiece: the .model file to write (or its prefix); hf-bpe: the .json file, "
+                                "or a directory to hold tokenizer.json.")
+    tok_train.add_argument("--kind", type=str, default="sentencepiece", choices=["sentencepiece", "hf-bpe"],
+                           help="sentencepiece (.model) or hf-bpe (GPT-2-style byte-level BPE tokenizer.json).")
+    tok_train.add_argument("--model_type", type=str, default="bpe", help="sentencepiece: bpe, unigram, char or word.")
     tok_train.add_argument("--character_coverage", type=float, default=1.0,
-                           help="Share of characters the vocabulary covers (rarer ones become unk).")
-    add("tokenizer train", tok_commands, tok_train, "Train a sentencepiece tokenizer.", _tokenizer_train)
+                           help="sentencepiece: share of characters the vocabulary covers (rarer ones become unk).")
+    add("tokenizer train", tok_commands, tok_train, "Train a sentencepiece or byte-level BPE tokenizer.",
+        _tokenizer_train)
 
     plot = ArgumentParser(description="Plot train/validation loss and learning rate of a run's CSV log.")
     plot.add_argument("log", type=str, help="The run's CSV log (logs_dir/train_log.csv).")
@@ -144,6 +150,11 @@ def _prepare(cfg: Namespace) -> None:
 def _tokenizer_train(cfg: Namespace) -> None:
     from tlama_core.data import train_tokenizer
 
+    if cfg.kind == "hf-bpe":
+        from tlama_core.data.hf_tokenizer import train_hf_bpe
+
+        print(f"tokenizer written to {train_hf_bpe(cfg.input, cfg.output, cfg.vocab_size)}")
+        return
     path = train_tokenizer(cfg.input, cfg.output, cfg.vocab_size, character_coverage=cfg.character_coverage,
                            model_type=cfg.model_type)
     print(f"tokenizer written to {path}")

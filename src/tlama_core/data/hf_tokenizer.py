@@ -1,4 +1,5 @@
-"""A Hugging Face `tokenizer.json` behind the `Tokenizer` protocol, read by the `tokenizers` library.
+"""A Hugging Face `tokenizer.json` behind the `Tokenizer` protocol, read by the `tokenizers` library; and
+training one: a byte-level BPE (GPT-2 style) with `train_hf_bpe`.
 
 Its ids are `tokenizers`' own: `Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids`. A
 tokenizer.json does not say which tokens are BOS and EOS; a `tokenizer_config.json` beside it (every Hugging Face
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tlama_core.atomic import atomic_write
+
 BOS_NAMES = ("<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>")
 EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
+ENDOFTEXT = "<|endoftext|>"  # GPT-2's document separator: the EOS of the tokenizers trained here
 
 
 def import_tokenizers() -> Any:
@@ -72,3 +76,42 @@ def _config_beside(path: Path) -> dict[str, Any]:
         return json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
     except ValueError:
         return {}
+
+
+def hf_output_path(output: str | os.PathLike) -> Path:
+    """`out.json` stays as is; anything else is a directory that will hold `tokenizer.json`."""
+    path = Path(output)
+    return path if path.suffix == ".json" else path / "tokenizer.json"
+
+
+def train_hf_bpe(input_files: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike,
+                 vocab_size: int) -> Path:
+    """Train a byte-level BPE `tokenizer.json` (GPT-2 style: any byte is representable, so text round-trips
+    exactly; `<|endoftext|>` is id 0 and the EOS) on text files, and write it atomically. Returns its path."""
+    tokenizers = import_tokenizers()
+    files = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
+    if not files:
+        raise ValueError("train_hf_bpe: input_files is empty; pass one or more text files.")
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"train_hf_bpe: input file {str(f)!r} does not exist.")
+    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    if not isinstance(vocab_size, int) or vocab_size <= len(alphabet) + 1:
+        raise ValueError(f"train_hf_bpe: vocab_size={vocab_size!r} must be an integer > {len(alphabet) + 1} (the "
+                         f"{len(alphabet)} bytes and {ENDOFTEXT}).")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT],
+                                             initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(_lines(files), trainer)
+    out = hf_output_path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: f.write(tok.to_str(pretty=True).encode()))
+    return out
+
+
+def _lines(files: Sequence[str | os.PathLike]) -> Iterator[str]:
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace", newline="") as text:
+            yield from text  # with their line ends: the tokenizer learns "\n" as text holds it
