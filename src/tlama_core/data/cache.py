@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from tlama_core.atomic import atomic_write, remove_stale_temporaries
 from tlama_core.data import documents, text
 from tlama_core.data.encoding import Encoder, chunking_of
+from tlama_core.data.hf_tokenizer import HFTokenizer
 from tlama_core.data.sources import TRAIN_FRACTION, Source
 from tlama_core.data.streaming import Totals, cpu_count, ids_dtype, plan, size_of, warn_about, write_ids
 from tlama_core.data.tokenizer import Tokenizer, load_tokenizer
@@ -105,7 +105,7 @@ def build(source: Source, tokenizer: Tokenizer, path: Path, processes: int | Non
     total = sum(map(size_of, work))
     processes = processes or max(2, min(cpu_count(), 16))
     # tokenizers' encode_batch runs a thread per core by itself; processes on top of it would only compete
-    parallel = total >= PARALLEL_MIN_BYTES and not isinstance(tokenizer, _threaded_tokenizers())
+    parallel = total >= PARALLEL_MIN_BYTES and not isinstance(tokenizer, HFTokenizer)
     encoder = Encoder(tokenizer, dtype, separator, source.text_field, source.dataset, chunking)
     name = source.files[0].name if source.files else "dataset"
     totals = write_ids(work, encoder, path, processes=processes, parallel=parallel, drop_first_separator=True,
@@ -120,15 +120,6 @@ def sidecar(tokenizer: Tokenizer, dtype: np.dtype, totals: Totals, separator: in
     return {"format": CACHE_FORMAT, "dtype": dtype.name, "num_tokens": totals.num_tokens,
             "text_chars": totals.text_chars, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
             "bos_id": tokenizer.bos_id, "separator_id": separator, "chunking": chunking}
-
-
-def _threaded_tokenizers() -> tuple[type, ...]:
-    """Tokenizer classes whose batch encoding is already multi-threaded (only if their library is loaded)."""
-    if "tokenizers" not in sys.modules:
-        return ()
-    from tlama_core.data.hf_tokenizer import HFTokenizer
-
-    return (HFTokenizer,)
 
 
 def _read_entry(path: Path) -> CacheEntry | None:

@@ -20,6 +20,7 @@ from tlama_core.atomic import atomic_write, remove_stale_temporaries
 from tlama_core.data import text
 from tlama_core.data.cache import sidecar
 from tlama_core.data.encoding import Encoder, chunking_of
+from tlama_core.data.hf_tokenizer import HFTokenizer
 from tlama_core.data.loader import check_count
 from tlama_core.data.sources import Source, resolve_source
 from tlama_core.data.streaming import Work, cpu_count, ids_dtype, plan, warn_about, write_ids
@@ -48,8 +49,7 @@ def prepare(data: Any, tokenizer: str | os.PathLike, out: str | os.PathLike, *, 
     work, starts_stream = shard_work(source, chunking, shard, num_shards)
     dtype = ids_dtype(tok.vocab_size)
     separator = next((i for i in (tok.eos_id, tok.bos_id) if i is not None), None)
-    threaded = type(tok).__name__ == "HFTokenizer"
-    processes = workers or (1 if threaded else cpu_count())
+    processes = workers or (1 if isinstance(tok, HFTokenizer) else cpu_count())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"{split + '_' if split else ''}{shard:05d}" + (".uint32" if dtype.itemsize == 4 else "")
