@@ -95,6 +95,7 @@ def test_tokenizer_json_with_a_template_exports_ids_equal_to_ours(tmp_path):
 
 def test_the_same_tokenizer_is_copied_once(tmp_path):
     path = own_tokenizer(tmp_path / "t")
+    (tmp_path / "ckpt" / ".tokenizer-killed.tmp").mkdir(parents=True)  # a copy cut short by a kill
     first = keep_tokenizer(path, tmp_path / "ckpt")
     copy = tmp_path / "ckpt" / first["dir"] / "tokenizer.json"
     stamp = copy.stat().st_mtime_ns

@@ -42,6 +42,8 @@ def keep_tokenizer(tokenizer_path: str | os.PathLike | None, checkpoints_dir: st
     target = Path(checkpoints_dir) / record["dir"]
     if write and not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(".tokenizer-*.tmp"):  # left by a run killed while copying
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", suffix=".tmp", dir=target.parent))
         try:
             for f in files:
