@@ -7,8 +7,13 @@
     AdamW): the loader must not be what a run waits for.
 (c) peak RSS while iterating the loader over the whole corpus, against RSS once the same loader is built
     (target < 2x); also the peak RSS of building the cache. Each is measured in a fresh subprocess.
+(d) `tlama prepare` on the corpus as JSONL records (~4 KB each) against a bare loop of the same tokenizer
+    library over the same records (read, json.loads, encode ~1 MB of records per call): sentencepiece with
+    `--workers 2` against a single-threaded `encode` (target >= 1.8 on 2 cores), and a byte-level BPE
+    tokenizer.json against `tokenizers`' own `encode_batch` (target >= 0.9); and prepare's peak RSS on the
+    corpus and on one twice its size (target: flat).
 
-    python bench/data_throughput.py [--mb 100] [--rounds 3] [--workdir DIR]
+    python bench/data_throughput.py [--mb 100] [--rounds 3] [--workdir DIR] [--only a|prepare]
 """
 
 from __future__ import annotations
@@ -134,17 +139,129 @@ def peak_rss(mode: str, path: Path, cache_dir: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def write_jsonl(corpus: Path, out: Path, copies: int = 1) -> int:
+    """The corpus as JSONL records of ~4 KB (whole lines), `copies` times over; returns the record count."""
+    records = 0
+    with open(corpus, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as f:
+        for _ in range(copies):
+            src.seek(0)
+            while lines := src.readlines(4096):
+                f.write(json.dumps({"text": "".join(lines)}) + "\n")
+                records += 1
+    return records
+
+
+def byte_level_tokenizer(out: Path) -> Path:
+    """A GPT-2-style byte-level BPE tokenizer.json (1,024 tokens) trained on Tiny Shakespeare."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tlama_core.data import builtin_corpus_path
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([builtin_corpus_path().read_text(encoding="utf-8")],
+                            trainers.BpeTrainer(vocab_size=1024, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                show_progress=False))
+    tok.save(str(out))
+    return out
+
+
+def bare_loop_seconds(jsonl: Path, tokenizer: Path) -> tuple[float, int]:
+    """Read the records and encode ~1 MB of them per call with the tokenizer's own library: single-threaded
+    `SentencePieceProcessor.encode`, or `tokenizers`' `encode_batch` (every core)."""
+    start, tokens = time.perf_counter(), 0
+    if tokenizer.suffix == ".json":
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tokenizer))
+        encode = lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    else:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+        encode = lambda texts: sp.encode(texts, num_threads=1)
+    with open(jsonl, encoding="utf-8") as f:
+        while lines := f.readlines(1 << 20):
+            tokens += sum(map(len, encode([json.loads(line)["text"] for line in lines])))
+    return time.perf_counter() - start, tokens
+
+
+def prepare_seconds(jsonl: Path, tokenizer: Path, out: Path, workers: int | None) -> tuple[float, dict]:
+    from tlama_core.data.prepare import prepare
+
+    start = time.perf_counter()
+    path = prepare(jsonl, tokenizer, out, workers=workers, progress=False)
+    seconds = time.perf_counter() - start
+    return seconds, json.loads(path.with_name(path.name + ".json").read_text())
+
+
+def prepare_rss_child(jsonl: Path, tokenizer: Path, out: Path) -> None:
+    """Runs in a subprocess: prepare with 2 workers, then print peak RSS in MB (this process, largest worker)."""
+    from tlama_core.data.prepare import prepare
+
+    prepare(jsonl, tokenizer, out, workers=2, progress=False)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak_rss_mb(), "children_peak_mb": children}))
+
+
+def prepare_report(corpus: Path, work: Path, size: int, rounds: int) -> None:
+    from tlama_core.data import builtin_tokenizer_path
+
+    jsonl = work / "records.jsonl"
+    records = write_jsonl(corpus, jsonl)
+    kinds = {"sentencepiece": (builtin_tokenizer_path(), 2, 1.8),
+             "tokenizer.json": (byte_level_tokenizer(work / "tokenizer.json"), None, 0.9)}
+    for kind, (tokenizer, workers, target) in kinds.items():
+        refs, preps, ref_cpu, prep_cpu = [], [], [], []
+        for r in range(rounds):  # alternate, so that load from other processes hits both alike
+            cpu = cpu_seconds()
+            ref_s, ref_tokens = bare_loop_seconds(jsonl, tokenizer)
+            ref_cpu.append(cpu_seconds() - cpu)
+            cpu = cpu_seconds()
+            prep_s, meta = prepare_seconds(jsonl, tokenizer, work / f"prep-{kind}-{r}", workers)
+            prep_cpu.append(cpu_seconds() - cpu)
+            assert meta["num_tokens"] == ref_tokens + records - 1, (meta["num_tokens"], ref_tokens)  # + separators
+            refs.append(ref_s), preps.append(prep_s)
+        ref_s, prep_s = statistics.median(refs), statistics.median(preps)
+        print(f"(d) tlama prepare, {kind}, {records} JSONL records, workers={workers or 'default'} (median of "
+              f"{rounds}): bare loop {size / ref_s / 1e6:.2f} MB/s, prepare {size / prep_s / 1e6:.2f} MB/s: ratio "
+              f"{ref_s / prep_s:.2f} (target >= {target}); CPU time prepare / bare loop "
+              f"{statistics.median(prep_cpu) / statistics.median(ref_cpu):.2f}")
+    double = work / "records-x2.jsonl"
+    write_jsonl(corpus, double, copies=2)
+    rss = []
+    for data in (jsonl, double):
+        command = [sys.executable, __file__, "--prepare-rss-child", "--data", str(data), "--cache",
+                   str(work / f"rss-{data.stem}")]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rss.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"    prepare's peak RSS (main process, largest worker): {rss[0]['peak_mb']:.0f} MB, "
+          f"{rss[0]['children_peak_mb']:.0f} MB on {size / 1e6:.0f} MB of text; {rss[1]['peak_mb']:.0f} MB, "
+          f"{rss[1]['children_peak_mb']:.0f} MB on {2 * size / 1e6:.0f} MB: ratio "
+          f"{rss[1]['peak_mb'] / rss[0]['peak_mb']:.2f} (target: flat, ~1)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=100.0, help="size of the generated corpus in MB (default 100)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of (a), alternating (default 3)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to put the corpus (default: a temp dir)")
+    parser.add_argument("--only", choices=["a", "prepare"], default=None,
+                        help="run only (a)-(c) or only (d) (default: all)")
     parser.add_argument("--rss-child", choices=["build", "iterate"], help=argparse.SUPPRESS)
+    parser.add_argument("--prepare-rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.rss_child, args.data, args.cache)
+        return
+    if args.prepare_rss_child:
+        from tlama_core.data import builtin_tokenizer_path
+
+        prepare_rss_child(args.data, builtin_tokenizer_path(), args.cache)
         return
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -153,6 +270,10 @@ def main() -> None:
         size = generate_corpus(corpus, args.mb)
         print(f"corpus: {size / 1e6:.1f} MB of shuffled Tiny Shakespeare lines; {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f} before starting")
+        if args.only == "prepare":
+            prepare_report(corpus, work, size, args.rounds)
+            print(f"load average {os.getloadavg()[0]:.1f} at the end")
+            return
 
         refs, builds, ref_cpu, build_cpu = [], [], [], []
         for r in range(args.rounds):  # alternate, so that load from other processes hits both alike
@@ -185,6 +306,8 @@ def main() -> None:
         print(f"    building the cache from scratch: peak {built['peak_mb']:.0f} MB in the main process, "
               f"{built['children_peak_mb']:.0f} MB in the largest encoding process "
               f"(the corpus is {size / 1e6:.0f} MB of text, {tokens * 2 / 1e6:.0f} MB of ids)")
+        if args.only is None:
+            prepare_report(corpus, work, size, args.rounds)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -40,15 +40,16 @@ def data_text(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_ids(data_sp: spm.SentencePieceProcessor) -> Callable[..., list[int]]:
-    """What the token cache must hold for `docs`: each line encoded on its own, EOS between documents."""
+    """What the token cache must hold for `docs`: each whole document as the tokenizer library encodes it, EOS
+    between documents. `sp` is a sentencepiece processor or anything with `encode` and `eos_id` (attribute)."""
 
     def ids(docs: list[str], sp: spm.SentencePieceProcessor = data_sp) -> list[int]:
+        eos = sp.eos_id() if callable(sp.eos_id) else sp.eos_id
         out: list[int] = []
         for i, doc in enumerate(docs):
             if i > 0:
-                out.append(sp.eos_id())
-            for line in doc.splitlines(keepends=True):
-                out.extend(sp.encode(line))
+                out.append(eos)
+            out.extend(sp.encode(doc))
         return out
 
     return ids

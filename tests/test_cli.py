@@ -86,8 +86,10 @@ def test_fit_writes_the_log_the_checkpoints_and_a_config_that_round_trips(tmp_pa
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN))])
     assert [r[0] for r in losses("logs/train_log.csv")] == ["1", "2", "3", "4"]
-    assert sorted(p.name for p in Path("checkpoints").iterdir()) == [
+    names = sorted(p.name for p in Path("checkpoints").iterdir())
+    assert [n for n in names if not n.startswith("tokenizer-")] == [
         "best.ckpt", "config.yaml", "step=00000002.ckpt", "step=00000004.ckpt"]
+    assert len([n for n in names if n.startswith("tokenizer-")]) == 1  # the run's tokenizer, see test_run_tokenizer
     saved = yaml.safe_load(Path("checkpoints/config.yaml").read_text())
     assert saved["trainer"]["steps"] == 4 and saved["model"]["config"]["d_model"] == 32
     assert saved["ckpt_path"] is None

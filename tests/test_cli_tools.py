@@ -86,6 +86,13 @@ def test_tokenizer_defaults_to_the_one_the_run_used(tmp_path):
     assert resolve_tokenizer(ckpt, "given.model") == Path("given.model")
 
 
+def test_fit_keeps_the_run_tokenizer_beside_its_checkpoints(run):
+    (copy,) = (run / "checkpoints").glob("tokenizer-*")
+    assert (copy / builtin_tokenizer_path().name).read_bytes() == builtin_tokenizer_path().read_bytes()
+    for ckpt in (run / "checkpoints").glob("step=*.ckpt"):
+        assert resolve_tokenizer(ckpt) == copy / builtin_tokenizer_path().name
+
+
 def test_tokenizer_train_writes_a_model_of_the_requested_size(data_text, tmp_path, capsys):
     second = tmp_path / "more.txt"
     second.write_text("To be, or not to be, that is the question.\n" * 50)
@@ -186,3 +193,20 @@ def test_generate_with_a_file_that_is_not_a_tokenizer_exits_2_naming_it(run, tmp
         main(["generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:", "--tokenizer", str(bad)])
     assert exit_.value.code == 2
     assert "bad.model" in capsys.readouterr().err
+
+
+def test_generate_reads_a_hugging_face_directory_with_its_own_tokenizer_and_refuses_to_guess_one(run, tmp_path,
+                                                                                                  capsys):
+    main(["convert", "to-hf", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "hf")])
+    main(["convert", "from-hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")])
+    capsys.readouterr()
+    main(["generate", "--checkpoint", str(run / "checkpoints"), "--prompt", "ROMEO:", "--max_new_tokens", "8",
+          "--temperature", "0"])
+    expected = capsys.readouterr().out
+    main(["generate", "--checkpoint", str(tmp_path / "hf"), "--prompt", "ROMEO:", "--max_new_tokens", "8",
+          "--temperature", "0"])  # its tokenizer.model, written by to-hf
+    assert capsys.readouterr().out == expected
+    with pytest.raises(SystemExit) as exit_:  # our safetensors directory holds no tokenizer
+        main(["generate", "--checkpoint", str(tmp_path / "ours"), "--prompt", "ROMEO:"])
+    assert exit_.value.code == 2
+    assert "hold no tokenizer" in capsys.readouterr().err

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer, train_tokenizer
 from tlama_core.data import cache as cache_module
 from tlama_core.data import text as text_module
 from tlama_core.data.cache import cached_tokens
+from tlama_core.data.encoding import chunking_of
 from tlama_core.data.sources import resolve_source
-from tlama_core.data.tokenizer import newline_is_a_boundary
 
 
 def ids_of(entry) -> np.ndarray:
     return np.fromfile(entry.path, dtype=entry.dtype)
 
 
-def test_cache_holds_the_tokenizer_encoding_of_each_line(data_text, data_sp, reference_ids, tmp_path):
+def test_cache_holds_the_tokenizer_encoding_of_the_whole_document(data_text, data_sp, reference_ids, tmp_path):
     entry = cached_tokens(resolve_source(data_text), builtin_tokenizer_path(), tmp_path / "cache")
     text = data_text.read_text(encoding="utf-8")
     assert ids_of(entry).tolist() == reference_ids([text])
@@ -59,21 +62,43 @@ def test_parallel_build_equals_serial_build(data_text, tmp_path, monkeypatch, re
     assert parallel.meta["text_chars"] == serial.meta["text_chars"]
 
 
-FOREIGN_TOKENIZERS = {  # options a tokenizer made elsewhere may have: lines must then be encoded one by one
-    "sentencepiece-defaults": {"normalization_rule_name": "nmt_nfkc", "remove_extra_whitespaces": True,
-                               "add_dummy_prefix": True, "user_defined_symbols": []},
-    "llama-like": {"add_dummy_prefix": True, "user_defined_symbols": [], "byte_fallback": True},
+FOREIGN_TOKENIZERS = {  # options a tokenizer made elsewhere may have, and how the cache must then cut text
+    "sentencepiece-defaults": ({"normalization_rule_name": "nmt_nfkc", "remove_extra_whitespaces": True,
+                                "add_dummy_prefix": True, "user_defined_symbols": []}, "plain"),
+    "piece-across-lines": ({"user_defined_symbols": ["\n", "\nThe"]}, "whole"),
+    "llama-like": ({"add_dummy_prefix": True, "user_defined_symbols": [], "byte_fallback": True}, "after_newline"),
 }
 
 
-@pytest.mark.parametrize("options", FOREIGN_TOKENIZERS.values(), ids=FOREIGN_TOKENIZERS.keys())
-def test_tokenizer_that_can_merge_across_lines_is_encoded_line_by_line(data_text, tmp_path, reference_ids, options):
+@pytest.mark.parametrize(("options", "chunking"), FOREIGN_TOKENIZERS.values(), ids=FOREIGN_TOKENIZERS.keys())
+def test_foreign_sentencepiece_ids_equal_the_whole_document_encoding(data_text, tmp_path, reference_ids, options,
+                                                                     chunking, monkeypatch):
     tok = train_tokenizer(data_text, tmp_path / "other.model", vocab_size=400, **options)
     sp = load_tokenizer(tok).processor
-    assert not newline_is_a_boundary(sp)
-    assert newline_is_a_boundary(load_tokenizer(builtin_tokenizer_path()).processor)
+    assert chunking_of(load_tokenizer(tok)) == chunking
+    assert chunking_of(load_tokenizer(builtin_tokenizer_path())) == "plain"
+    monkeypatch.setattr(text_module, "PIECE_BYTES", 512)  # many pieces: every cut must keep the ids
     entry = cached_tokens(resolve_source(data_text), tok, tmp_path / "cache")
     assert ids_of(entry).tolist() == reference_ids([data_text.read_text(encoding="utf-8")], sp)
+
+
+MISTRAL = Path(importlib.util.find_spec("mistral_common").origin).parent / "data" / "tokenizer.model.v1"
+
+
+@pytest.mark.skipif(not MISTRAL.is_file(), reason="mistral_common's Mistral 7B tokenizer is not installed")
+def test_mistral_7b_tokenizer_ids_equal_sentencepiece_on_each_whole_document(tmp_path, monkeypatch):
+    """A real Llama-2-format model (dummy prefix, byte fallback): no line after the first gains a space."""
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL))
+    docs = ["How long ago\nnever mind\n  having two spaces\n\n\tand a tab\n" * 40,
+            "caf\u00e9 \u4e2d\u6587\nx = 12345;\n" * 30, "ago\nnever"]
+    (tmp_path / "docs").mkdir()
+    for i, doc in enumerate(docs):
+        (tmp_path / "docs" / f"{i}.txt").write_text(doc, encoding="utf-8")
+    monkeypatch.setattr(text_module, "PIECE_BYTES", 256)
+    entry = cached_tokens(resolve_source(tmp_path / "docs"), MISTRAL, tmp_path / "cache", processes=1)
+    expected = sp.encode(docs[0]) + [2] + sp.encode(docs[1]) + [2] + sp.encode(docs[2])
+    assert ids_of(entry).tolist() == expected
+    assert 8174 in expected[-3:]  # "never" after a line end, not "\u2581never" (1484)
 
 
 def test_second_load_reuses_the_cache_without_tokenizing(data_text, tmp_path, monkeypatch):
@@ -118,8 +143,7 @@ def test_changed_tokenizer_makes_a_new_entry(data_text, tmp_path):
     second = cached_tokens(resolve_source(data_text), tok, tmp_path / "cache")
     assert second.path != first.path
     assert second.meta["vocab_size"] == 400
-    expected = [i for line in data_text.read_text().splitlines(keepends=True) for i in load_tokenizer(tok).encode(line)]
-    assert ids_of(second).tolist() == expected
+    assert ids_of(second).tolist() == load_tokenizer(tok).encode(data_text.read_text())
 
 
 def test_incomplete_entry_is_rebuilt(data_text, tmp_path):

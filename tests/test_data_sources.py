@@ -118,7 +118,7 @@ def test_glob_that_matches_nothing_is_named(tmp_path):
 
 def test_directory_without_data_is_named(tmp_path):
     (tmp_path / "notes.md").write_text("hello")
-    with pytest.raises(FileNotFoundError, match="no .npy, .bin or .txt"):
+    with pytest.raises(FileNotFoundError, match=r"holds no data files.*\.jsonl"):
         create_dataloader(tmp_path, TOK, 2, 8)
 
 

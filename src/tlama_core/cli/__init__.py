@@ -3,7 +3,8 @@
     tlama fit [--config run.yaml] [--key value ...]       train (tlama fit --help lists every key)
     tlama generate --checkpoint PATH --prompt TEXT         sample text from any weights
     tlama evaluate --model PATH --data PATH               loss, perplexity, bits/char (JSON on stdout)
-    tlama tokenizer train --input FILES... --vocab_size N --output PATH
+    tlama prepare --data PATH_OR_GLOB --tokenizer T --out DIR [--shard I --num_shards N]   tokenize ahead
+    tlama tokenizer train --input FILES... --vocab_size N --output PATH [--kind sentencepiece|hf-bpe]
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
     tlama convert to-hf --checkpoint PATH --out DIR        any weights as a Hugging Face Llama directory
     tlama convert from-hf --model DIR --out DIR            Hugging Face weights as our safetensors
@@ -68,7 +69,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     gen.add_argument("--temperature", type=float, default=0.8, help="Sampling temperature; 0: greedy.")
     gen.add_argument("--top_k", type=int | None, default=50, help="Sample among the k likeliest tokens; null: all.")
     gen.add_argument("--tokenizer", type=str | None, default=None,
-                     help="Sentencepiece .model; default: the run's (its config.yaml), else the built-in one.")
+                     help="Sentencepiece .model or tokenizer.json; default: the run's copy the checkpoint records, "
+                          "else its config.yaml's, else the built-in one.")
     gen.add_argument("--seed", type=int | None, default=None, help="Seed for repeatable samples.")
     gen.add_argument("--device", type=str, default="auto", help="cpu, cuda, ...; auto: cuda if available.")
     gen.add_argument("--crop_context", type=bool, default=True,
@@ -88,17 +90,39 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     ev.add_argument("--device", type=str, default="auto", help="cpu, cuda, ...; auto: cuda if available.")
     add("evaluate", commands, ev, "Score a model on held-out data (loss, perplexity, bits/char).", _evaluate)
 
-    tok = ArgumentParser(description="Sentencepiece tokenizers.")
+    prep = ArgumentParser(description="Tokenize a corpus into .bin shards that create_dataloader(DIR) reads as one "
+                                      "stream; shard I of N takes a deterministic 1/N of the input.")
+    prep.add_argument("--data", type=str, required=True,
+                      help="Text (.txt), records (.jsonl, .jsonl.gz, .parquet), a directory or glob of them, or a "
+                           "datasets save_to_disk directory.")
+    prep.add_argument("--tokenizer", type=str, required=True, help="Sentencepiece .model or tokenizer.json.")
+    prep.add_argument("--out", type=str, required=True, help="Directory of the shards.")
+    prep.add_argument("--text_field", type=str, default="text", help="Field or column holding a record's text.")
+    prep.add_argument("--split", type=str | None, default=None,
+                      help="train or val: split-named files, else the first 90%% / last 10%%; null: all.")
+    prep.add_argument("--shard", type=int, default=0, help="This machine's shard, 0 .. num_shards-1.")
+    prep.add_argument("--num_shards", type=int, default=1, help="Machines sharing the work.")
+    prep.add_argument("--workers", type=int | None, default=None,
+                      help="Encoding processes; null: one per core (sentencepiece), one (tokenizer.json).")
+    add("prepare", commands, prep, "Tokenize a corpus into .bin shards.", _prepare)
+
+    tok = ArgumentParser(description="Sentencepiece and Hugging Face (byte-level BPE) tokenizers.")
     add("tokenizer", commands, tok, "Train a tokenizer.", None)
     tok_commands = tok.add_subcommands(dest="subcommand")
-    tok_train = ArgumentParser(description="Train a sentencepiece BPE tokenizer on text files.")
+    tok_train = ArgumentParser(description="Train a tokenizer on text files: sentencepiece BPE (the default) or a "
+                                           "byte-level BPE tokenizer.json (--kind hf-bpe).")
     tok_train.add_argument("--input", type=str, nargs="+", required=True, help="Text files (one sentence per line).")
     tok_train.add_argument("--vocab_size", type=int, required=True, help="Pieces in the vocabulary.")
-    tok_train.add_argument("--output", type=str, required=True, help="The .model file to write (or its prefix).")
-    tok_train.add_argument("--model_type", type=str, default="bpe", help="bpe, unigram, char or word.")
+    tok_train.add_argument("--output", type=str, required=True,
+                           help="sentencepiece: the .model file to write (or its prefix); hf-bpe: the .json file, "
+                                "or a directory to hold tokenizer.json.")
+    tok_train.add_argument("--kind", type=str, default="sentencepiece", choices=["sentencepiece", "hf-bpe"],
+                           help="sentencepiece (.model) or hf-bpe (GPT-2-style byte-level BPE tokenizer.json).")
+    tok_train.add_argument("--model_type", type=str, default="bpe", help="sentencepiece: bpe, unigram, char or word.")
     tok_train.add_argument("--character_coverage", type=float, default=1.0,
-                           help="Share of characters the vocabulary covers (rarer ones become unk).")
-    add("tokenizer train", tok_commands, tok_train, "Train a sentencepiece tokenizer.", _tokenizer_train)
+                           help="sentencepiece: share of characters the vocabulary covers (rarer ones become unk).")
+    add("tokenizer train", tok_commands, tok_train, "Train a sentencepiece or byte-level BPE tokenizer.",
+        _tokenizer_train)
 
     plot = ArgumentParser(description="Plot train/validation loss and learning rate of a run's CSV log.")
     plot.add_argument("log", type=str, help="The run's CSV log (logs_dir/train_log.csv).")
@@ -113,7 +137,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     to_hf.add_argument("--checkpoint", type=str, required=True, help=WEIGHTS_HELP)
     to_hf.add_argument("--out", type=str, required=True, help="Output directory.")
     to_hf.add_argument("--tokenizer", type=str | None, default=None,
-                       help="Tokenizer to include; default: the run's (config.yaml beside the checkpoint), else none.")
+                       help="Sentencepiece .model or tokenizer.json to include; default: the one known for the "
+                            "weights (the run's, or a Hugging Face directory's own), else none.")
     add("convert to-hf", conv_commands, to_hf, "Weights -> Hugging Face Llama directory.", _to_hf)
     from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory.")
     from_hf.add_argument("--model", type=str, required=True, help="Hugging Face Llama directory (safetensors).")
@@ -134,7 +159,7 @@ def _evaluate(cfg: Namespace) -> None:
 
     import torch
 
-    from tlama_core.cli.convert import known_tokenizer
+    from tlama_core.cli.generate import known_tokenizer
     from tlama_core.evaluation import evaluate, summary
     from tlama_core.models import find_weights
 
@@ -146,9 +171,22 @@ def _evaluate(cfg: Namespace) -> None:
     print(json.dumps(result))
 
 
+def _prepare(cfg: Namespace) -> None:
+    from tlama_core.data.prepare import prepare
+
+    path = prepare(cfg.data, cfg.tokenizer, cfg.out, text_field=cfg.text_field, split=cfg.split, shard=cfg.shard,
+                   num_shards=cfg.num_shards, workers=cfg.workers)
+    print(f"shard {cfg.shard} of {cfg.num_shards} written to {path}")
+
+
 def _tokenizer_train(cfg: Namespace) -> None:
     from tlama_core.data import train_tokenizer
 
+    if cfg.kind == "hf-bpe":
+        from tlama_core.data.hf_tokenizer import train_hf_bpe
+
+        print(f"tokenizer written to {train_hf_bpe(cfg.input, cfg.output, cfg.vocab_size)}")
+        return
     path = train_tokenizer(cfg.input, cfg.output, cfg.vocab_size, character_coverage=cfg.character_coverage,
                            model_type=cfg.model_type)
     print(f"tokenizer written to {path}")

@@ -5,25 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tlama_core.cli.fit import CONFIG_NAME
-from tlama_core.cli.generate import check_tokenizer_fits, resolve_tokenizer
-from tlama_core.models.loading import CHECKPOINT, Weights
-
-
-def known_tokenizer(weights: Weights, tokenizer: str | os.PathLike | None) -> Path | None:
-    """The tokenizer given, else the one of the run that wrote a checkpoint (its config.yaml beside it, read as
-    `tlama generate` reads it), else None: nothing says which tokenizer other weights were trained with."""
-    if tokenizer is None and not (weights.kind == CHECKPOINT and (weights.path.parent / CONFIG_NAME).is_file()):
-        return None
-    return resolve_tokenizer(weights.path, tokenizer)
+from tlama_core.cli.generate import check_tokenizer_fits, known_tokenizer
 
 
 def convert_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike,
                   tokenizer: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
     """Write the model at `checkpoint` (any weights PATH `load_model` reads) as a Hugging Face Llama directory.
 
-    The tokenizer written with it is the one given, else the run's (a checkpoint with its run's config.yaml
-    beside it, found as `tlama generate` finds it). With neither the weights go alone: a guessed tokenizer would
+    The tokenizer written with it is the one given, else the one known for the weights (`known_tokenizer`: a
+    checkpoint's run's, a weights directory's own). With neither the weights go alone: a guessed tokenizer would
     encode text into ids the model never saw. Returns the directory and the tokenizer written (None: none).
     """
     from tlama_core.data import load_tokenizer

@@ -10,19 +10,38 @@ import yaml
 from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
 from tlama_core.data.tokenizer import Tokenizer
+from tlama_core.models.loading import CHECKPOINT, Weights
+from tlama_core.training.run_files import run_tokenizer
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = None) -> Path:
-    """The tokenizer given; else the one the run used (`data.tokenizer_path` in its config.yaml next to the
-    checkpoint); else the built-in one (also what a run with `tokenizer_path: null` used)."""
+    """The tokenizer given; else the run's copy that the checkpoint records (see `run_files.py`); for checkpoints
+    that record none, the one in the run's config.yaml next to the checkpoint (`data.tokenizer_path`); else the
+    built-in one (also what a run with `tokenizer_path: null` used)."""
     if tokenizer is not None:
         return Path(tokenizer)
+    recorded = run_tokenizer(checkpoint)
+    if recorded is not None:
+        return recorded
     config = checkpoint.parent / CONFIG_NAME
     if config.is_file():
-        run_tokenizer = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("tokenizer_path")
-        if run_tokenizer:
-            return Path(run_tokenizer)
+        configured = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("tokenizer_path")
+        if configured:
+            return Path(configured)
     return builtin_tokenizer_path()
+
+
+def known_tokenizer(weights: Weights, tokenizer: str | os.PathLike | None = None) -> Path | None:
+    """The tokenizer given; else, for a checkpoint, the copy its run recorded or its run's config.yaml beside it
+    (`resolve_tokenizer`); else the tokenizer a weights directory holds (a Hugging Face model's tokenizer.model or
+    tokenizer.json); else None: nothing says which tokenizer the weights were trained with."""
+    if tokenizer is not None:
+        return Path(tokenizer)
+    if weights.kind == CHECKPOINT:
+        known = run_tokenizer(weights.path) is not None or (weights.path.parent / CONFIG_NAME).is_file()
+        return resolve_tokenizer(weights.path) if known else None
+    return next((weights.path / n for n in ("tokenizer.model", "tokenizer.json") if (weights.path / n).is_file()),
+                None)
 
 
 def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int) -> None:
@@ -48,7 +67,11 @@ def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 2
     from tlama_core.models import find_weights
 
     weights = find_weights(checkpoint)
-    sp = load_tokenizer(resolve_tokenizer(weights.path, tokenizer))
+    tokenizer_path = known_tokenizer(weights, tokenizer)
+    if tokenizer_path is None and weights.kind != CHECKPOINT:
+        raise ValueError(f"{weights.path}: these weights hold no tokenizer and none is known for them; pass the one "
+                         "the model was trained with (--tokenizer).")
+    sp = load_tokenizer(tokenizer_path or builtin_tokenizer_path())  # a checkpoint of an early run: the built-in
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = weights.load().to(device)

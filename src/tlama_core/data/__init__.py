@@ -1,7 +1,8 @@
-"""Data: sentencepiece tokenizers, the token cache, resumable token-window loaders and the built-in corpus.
+"""Data: tokenizers, text and records, the token cache, resumable token-window loaders and the built-in corpus.
 
-    text ──sentencepiece──▶ token cache (ids on disk, built once) ─┐
-    pre-tokenized .bin / .npy shards ───────────────────────────────┴─▶ TokenWindows ─▶ TokenDataLoader
+    text / JSONL / Parquet / datasets ──tokenizer──▶ token cache, or `tlama prepare` shards ─┐
+    pre-tokenized .bin / .npy shards ──────────────────────────────────────────────────────────┴─▶ TokenWindows
+    ─▶ TokenDataLoader
 """
 
 from tlama_core.data.corpus import builtin_corpus_path, builtin_tokenizer_path

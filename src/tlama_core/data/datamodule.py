@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
 from tlama_core.data.corpus import builtin_corpus_path, builtin_tokenizer_path
+from tlama_core.data.documents import is_dataset, is_dataset_dict
 from tlama_core.data.loader import TokenDataLoader, check_count, create_dataloader
 from tlama_core.data.sources import has_named_splits, list_files, split_of
 from tlama_core.data.tokenizer import load_tokenizer
@@ -21,17 +24,19 @@ class TlamaDataModule(L.LightningDataModule):
     checkpoint saves).
 
     Args:
-        train_path: Training data: a text file, a directory or glob of .txt files, a .bin of ids or a directory
+        train_path: Training data: a .txt file, .jsonl/.jsonl.gz/.parquet records, a directory or glob of them, a
+            datasets save_to_disk directory (or, from Python, a datasets.Dataset), a .bin of ids or a directory
             of .npy shards. None: the built-in Tiny Shakespeare.
         val_path: Validation data, in any of the same forms. None: split off the training data (see above).
-        tokenizer_path: Sentencepiece .model that tokenizes text. None: the built-in Shakespeare BPE tokenizer
-            for text (train your own with train_tokenizer for other text); pre-tokenized data needs none.
+        tokenizer_path: Sentencepiece .model or Hugging Face tokenizer.json that tokenizes text. None: the built-in
+            Shakespeare BPE tokenizer for text (train your own for other text); pre-tokenized data needs none.
         batch_size: Sequences per micro-batch, per process.
         seq_length: Tokens per sequence.
         num_workers: DataLoader worker processes (0 reads in the training process).
         seed: Seed of the shuffled order of the training windows (the order depends only on seed and epoch).
         cache_dir: Directory of the token cache. None: $TLAMA_CACHE_DIR or ~/.cache/tlama_core/tokens.
         shuffle: Shuffle the training windows every epoch (validation is always read in order).
+        text_field: The field (JSONL) or column (Parquet, datasets) holding each record's text.
     """
 
     def __init__(
@@ -45,6 +50,7 @@ class TlamaDataModule(L.LightningDataModule):
         seed: int = 1337,
         cache_dir: str | None = None,
         shuffle: bool = True,
+        text_field: str = "text",
     ) -> None:
         super().__init__()
         batch_size, seq_length = check_count("batch_size", batch_size, 1), check_count("seq_length", seq_length, 1)
@@ -52,27 +58,28 @@ class TlamaDataModule(L.LightningDataModule):
         self.save_hyperparameters({  # plain values only: checkpoints are loaded with weights_only=True
             "train_path": _str_or_none(train_path), "val_path": _str_or_none(val_path),
             "tokenizer_path": _str_or_none(tokenizer_path), "batch_size": batch_size, "seq_length": seq_length,
-            "num_workers": num_workers, "seed": seed, "cache_dir": _str_or_none(cache_dir), "shuffle": bool(shuffle)})
+            "num_workers": num_workers, "seed": seed, "cache_dir": _str_or_none(cache_dir), "shuffle": bool(shuffle),
+            "text_field": str(text_field)})
         if train_path is None and val_path is not None:
             raise ValueError(f"val_path={val_path!r} without train_path: pass train_path too.")
         builtin = train_path is None
-        self.train_path = str(builtin_corpus_path()) if builtin else str(train_path)
-        self.val_path = _str_or_none(val_path)
+        self.train_path = str(builtin_corpus_path()) if builtin else _path_or_dataset(train_path)
+        self.val_path = _path_or_dataset(val_path)
         kinds = {list_files(p)[0] for p in (self.train_path, self.val_path) if p is not None}  # FileNotFoundError now
-        if self.val_path is None and not Path(self.train_path).is_file():
+        if self.val_path is None and isinstance(self.train_path, str) and not Path(self.train_path).is_file():
             splits = {split_of(f) for f in list_files(self.train_path)[1]}
             if splits in ({"train"}, {"val"}):  # e.g. a glob of *_train_* shards: the other split is missing
                 (split,) = splits
                 role, fix = ("validate", "pass val_path") if split == "train" else ("train", "pass train files")
                 raise ValueError(f"train_path={self.train_path!r}: its files are all named for split={split!r}, so "
                                  f"none is left to {role} on; {fix}.")
-        if tokenizer_path is None and (builtin or "text" in kinds):
+        if tokenizer_path is None and (builtin or "text" in kinds or "records" in kinds):
             tokenizer_path = builtin_tokenizer_path()
         self.tokenizer_path = _str_or_none(tokenizer_path)
         if self.tokenizer_path is not None:
             load_tokenizer(self.tokenizer_path)  # FileNotFoundError naming the path, now rather than at fit
         self.batch_size, self.seq_length, self.num_workers = batch_size, seq_length, num_workers
-        self.seed, self.cache_dir, self.shuffle = seed, cache_dir, shuffle
+        self.seed, self.cache_dir, self.shuffle, self.text_field = seed, cache_dir, shuffle, text_field
         self._train: TokenDataLoader | None = None
         self._val: TokenDataLoader | None = None
 
@@ -105,11 +112,28 @@ class TlamaDataModule(L.LightningDataModule):
             self._val = self._loader(self.val_path or self.train_path, "val", shuffle=False)
         return self._val
 
-    def _loader(self, path: str, role: str, shuffle: bool) -> TokenDataLoader:
+    @property
+    def tokenizer_file(self) -> Path | None:
+        """The tokenizer file the training ids were made with (None for ids without a tokenizer)."""
+        return self.train_dataloader().tokenizer_path
+
+    def _loader(self, path: Any, role: str, shuffle: bool) -> TokenDataLoader:
         split = role if self.val_path is None or has_named_splits(path) else None
         return create_dataloader(path, self.tokenizer_path, self.batch_size, self.seq_length, shuffle, seed=self.seed,
-                                 num_workers=self.num_workers, cache_dir=self.cache_dir, split=split)
+                                 num_workers=self.num_workers, cache_dir=self.cache_dir, split=split,
+                                 text_field=self.text_field)
 
 
 def _str_or_none(value: object) -> str | None:
+    """A path as a string; a datasets.Dataset as a short description (hyperparameters hold plain values only)."""
+    if is_dataset(value) or is_dataset_dict(value):
+        return value if isinstance(value, str) else f"{type(value).__name__} passed from Python"
     return None if value is None else str(value)
+
+
+def _path_or_dataset(value: Any) -> Any:
+    """A `datasets` object as it is, anything else as a path string (or None)."""
+    if value is not None and not isinstance(value, (str, os.PathLike)) and (is_dataset(value) or
+                                                                            is_dataset_dict(value)):
+        return value
+    return _str_or_none(value)

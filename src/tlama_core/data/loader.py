@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 from tlama_core.data.cache import cached_tokens
 from tlama_core.data.dataset import CorpusInfo, TokenFile, TokenStream, TokenWindows, batch_as_is
 from tlama_core.data.sampler import WindowSampler
-from tlama_core.data.sources import resolve_source
+from tlama_core.data.sources import Source, bin_sidecar, resolve_source
 from tlama_core.data.tokenizer import load_tokenizer
 
 
@@ -20,7 +21,8 @@ class TokenDataLoader(DataLoader):
     """A DataLoader of (x, y) LongTensors (batch_size, seq_length) that carries its corpus facts and position.
 
     Attributes the trainer reads: `batch_size`, `seq_length`, `vocab_size`, `num_tokens`, `text_chars`,
-    `eos_id`, `bos_id`. `state_dict()` / `load_state_dict()` save and restore the position to the batch
+    `eos_id`, `bos_id`, `tokenizer_path`.
+    `state_dict()` / `load_state_dict()` save and restore the position to the batch
     (Lightning calls them on the loader); `shard(rank, world_size)` overrides torch.distributed's rank.
     """
 
@@ -35,6 +37,7 @@ class TokenDataLoader(DataLoader):
         self.text_chars: int | None = dataset.info.text_chars
         self.eos_id: int | None = dataset.info.eos_id
         self.bos_id: int | None = dataset.info.bos_id
+        self.tokenizer_path: Path | None = None  # the tokenizer file the ids were made with (create_dataloader)
 
     @property
     def vocab_size(self) -> int:
@@ -84,7 +87,7 @@ class _Pass:
 
 
 def create_dataloader(
-    data_path: str | os.PathLike,
+    data_path: str | os.PathLike | Any,
     tokenizer_path: str | os.PathLike | None,
     batch_size: int,
     seq_length: int,
@@ -95,47 +98,66 @@ def create_dataloader(
     cache_dir: str | os.PathLike | None = None,
     split: str | None = None,
     pin_memory: bool | None = None,
+    text_field: str = "text",
 ) -> TokenDataLoader:
-    """A TokenDataLoader over `data_path`: text (tokenized once into the cache) or pre-tokenized ids.
+    """A TokenDataLoader over `data_path`: text or records (tokenized once into the cache) or pre-tokenized ids.
 
     Args:
-        data_path: a text file, a directory or glob of .txt files, a .bin of ids, or .npy shards (see sources.py).
-        tokenizer_path: sentencepiece .model; needed for text, optional for ids (then it supplies vocab/special ids).
+        data_path: a .txt file, .jsonl/.jsonl.gz/.parquet records, a directory or glob of them, a datasets.Dataset
+            or save_to_disk directory, a .bin of ids, or .npy shards (see sources.py).
+        tokenizer_path: sentencepiece .model or Hugging Face tokenizer.json (or a directory holding one); needed
+            for text and records, optional for ids (then it supplies vocab/special ids).
         batch_size: windows per batch. seq_length: tokens per window (x and y).
         shuffle: a permutation of the windows drawn from (seed, epoch); False reads them in order.
         seed: seed of the shuffled order. num_workers: DataLoader worker processes.
         cache_dir: where tokenized text is kept (default $TLAMA_CACHE_DIR or ~/.cache/tlama_core/tokens).
         split: "train" or "val": shards named for it, else the first 90% / last 10% of the data.
         pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
+        text_field: the field (JSONL) or column (Parquet, datasets) that holds each record's text.
     """
     batch_size, seq_length = check_count("batch_size", batch_size, 1), check_count("seq_length", seq_length, 1)
     num_workers, seed = check_count("num_workers", num_workers, 0), check_count("seed", seed, 0)
-    source = resolve_source(data_path, split)
+    source = resolve_source(data_path, split, text_field)
+    where = f"data_path={str(data_path)!r}" if isinstance(data_path, (str, os.PathLike)) else "data_path"
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
-    if source.kind == "text":
+    if source.kind != "tokens":
         if tokenizer is None:
-            raise ValueError(f"data_path={str(data_path)!r} is text: pass tokenizer_path (a sentencepiece .model) "
-                             "to tokenize it, e.g. builtin_tokenizer_path().")
+            raise ValueError(f"{where} is {source.kind}: pass tokenizer_path (a sentencepiece "
+                             ".model or a tokenizer.json) to tokenize it, e.g. builtin_tokenizer_path().")
         entry = cached_tokens(source, tokenizer_path, cache_dir)
         tokens = TokenStream([TokenFile(entry.path, entry.meta["dtype"], 0, entry.meta["num_tokens"])])
         meta = entry.meta
         info = CorpusInfo(meta["vocab_size"], meta["text_chars"], meta["eos_id"], meta["bos_id"], source.describe())
     else:
         tokens = TokenStream([TokenFile.open(f) for f in source.files]).fraction(source.fraction)
-        info = CorpusInfo(None, None, None, None, source.describe())
+        info = sidecar_info(source)
         if tokenizer is not None:
             info.vocab_size, info.eos_id, info.bos_id = tokenizer.vocab_size, tokenizer.eos_id, tokenizer.bos_id
     need = batch_size * seq_length + 1
     if len(tokens) < need:
         raise ValueError(
-            f"data_path={str(data_path)!r} ({info.description}) has {len(tokens)} tokens; one batch of "
+            f"{where} ({info.description}) has {len(tokens)} tokens; one batch of "
             f"batch_size={batch_size} x seq_length={seq_length} needs {need}. Use more data or smaller values."
         )
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     loader = TokenDataLoader(TokenWindows(tokens, seq_length, info), batch_size, shuffle=shuffle, seed=seed,
                              num_workers=num_workers, pin_memory=pin)
     loader.sampler.require_batches()  # under DDP, fail now rather than at the first epoch
+    loader.tokenizer_path = tokenizer.path if tokenizer is not None else None
     return loader
+
+
+def sidecar_info(source: Source) -> CorpusInfo:
+    """What the sidecars of `.bin` shards (the cache's, `tlama prepare`'s) say about the ids, when all have one:
+    vocabulary and special ids, and the characters behind the ids (when read whole)."""
+    facts = [bin_sidecar(f) for f in source.files]
+    info = CorpusInfo(None, None, None, None, source.describe())
+    if facts and all("vocab_size" in f for f in facts):
+        info.vocab_size = max(f["vocab_size"] for f in facts)
+        info.eos_id, info.bos_id = facts[0].get("eos_id"), facts[0].get("bos_id")
+    if facts and source.fraction is None and all(isinstance(f.get("text_chars"), int) for f in facts):
+        info.text_chars = sum(f["text_chars"] for f in facts)
+    return info
 
 
 def check_count(name: str, value: Any, minimum: int) -> int:

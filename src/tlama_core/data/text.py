@@ -1,14 +1,15 @@
 """Reading text corpora by byte range, so that no step ever holds a whole corpus in memory.
 
-A text source is cut into pieces of about PIECE_BYTES that end after a "\n"; each piece is decoded and encoded
-on its own, line by line (lines as `str.splitlines(keepends=True)` cuts them). Encoding whole lines makes the
-token stream independent of where pieces are cut and of how many processes encode them. A line longer than
-MAX_SCAN_BYTES is cut at a character boundary.
+A text source is cut into pieces of about PIECE_BYTES that end after a "\n" followed by a printable ASCII
+character (where tokenizers split anyway, see `encoding.py`); each piece is decoded and encoded on its own, so the
+token stream does not depend on where pieces are cut or on how many processes encode them. Without such a line
+end within MAX_SCAN_BYTES, a piece is cut at a character boundary.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,14 @@ _BLOCK = 1 << 20
 
 @dataclass(frozen=True)
 class Piece:
-    """Bytes [start, end) of one file, encoded as a unit; `separator_before` marks a new document."""
+    """Bytes [start, end) of one file, encoded as a unit; `separator_before` marks a new document after another,
+    `starts_document` a piece nothing of its document comes before."""
 
     path: str
     start: int
     end: int
     separator_before: bool
+    starts_document: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,6 @@ class Segment:
     start: int
     end: int
     separator_before: bool
-
-
-def split_lines(text: str) -> list[str]:
-    """Lines of `text` with their line ends, as `str.splitlines(keepends=True)` cuts them."""
-    return text.splitlines(keepends=True)
 
 
 def read_piece(piece: Piece) -> tuple[str, bool]:
@@ -83,15 +81,16 @@ def segments(files: tuple[Path, ...], fraction: str | None) -> list[Segment]:
 
 
 def pieces(segs: list[Segment], piece_bytes: int | None = None) -> list[Piece]:
-    """Cut segments into pieces of about `piece_bytes` (default PIECE_BYTES) that end after a newline."""
-    piece_bytes = piece_bytes or PIECE_BYTES
+    """Cut segments into pieces of about `piece_bytes` (default PIECE_BYTES) that end after a newline followed by a
+    printable ASCII character; `piece_bytes=0` keeps each segment whole."""
+    piece_bytes = PIECE_BYTES if piece_bytes is None else piece_bytes
     out = []
     for seg in segs:
         pos = seg.start
         with open(seg.path, "rb") as f:
             while pos < seg.end:
-                cut = _cut_after(f, pos + piece_bytes, seg.end)
-                out.append(Piece(str(seg.path), pos, cut, seg.separator_before and pos == seg.start))
+                cut = _cut_after(f, pos + piece_bytes, seg.end) if piece_bytes else seg.end
+                out.append(Piece(str(seg.path), pos, cut, seg.separator_before and pos == seg.start, pos == seg.start))
                 pos = cut
     return out
 
@@ -122,20 +121,26 @@ def _char_starts(block: bytes) -> np.ndarray:
     return (np.frombuffer(block, dtype=np.uint8) & 0xC0) != 0x80
 
 
+_BOUNDARY = re.compile(rb"\n(?=[!-~])")
+
+
 def _cut_after(f, target: int, end: int) -> int:
-    """Just after the first newline at or after `target`; without one within MAX_SCAN_BYTES, the first character
-    start at or after `target`; never beyond `end`."""
+    """Just after the first newline at or after `target` that a printable ASCII character follows; without one
+    within MAX_SCAN_BYTES, the first character start at or after `target`; never beyond `end`."""
     if target >= end:
         return end
     f.seek(target)
     window = b""
     while len(window) < min(MAX_SCAN_BYTES, end - target):  # lines are short: read a little at a time
         block = f.read(min(1 << 14, MAX_SCAN_BYTES - len(window), end - target - len(window)))
-        newline = block.find(b"\n")
         if not block:  # the file shrank since it was measured
             break
-        if newline >= 0:
-            return target + len(window) + newline + 1
+        scanned = len(window)
         window += block
+        found = _BOUNDARY.search(window, max(0, scanned - 1))
+        if found:
+            return target + found.start() + 1
+        if target + len(window) == end and window.endswith(b"\n"):
+            return end
     starts = np.flatnonzero(_char_starts(window))
     return target + int(starts[0]) if len(starts) else min(end, target + len(window))

@@ -1,9 +1,9 @@
 """Tokenizers: one small protocol (`Tokenizer`) for every kind a run can use; sentencepiece training.
 
-`load_tokenizer(path)` opens a sentencepiece `.model` (or a directory holding `tokenizer.model`) and returns a
-`Tokenizer`: `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`, `bos_id`, `eos_id` (None when the
-tokenizer has none). Everything that makes or reads tokens (the token cache, loaders, generation, export) goes
-through it, so a new kind of tokenizer is one class here.
+`load_tokenizer(path)` opens a sentencepiece `.model`, a Hugging Face `tokenizer.json`, or a directory holding
+either, and returns a `Tokenizer`: `encode(text) -> list[int]`, `encode_batch(texts)`, `decode(ids) -> str`,
+`vocab_size`, `bos_id`, `eos_id` (None when the tokenizer has none). Everything that makes or reads tokens (the
+token cache, loaders, generation, export) goes through it, so a new kind of tokenizer is one class here.
 
 Special ids of the models trained here: unk=0, bos=1, eos=2, no pad piece (pad_id=-1; batches are dense windows
 of the token stream, nothing is padded). The defaults keep text lossless, so `decode(encode(text)) == text`:
@@ -55,6 +55,10 @@ class Tokenizer(Protocol):
         """Ids of `text` as the tokenizer library itself encodes it (no BOS/EOS added)."""
         ...
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text, in one call into the library."""
+        ...
+
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`."""
         ...
@@ -79,6 +83,9 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.processor.encode(texts, num_threads=1)  # one thread: the cache runs one process per core
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.processor.decode(list(ids))
 
@@ -87,41 +94,29 @@ class SentencePieceTokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Open the tokenizer at `path`: a sentencepiece `.model` file, or a directory holding `tokenizer.model`.
+    """Open the tokenizer at `path`: a sentencepiece `.model`, a Hugging Face `tokenizer.json`, or a directory
+    holding `tokenizer.model` or `tokenizer.json` (the first when both are there).
 
     A missing path is a FileNotFoundError and a file that is not a tokenizer a ValueError, each naming the path.
     """
     path = Path(path)
-    if path.is_dir() and (path / "tokenizer.model").is_file():
-        path = path / "tokenizer.model"
+    if path.is_dir():
+        path = next((path / n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()), path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"tokenizer_path={str(path)!r}: no such file; pass a sentencepiece .model file "
-            "(train one with tlama_core.data.train_tokenizer or use builtin_tokenizer_path())."
+            f"tokenizer_path={str(path)!r}: no such file; pass a sentencepiece .model file or a Hugging Face "
+            "tokenizer.json (train one with tlama_core.data.train_tokenizer or use builtin_tokenizer_path())."
         )
+    if path.suffix == ".json":
+        from tlama_core.data.hf_tokenizer import HFTokenizer  # imports `tokenizers`, an optional extra
+
+        return HFTokenizer(path)
     return SentencePieceTokenizer(path)
 
 
 def optional_id(special_id: int) -> int | None:
     """A sentencepiece special id, or None where the model has none (sentencepiece says -1)."""
     return special_id if special_id >= 0 else None
-
-
-def newline_is_a_boundary(sp: spm.SentencePieceProcessor) -> bool:
-    """True when encoding lines together gives exactly the ids of encoding them one by one.
-
-    That holds when the normalizer keeps text as written (no dummy prefix, no whitespace clean-up, "\n" kept) and
-    "\n" is a piece no other piece contains: no merge (BPE) or segment (unigram) can then cross a line end.
-    The tokenizers trained here qualify; sentencepiece's defaults (nmt_nfkc drops newlines) do not.
-    """
-    probe = "a  b \n  c \n\nd"
-    newline = sp.piece_to_id("\n")
-    return (
-        sp.normalize(probe) == probe.replace(" ", "\u2581")
-        and newline != sp.unk_id()
-        and sp.encode("\n") == [newline]
-        and not any("\n" in sp.id_to_piece(i) for i in range(sp.get_piece_size()) if i != newline)
-    )
 
 
 def tokenizer_output_path(model_prefix_or_output_path: str | os.PathLike) -> Path:

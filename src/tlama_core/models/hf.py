@@ -8,15 +8,12 @@ of wq and wk are reordered, which is all the conversion does besides renaming. O
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-import sentencepiece as spm
 import torch
 
-from tlama_core.atomic import atomic_write
 from tlama_core.models.config import RopeScaling, TlamaConfig
 from tlama_core.models.transformer import Transformer
 from tlama_core.models.weights import (
@@ -151,43 +148,18 @@ def hf_config(config: TlamaConfig, dtype: torch.dtype, bos_id: int | None = None
 def to_hf(model: Transformer, out_dir: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None) -> Path:
     """Write `model` as a Hugging Face Llama directory that `AutoModelForCausalLM.from_pretrained` loads.
 
-    With `tokenizer_path` (a sentencepiece .model) the tokenizer is written too and its bos/eos ids go into
-    config.json. Returns the directory.
+    With `tokenizer_path` (a sentencepiece .model or a tokenizer.json) the tokenizer is written too and its
+    bos/eos ids go into config.json. Returns the directory.
     """
     out_dir = Path(out_dir)
     bos_id = eos_id = None
     if tokenizer_path is not None:
-        bos_id, eos_id = write_tokenizer(tokenizer_path, out_dir, model.config.max_seq_len)
+        from tlama_core.data.hf_export import write_hf_tokenizer  # data sits above models: imported when used
+
+        bos_id, eos_id = write_hf_tokenizer(tokenizer_path, out_dir, model.config.max_seq_len)
     tensors = to_hf_state_dict(model)
     config = hf_config(model.config, model.tok_embeddings.weight.dtype, bos_id, eos_id)
     return write_weights_dir(out_dir, tensors, config)
-
-
-def write_tokenizer(tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    max_length: int) -> tuple[int | None, int | None]:
-    """Copy a sentencepiece model as `tokenizer.model` with a `tokenizer_config.json`; return (bos, eos) ids.
-
-    The class is `PreTrainedTokenizerFast`, not `LlamaTokenizer`: in transformers 5.x the former builds its
-    pipeline from the .model file (normalizer included), while the latter imposes Llama's own (no
-    normalization, a dummy prefix) and so disagrees with sentencepiece on most models not trained like Llama's.
-    No bos/eos is added and "<s>" in the text is text, so ids equal `SentencePieceProcessor.encode`.
-    """
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
-    special = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(), "unk_token": sp.unk_id(), "pad_token": sp.pad_id()}
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **{name: sp.id_to_piece(i) for name, i in special.items() if i >= 0},  # sentencepiece says -1 for none
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "split_special_tokens": True,
-        "model_max_length": max_length,
-    }
-    model_bytes = Path(tokenizer_path).read_bytes()
-    out_dir = Path(out_dir)
-    atomic_write(out_dir / "tokenizer.model", lambda f: f.write(model_bytes))
-    atomic_write(out_dir / "tokenizer_config.json",
-                 lambda f: f.write(json.dumps(tokenizer_config, indent=2).encode()))
-    return (sp.bos_id() if sp.bos_id() >= 0 else None), (sp.eos_id() if sp.eos_id() >= 0 else None)
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> TlamaConfig:

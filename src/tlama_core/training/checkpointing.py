@@ -84,13 +84,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     `listeners` are called with the final path once a file is complete and durable (the `on_checkpoint_end`
     hook), always on the caller's thread: from `poll()` (non-blocking, at step ends) or `wait()`.
     `expected_config` (a TlamaConfig dict) makes loading a checkpoint of another model shape an error.
-    `writes` False (a process that is not the master) makes saving a no-op.
+    `writes` False (a process that is not the master) makes saving a no-op. `annotations` go into every
+    checkpoint saved (the run's tokenizer record, see `run_files.py`).
     """
 
     def __init__(self) -> None:
         self.writes = True
         self.listeners: list[Callable[[Path], None]] = []
         self.expected_config: dict[str, Any] | None = None
+        self.annotations: dict[str, Any] = {}
         self._committer: ThreadPoolExecutor | None = None  # created at the first save: the IO stays picklable
         self._pending: deque[tuple[Path, Future]] = deque()
 
@@ -101,7 +103,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if any(pending == path for pending, _ in self._pending):
             self.wait()  # the same file is still being committed: its temporary is about to be rewritten
         with staged(path) as tmp:
-            torch.save(checkpoint, tmp)
+            torch.save({**checkpoint, **self.annotations}, tmp)
         if self._committer is None:
             self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlama-checkpoint-commit")
         self._pending.append((path, self._committer.submit(commit, tmp, path)))

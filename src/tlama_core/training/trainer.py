@@ -37,6 +37,7 @@ from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
 from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
+from tlama_core.training.run_files import TOKENIZER_KEY, keep_tokenizer
 
 LOG_NAME = "train_log.csv"
 
@@ -181,6 +182,10 @@ class Trainer:
 
         self.master_process = master_process and probe.is_global_zero
         self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
+        tokenizer = keep_tokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir,
+                                   write=self.master_process)
+        if tokenizer is not None:  # recorded in every checkpoint: generate/convert find the run's tokenizer
+            self._checkpoint_io.annotations[TOKENIZER_KEY] = tokenizer
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
         self._csv = CsvLog(self.log_file) if self.master_process else None

@@ -1,0 +1,123 @@
+"""Encoding a source's units of work into one file of ids, in order, by a pool of processes: the part the token
+cache and `tlama prepare` share. Memory stays flat: each unit's ids go to disk as soon as they come back."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tlama_core.atomic import atomic_open
+from tlama_core.data import documents, text
+from tlama_core.data.encoding import Encoded, Encoder
+from tlama_core.data.sources import TRAIN_FRACTION, Source
+
+Work = text.Piece | documents.Unit
+
+
+def plan(source: Source, chunking: str, piece_bytes: int | None = None) -> list[Work]:
+    """The units of work that make up `source`, in order (pieces of text, units of records)."""
+    if source.kind == "records":
+        return documents.plan(source.files, source.dataset, source.fraction, piece_bytes or text.PIECE_BYTES,
+                              TRAIN_FRACTION)
+    return text.pieces(text.segments(source.files, source.fraction), 0 if chunking == "whole" else piece_bytes)
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits in it (vocab_size <= 65536), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+@dataclass
+class Totals:
+    """What was written: ids, characters of text behind them, empty records skipped, files with bad UTF-8."""
+
+    num_tokens: int = 0
+    text_chars: int = 0
+    empty: int = 0
+    replaced: set[str] = field(default_factory=set)
+
+
+def write_ids(work: list[Work], encoder: Encoder, path: Path, *, processes: int, parallel: bool,
+              drop_first_separator: bool, desc: str, progress: bool | None = None) -> Totals:
+    """Encode `work` in order into `path` (atomically). `drop_first_separator`: the stream starts here, so the
+    separator before its first record is left out. `progress` None shows a bar on a terminal only."""
+    sizes = [size_of(w) for w in work]
+    totals = Totals()
+    bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=desc, disable=None if progress is None else
+               not progress)
+    start = time.perf_counter()
+    with atomic_open(path) as out, bar:
+        for unit, size, result in zip(work, sizes, encode_all(work, encoder, processes, parallel), strict=True):
+            ids = result.ids
+            if drop_first_separator and totals.num_tokens == 0 and isinstance(unit, documents.Unit) \
+                    and encoder.separator is not None and len(ids):
+                ids = ids[1:]
+            out.write(ids.tobytes())
+            totals.num_tokens += len(ids)
+            totals.text_chars += result.chars
+            totals.empty += result.empty
+            if result.replaced:
+                totals.replaced.add(unit.path)
+            bar.update(size)
+            bar.set_postfix(tokens_per_s=f"{totals.num_tokens / max(time.perf_counter() - start, 1e-9):,.0f}",
+                            refresh=False)
+    return totals
+
+
+def warn_about(totals: Totals, source: Source) -> None:
+    """One warning per file with bytes that are not UTF-8, one for all the empty records."""
+    for file in sorted(totals.replaced):
+        warnings.warn(f"{file}: bytes that are not UTF-8 were replaced by U+FFFD while tokenizing.", stacklevel=3)
+    if totals.empty:
+        warnings.warn(f"{source.describe()}: skipped {totals.empty} empty record(s) (no text in "
+                      f"{source.text_field!r}).", stacklevel=3)
+
+
+def size_of(work: Work) -> int:
+    """Bytes of a unit of work, for the progress bar (a row group or dataset rows count as one byte a row)."""
+    if isinstance(work, text.Piece) or work.kind == "jsonl":
+        return work.end - work.start
+    if work.kind == "jsonl.gz":
+        return os.path.getsize(work.path)
+    return work.count or 0
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+_worker_encoder: Encoder | None = None
+
+
+def _init_worker(encoder: Encoder) -> None:
+    global _worker_encoder
+    _worker_encoder = encoder
+
+
+def _encode_in_worker(work: Work) -> Encoded:
+    assert _worker_encoder is not None
+    return _worker_encoder(work)
+
+
+def encode_all(work: list[Work], encoder: Encoder, processes: int, parallel: bool) -> Iterator[Encoded]:
+    """Encoded units in order: in this process, or from a pool of `processes` (results stream in order)."""
+    if not parallel or processes < 2 or len(work) < 2:
+        yield from map(encoder, work)
+        return
+    # fork where it exists: workers start at once without re-importing torch (as DataLoader workers do), and
+    # inherit the encoder (and a datasets.Dataset) without pickling it
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with context.Pool(min(processes, len(work)), initializer=_init_worker, initargs=(encoder,)) as pool:
+        yield from pool.imap(_encode_in_worker, work, chunksize=1)

@@ -1,0 +1,78 @@
+"""The run's tokenizer travels with its checkpoints: a copy in `checkpoints_dir`, its name in every checkpoint.
+
+Ids mean nothing without the tokenizer that made them, and a path given at training time (a user's own file, a
+temporary directory) may be gone or changed when the checkpoint is sampled or exported. So the Trainer copies
+the tokenizer of its training data into `checkpoints_dir/tokenizer-<hash>/` (once per tokenizer version,
+atomically: a directory renamed into place) and records `{"dir", "file", "sha256"}` under TOKENIZER_KEY in every
+checkpoint; `run_tokenizer(checkpoint)` finds it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlama_core.atomic import fsync_dir
+
+TOKENIZER_KEY = "tokenizer"
+_BESIDE = ("tokenizer_config.json",)  # a tokenizer.json's BOS/EOS are named there
+
+
+def keep_tokenizer(tokenizer_path: str | os.PathLike | None, checkpoints_dir: str | os.PathLike,
+                   write: bool = True) -> dict[str, str] | None:
+    """Copy the tokenizer file (and a tokenizer_config.json beside a tokenizer.json) into `checkpoints_dir`
+    unless the same bytes are there already; return the record checkpoints carry (None without a tokenizer).
+    `write` False (processes that are not the master) only computes the record."""
+    if tokenizer_path is None:
+        return None
+    source = Path(tokenizer_path)
+    files = [source] + [source.with_name(n) for n in _BESIDE if source.suffix == ".json"
+                        and source.with_name(n).is_file()]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    digest = h.hexdigest()
+    record = {"dir": f"tokenizer-{digest[:16]}", "file": source.name, "sha256": digest}
+    target = Path(checkpoints_dir) / record["dir"]
+    if write and not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(".tokenizer-*.tmp"):  # left by a run killed while copying
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", suffix=".tmp", dir=target.parent))
+        try:
+            for f in files:
+                shutil.copyfile(f, staging / f.name)
+            os.rename(staging, target)  # atomic; fails if another writer got there first, with the same bytes
+        except OSError:
+            if not target.is_dir():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        fsync_dir(target.parent)
+    return record
+
+
+def run_tokenizer(checkpoint: str | os.PathLike) -> Path | None:
+    """The tokenizer file a checkpoint records, beside it (or one level up: `superseded-*/` holds set-aside
+    checkpoints); None when it records none (saved before this was recorded, or trained on ids alone).
+    A recorded tokenizer that is missing is a FileNotFoundError: another one would silently give other ids."""
+    checkpoint = Path(checkpoint)
+    try:
+        saved: Any = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, ValueError):
+        return None  # not a readable checkpoint: the weights loader names the problem
+    record = saved.get(TOKENIZER_KEY) if isinstance(saved, dict) else None
+    if not record:
+        return None
+    for directory in (checkpoint.parent, checkpoint.parent.parent):
+        path = directory / record["dir"] / record["file"]
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"checkpoint {checkpoint} was trained with the tokenizer {record['file']} that "
+                            f"{checkpoint.parent / record['dir']} held, which is gone; pass it (--tokenizer).")
