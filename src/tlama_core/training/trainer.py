@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from tlama_core.atomic import remove_stale_temporaries
+from tlama_core.data.workers import shield_workers
 from tlama_core.models import Transformer
 from tlama_core.training.batching import StepPlan, ends_step, micro_batch_shape, plan_steps
 from tlama_core.training.cadence import StepCadence
@@ -33,10 +34,18 @@ from tlama_core.training.checkpointing import (
     model_checkpoint_name,
     step_checkpoint_name,
 )
+from tlama_core.training.checks import (
+    check_devices,
+    check_model_finite,
+    check_rate,
+    check_seed,
+    check_writable_dir,
+)
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
 from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
+from tlama_core.training.run_lock import RunLock
 
 LOG_NAME = "train_log.csv"
 
@@ -125,12 +134,16 @@ class Trainer:
                       validation_batches=validation_batches)
         for name, value in (("gradient_clip_val", gradient_clip_val), ("learning_rate", learning_rate),
                             ("weight_decay", weight_decay)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Trainer: {name}={value!r} must be a number >= 0.")
+            check_rate("Trainer", name, value)
+        check_seed("Trainer", seed)
+        check_devices("Trainer", devices)
+        for name, directory in (("checkpoints_dir", checkpoints_dir), ("logs_dir", logs_dir)):
+            check_writable_dir("Trainer", name, directory)
         _check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay)
         if not isinstance(callbacks, (list, tuple, type(None))):
             raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
                             f"pass callbacks=[{type(callbacks).__name__}(...)].")
+        shield_workers(train_data_loader, val_data_loader)  # before anything starts their workers
         self.verbose = verbose
         self.seed = seed
         self._set_seed(seed)
@@ -269,6 +282,7 @@ class Trainer:
             "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
             "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
         }
+        check_model_finite(self.model, path)
         if self.master_process:
             self._checkpoint_io.save_checkpoint(checkpoint, path)
             if is_best:
@@ -329,6 +343,7 @@ class Trainer:
         """Run the whole training; `ckpt_path` (a file or "last") resumes exactly where that checkpoint stopped."""
         if self._stepper is not None:
             raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
+        lock = RunLock(self.checkpoints_dir, self.logs_dir).acquire() if self.master_process else None
         ckpt = self._resolve_checkpoint(ckpt_path)
         if self.master_process:
             remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
@@ -342,6 +357,8 @@ class Trainer:
         finally:
             if self._csv is not None:
                 self._csv.close()
+            if lock is not None:
+                lock.release()
         elapsed = time.perf_counter() - start
         last = self._module.last_step
         result = {
