@@ -64,15 +64,19 @@ def check_writable_dir(owner: str, name: str, path: str | Path) -> None:
 
 
 def weights_finite(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
-    """A 0-d bool tensor (on the weights' device, no sync): True when every floating-point value is finite.
+    """A 0-d bool tensor: True when every floating-point value is finite.
 
-    One fused max-|x| per tensor (NaN and inf propagate, large finite values cannot overflow into inf as a sum
-    of squares could) and one reduction over those: a small fraction of what writing the checkpoint costs.
+    One fused norm over all tensors (the kernel gradient clipping uses; NaN and inf propagate into it), a small
+    fraction of what writing the checkpoint costs. A norm can also overflow from huge finite values; only then
+    (never on the usual path) each tensor is checked element by element, so such weights still count as finite.
     """
     tensors = [p.detach() for p in parameters if p.is_floating_point()]
     if not tensors:
         return torch.tensor(True)
-    return torch.isfinite(torch.stack(torch._foreach_norm(tensors, math.inf))).all()
+    finite = torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
+    if bool(finite):
+        return finite
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
 def check_weights_finite(trainer: Any, pl_module: Any, step: int, checkpoints_dir: Path) -> None:
