@@ -122,7 +122,7 @@ def disk_full_error(err: BaseException, path: str | os.PathLike, needed: int | N
         return None
     size = f"{needed / 2**20:.1f} MiB needed, " if needed else ""
     free = _free_bytes(path.parent) / 2**20
-    return OSError(errno.ENOSPC, f"disk full: no space left on the device to write {path.name} in {path.parent}/ "
+    return OSError(errno.ENOSPC, f"disk full (No space left on device) writing {path.name} in {path.parent}/ "
                                  f"({size}{free:.1f} MiB free); nothing was replaced: {then}", str(path))
 
 

@@ -19,6 +19,16 @@ from tlama_core.training.checkpointing import find_last_checkpoint
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 
 
+def check_run_settings(rates: dict[str, Any], seed: Any, devices: Any, directories: dict[str, str | Path]) -> None:
+    """The `Trainer`'s numbers and places, before anything is built: each error names its parameter."""
+    for name, value in rates.items():
+        check_rate("Trainer", name, value)
+    check_seed("Trainer", seed)
+    check_devices("Trainer", devices)
+    for name, directory in directories.items():
+        check_writable_dir("Trainer", name, directory)
+
+
 def check_rate(owner: str, name: str, value: Any) -> float:
     """`value` as a float when it is a finite number >= 0, else a ValueError naming `owner` and `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

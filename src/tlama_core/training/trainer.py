@@ -34,13 +34,7 @@ from tlama_core.training.checkpointing import (
     model_checkpoint_name,
     step_checkpoint_name,
 )
-from tlama_core.training.checks import (
-    check_devices,
-    check_model_finite,
-    check_rate,
-    check_seed,
-    check_writable_dir,
-)
+from tlama_core.training.checks import check_model_finite, check_run_settings
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
 from tlama_core.training.module import TlamaLightningModule
@@ -132,13 +126,9 @@ class Trainer:
         _check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
                       validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
                       validation_batches=validation_batches)
-        for name, value in (("gradient_clip_val", gradient_clip_val), ("learning_rate", learning_rate),
-                            ("weight_decay", weight_decay)):
-            check_rate("Trainer", name, value)
-        check_seed("Trainer", seed)
-        check_devices("Trainer", devices)
-        for name, directory in (("checkpoints_dir", checkpoints_dir), ("logs_dir", logs_dir)):
-            check_writable_dir("Trainer", name, directory)
+        check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
+                                  "weight_decay": weight_decay}, seed=seed, devices=devices,
+                           directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
         _check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay)
         if not isinstance(callbacks, (list, tuple, type(None))):
             raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
