@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 import torch
 from kill_run import build_trainer
-from test_interruption import losses as logged_losses
-from test_interruption import start as start_kill_run
 from test_interruption import wait_for
 from trainer_utils import ResumableLoader, tiny_model
 
@@ -213,23 +211,29 @@ def test_unsigned_ids_skip_the_smallest_id_check(tmp_path):
 
 
 # ---- the run's lock on its directories ------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_run_in_a_running_runs_directory_is_an_error_naming_the_owner(tmp_path):
     """Two real processes: a run in a subprocess, a second one in this process, in the same directories."""
-    first = start_kill_run(tmp_path, "--step_sleep", "0.15")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    first = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kill_run.py")), str(tmp_path), "--steps",
+                              "12", "--step_sleep", "0.4"], stdout=subprocess.PIPE, text=True, env=env)
+    assert first.stdout.readline().strip() == "training"
     lock = tmp_path / "ckpt" / LOCK_NAME
     assert wait_for(lock.exists, poll=0.01)
     with pytest.raises(RunLockError, match=rf"in use by another run \(pid {first.pid} on host "
                                            rf"{socket.gethostname()}, lock file {lock}\)"):
-        build_trainer(tmp_path, 30, 64).train()
+        build_trainer(tmp_path, 12).train()
     with pytest.raises(RunLockError, match=f"pid {first.pid}"):  # a run sharing only the logs directory too
         Trainer(tiny_model(), ResumableLoader(40, 4, 16), total_batch_size=128, verbose=False,
                 checkpoints_dir=str(tmp_path / "other"), logs_dir=str(tmp_path / "logs")).train()
     assert not (tmp_path / "other" / LOCK_NAME).exists()  # a refused run keeps none of its locks
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
-    assert logged_losses(tmp_path)  # every step of the first run logged once, in order, to the end
+    assert "\"steps_completed\": 12" in out
+    steps = [int(r["step"]) for r in read_rows(tmp_path / "logs" / "train_log.csv")]
+    assert steps == list(range(1, 13))  # the first run's log: every step once, in order, never moved aside
     assert not lock.exists() and not (tmp_path / "logs" / LOCK_NAME).exists()
-    assert not list(tmp_path.glob("*/superseded-*"))
+    assert not list(tmp_path.glob("*/superseded-*")) and not list(tmp_path.glob("logs/train_log-*"))
 
 
 def dead_pid() -> int:
