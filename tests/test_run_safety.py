@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from trainer_utils import ResumableLoader, tiny_model
 
 import tlama_core.atomic
 from tlama_core.data import create_dataloader
+from tlama_core.data.workers import IgnoreStopSignals
 from tlama_core.training import TlamaLightningModule, Trainer, get_lr_scheduler
 from tlama_core.training.checkpointing import find_last_checkpoint, load_checkpoint_file
 from tlama_core.training.csv_log import CsvLog, read_rows
@@ -273,3 +275,39 @@ def test_a_refused_lock_keeps_none_of_the_others(tmp_path):
     with pytest.raises(RunLockError):
         RunLock(tmp_path / "a", tmp_path / "b").acquire()
     assert not (tmp_path / "a" / LOCK_NAME).exists()
+
+
+# ---- loader workers and stop signals ------------------------------------------------------------------------
+class SignalDispositions(torch.utils.data.Dataset):
+    """Each item says, from inside the worker that reads it: SIGTERM ignored, SIGINT ignored, own init ran."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGINT) == signal.SIG_IGN, os.environ.get("OWN_INIT") == "1"])
+
+
+def own_init(worker_id: int) -> None:
+    os.environ["OWN_INIT"] = "1"
+
+
+def test_workers_of_a_users_loader_ignore_stop_signals_and_still_run_its_own_init(tmp_path):
+    def loader() -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(SignalDispositions(), batch_size=2, num_workers=2, worker_init_fn=own_init)
+
+    plain = loader()
+    assert torch.cat(list(plain)).tolist() == [[False, False, True]] * 8  # torch's workers: killed by either
+    shielded = loader()
+    Trainer(tiny_model(), ResumableLoader(64, 4, 16), val_data_loader=shielded, total_batch_size=128,
+            verbose=False, checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"))
+    assert torch.cat(list(shielded)).tolist() == [[True, True, True]] * 8
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # the training process still handles them
+
+
+def test_the_librarys_loaders_shield_their_workers_without_a_trainer(tmp_path):
+    """TlamaDataModule on a plain lightning.Trainer too (the group SIGTERM test runs them end to end)."""
+    np.save(tmp_path / "ids.npy", np.arange(4096, dtype="uint16") % 100)
+    loader = create_dataloader(tmp_path / "ids.npy", None, 4, 32, num_workers=2)
+    assert isinstance(loader.worker_init_fn, IgnoreStopSignals) and loader.worker_init_fn.inner is None
