@@ -7,6 +7,7 @@ later); the weights are checked before every checkpoint, so no checkpoint ever h
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,15 +31,15 @@ def check_run_settings(rates: dict[str, Any], seed: Any, devices: Any, directori
 
 
 def check_rate(owner: str, name: str, value: Any) -> float:
-    """`value` as a float when it is a finite number >= 0, else a ValueError naming `owner` and `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    """`value` when it is a finite number >= 0 (NaN and inf are not), else a ValueError naming `owner` and `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{owner}: {name}={value!r} must be a finite number >= 0.")
     return value
 
 
 def check_seed(owner: str, seed: Any) -> int:
     """A seed numpy and Lightning accept: an integer in [0, 2**32 - 1]."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"{owner}: seed={seed!r} must be an integer in [0, {MAX_SEED}].")
     return seed
 
