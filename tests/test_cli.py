@@ -248,3 +248,48 @@ def test_a_file_that_is_not_a_tokenizer_exits_2_naming_the_key_and_file(tmp_path
     err = capsys.readouterr().err
     assert "tokenizer_path" in err and "bad.model" in err and "Traceback" not in err
     assert not Path("checkpoints").exists()
+
+
+def snapshot(*directories: str) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for d in directories for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+def test_a_refused_resume_changes_none_of_the_runs_files(tmp_path, monkeypatch, capsys):
+    """The sequence of issue 20: a run, a resume refused for another optimizer, then README's resume line."""
+    monkeypatch.chdir(tmp_path)
+    config = str(write_yaml(tmp_path / "tiny.yaml", TINY_RUN))
+    main(["fit", "--config", config])
+    before, trained = snapshot("checkpoints", "logs"), losses("logs/train_log.csv")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", config, "--model.muon", "false", "--ckpt_path", "last"])
+    assert exit_.value.code == 2
+    assert "model.muon=true" in capsys.readouterr().err
+    assert snapshot("checkpoints", "logs") == before
+    assert yaml.safe_load(Path("checkpoints/config.yaml").read_text())["model"]["muon"] is True
+    main(["fit", "--config", "checkpoints/config.yaml", "--ckpt_path", "last"])  # README's resume works
+    assert losses("logs/train_log.csv") == trained
+
+
+@pytest.mark.parametrize("flag, value, key", [("--trainer.seed", "-1", "trainer.seed"),
+                                              ("--trainer.seed", str(2**32), "trainer.seed"),
+                                              ("--trainer.devices", "0", "devices=0")])
+def test_values_lightning_would_crash_on_exit_2_naming_the_key(tmp_path, monkeypatch, capsys, flag, value, key):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+    assert not Path("checkpoints").exists()
+
+
+def test_a_run_in_a_directory_another_run_holds_exits_2_naming_the_owner(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("checkpoints").mkdir()
+    Path("checkpoints/run.lock").write_text('{"pid": 4242, "host": "node-17"}')
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN))])
+    assert exit_.value.code == 2
+    assert "pid 4242 on host node-17" in capsys.readouterr().err
+    assert sorted(p.name for p in Path("checkpoints").iterdir()) == ["run.lock"]  # not even its config.yaml
+    assert not Path("logs/train_log.csv").exists()

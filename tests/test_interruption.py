@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -113,3 +114,60 @@ def test_signal_finishes_the_step_checkpoints_it_and_resumes_exactly(uninterrupt
     result = build_trainer(tmp_path, STEPS, D_MODEL).train(ckpt_path="last")
     assert (result["steps_completed"], result["interrupted"]) == (STEPS, False)
     assert losses(tmp_path) == pytest.approx(uninterrupted, rel=1e-4)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (the loader workers of a run)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in "ZX":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the loader workers in /proc")
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_the_step_and_resumes_exactly(
+        tmp_path, monkeypatch):
+    """What scancel, a preemption or systemctl stop do: SIGTERM to every process of the job, workers included."""
+    from test_cli import TINY_RUN, losses, write_yaml
+
+    from tlama_core.cli import main
+
+    slow = {"class_path": "kill_run._SlowSteps", "init_args": {"seconds": 0.2}}
+    run = {**TINY_RUN, "data": {**TINY_RUN["data"], "num_workers": 2},
+           "trainer": {**TINY_RUN["trainer"], "steps": 16, "checkpoint_steps": 8, "validation_steps": 4,
+                       "callbacks": [slow]},
+           "model": {**TINY_RUN["model"], "scheduler": {**TINY_RUN["model"]["scheduler"], "max_steps": 16}}}
+    config = write_yaml(tmp_path / "run.yaml", run)
+    (tmp_path / "full").mkdir()
+    monkeypatch.chdir(tmp_path / "full")
+    main(["fit", "--config", str(config)])
+    uninterrupted = losses("logs/train_log.csv")
+
+    job = tmp_path / "job"
+    job.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-m", "tlama_core.cli", "fit", "--config", str(config)], cwd=job,
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = job / "logs" / "train_log.csv"
+    assert wait_for(lambda: log.exists() and len(read_rows(log)) >= 5, timeout=120, poll=0.02)
+    assert len(children(proc.pid)) >= 2, "the run's loader workers are not running"
+    os.killpg(proc.pid, signal.SIGTERM)  # the run is its session's and group's leader
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    stopped = int(re.search(r"interrupted; checkpoint of step (\d+) saved", out).group(1))
+    assert 5 <= stopped < 16
+    assert find_last_checkpoint(job / "checkpoints").name == f"step={stopped:08d}.ckpt"
+    assert int(read_rows(log)[-1]["step"]) == stopped
+
+    monkeypatch.chdir(job)
+    main(["fit", "--config", "checkpoints/config.yaml", "--ckpt_path", "last"])
+    resumed = losses("logs/train_log.csv")
+    assert [r[:4] for r in resumed] == [r[:4] for r in uninterrupted]  # step, loss, lr, grad norm: bit for bit
+    # Stopping validates the stopped step, which the uninterrupted run did not: every other val_loss is equal.
+    assert [r for r in resumed if r[0] != str(stopped)] == [r for r in uninterrupted if r[0] != str(stopped)]

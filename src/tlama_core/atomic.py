@@ -6,7 +6,9 @@ file in the system temp directory (not atomic across filesystems), never fsyncs 
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,3 +99,35 @@ def remove_stale_temporaries(directory: str | os.PathLike, pattern: str) -> list
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def disk_full_error(err: BaseException, path: str | os.PathLike, needed: int | None = None,
+                    then: str = "free space there (or choose another directory) and run again") -> OSError | None:
+    """An OSError saying the disk is full, naming the file and its directory, when `err` (raised writing `path`,
+    with `PATH.tmp` not yet removed) came of a full disk or quota; else None.
+
+    Python's writes raise ENOSPC/EDQUOT; torch.save's C++ writer raises a bare RuntimeError ('basic_ios::clear:
+    iostream error', 'unexpected pos'), judged here by the space left: less than the `needed` bytes still to go.
+    """
+    path = Path(path)
+    if isinstance(err, OSError):
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    elif isinstance(err, RuntimeError):
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        written = tmp.stat().st_size if tmp.exists() else 0
+        full = needed is not None and _free_bytes(path.parent) + written < needed
+    else:
+        full = False
+    if not full:
+        return None
+    size = f"{needed / 2**20:.1f} MiB needed, " if needed else ""
+    free = _free_bytes(path.parent) / 2**20
+    return OSError(errno.ENOSPC, f"disk full (No space left on device) writing {path.name} in {path.parent}/ "
+                                 f"({size}{free:.1f} MiB free); nothing was replaced: {then}", str(path))
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tlama_core import __version__
@@ -27,6 +28,8 @@ from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
 from tlama_core.training.checkpointing import CheckpointError
+from tlama_core.training.checks import check_seed
+from tlama_core.training.run_lock import RunLockError
 
 CONFIG_NAME = "config.yaml"  # written into trainer.checkpoints_dir by every run
 
@@ -163,6 +166,11 @@ class TlamaCLI(LightningCLI):
         if init_from or name:
             parser.set_defaults({"model.config": fields})
         super().parse_arguments(parser, args)
+        # LightningCLI seeds from trainer.seed before it builds anything: check the seed first.
+        try:
+            check_seed("Trainer", self.config.get("trainer.seed"))
+        except ValueError as err:
+            parser.error(f'Parser key "trainer.seed": {err}')
 
     # ---- building -------------------------------------------------------------------------------------
     def instantiate_classes(self) -> None:
@@ -180,6 +188,7 @@ class TlamaCLI(LightningCLI):
         ckpt_path = self.config.ckpt_path
         if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
             self.parser.error(f'Parser key "ckpt_path": no checkpoint file {ckpt_path!r} (or give "last").')
+        values["callbacks"].append(_SaveConfigOnceAccepted(self))
         data: TlamaDataModule = self.datamodule
         return Trainer(model=self.model, train_data_loader=data.train_dataloader(),
                        val_data_loader=data.val_dataloader(), **values, **kwargs)
@@ -222,15 +231,34 @@ class TlamaCLI(LightningCLI):
         return path
 
     def run(self) -> dict[str, Any]:
-        """Save the config, train (resuming from `--ckpt_path`) and return the facade's result dict."""
-        self.save_config()
+        """Train (resuming from `--ckpt_path`), saving the config once the run is accepted; return the facade's
+        result dict."""
         try:
             result = self.trainer.train(ckpt_path=self.config.ckpt_path)
-        except CheckpointError as err:  # a checkpoint of another model, or a corrupt file: named in the message
+        except (CheckpointError, RunLockError) as err:  # a refused checkpoint, or another run's directory
             self.parser.error(str(err))
         if self.trainer.verbose and self.trainer.master_process:
             print(f'Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "ROMEO:"')
         return result
+
+
+class _SaveConfigOnceAccepted(Callback):
+    """Writes `config.yaml` once the run is accepted: Lightning has loaded the checkpoint and the run's checks
+    passed (a refused resume changes none of the run's files), inside the run's lock on its directory."""
+
+    def __init__(self, cli: TlamaCLI) -> None:
+        self.cli, self.saved = cli, False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._save()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._save()  # a resume from the run's final checkpoint trains nothing and skips on_train_start
+
+    def _save(self) -> None:
+        if not self.saved:
+            self.saved = True
+            self.cli.save_config()
 
 
 def fit(args: list[str] | None = None) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class TokenStream:
     def __init__(self, files: list[TokenFile]) -> None:
         self.files = [f for f in files if f.stop > f.start]
         self.offsets = np.cumsum([0] + [f.stop - f.start for f in self.files]).tolist()
+        self.signed = any(np.dtype(f.dtype).kind == "i" for f in self.files)  # may hold negative ids
         self._maps: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -142,7 +143,12 @@ class TokenWindows(Dataset):
     def _in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
         """ids, checked against the tokenizer's vocabulary when one is known: pre-tokenized ids made with another
         tokenizer would otherwise fail in the model's embedding (a device-side assert on CUDA). One max over the
-        batch: a small cost beside the copy that follows it; checking the whole corpus up front would read it all."""
+        batch: a small cost beside the copy that follows it; checking the whole corpus up front would read it all.
+        Signed ids (.npy of int32/int64) get one min too: a negative id fails in the embedding, or as a target is
+        silently ignored by the loss."""
+        if self.tokens.signed and ids.size and int(ids.min()) < 0:
+            raise ValueError(f"{self.info.description}: token id {int(ids.min())} is negative; token ids are >= 0. "
+                             "Is this file token ids, saved with the dtype they were made in?")
         vocab = self.info.vocab_size
         if vocab is not None and ids.size and int(ids.max()) >= vocab:
             raise ValueError(f"{self.info.description}: token id {int(ids.max())} is outside the tokenizer's "

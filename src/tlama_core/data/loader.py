@@ -15,6 +15,7 @@ from tlama_core.data.dataset import CorpusInfo, TokenFile, TokenStream, TokenWin
 from tlama_core.data.sampler import WindowSampler
 from tlama_core.data.sources import Source, bin_sidecar, resolve_source
 from tlama_core.data.tokenizer import load_tokenizer
+from tlama_core.data.workers import IgnoreStopSignals
 
 
 class TokenDataLoader(DataLoader):
@@ -30,7 +31,8 @@ class TokenDataLoader(DataLoader):
                  num_workers: int = 0, pin_memory: bool = False) -> None:
         sampler = WindowSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=batch_as_is,
-                         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                         worker_init_fn=IgnoreStopSignals())
         self.shuffle = shuffle
         self.seq_length: int = dataset.seq_length
         self.num_tokens: int = len(dataset.tokens)

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training.batching import StepPlan, ends_step, flops_per_token, peak_flops
 from tlama_core.training.checkpointing import BEST_NAME, set_aside_later_checkpoints, step_checkpoint_name
+from tlama_core.training.checks import check_weights_finite
 from tlama_core.training.csv_log import CsvLog
 
 STOP_CODES = (None, "request", "signal")  # agreed across processes as their maximum: a signal wins
@@ -176,8 +177,11 @@ class StepCadence(Callback):
             self.best_val_loss = min(self.best_val_loss, request.val_loss)
         saving = time.perf_counter()
         pl_module.saving_val_loss = request.val_loss if request is not None else None
+        saves_step = step % self.checkpoint_steps == 0 or final or request is not None
+        if saves_step or improved or (request is not None and request.is_best):
+            check_weights_finite(trainer, pl_module, step, self.checkpoints_dir)
         try:
-            if step % self.checkpoint_steps == 0 or final or request is not None:
+            if saves_step:
                 trainer.save_checkpoint(self.checkpoints_dir / step_checkpoint_name(step), weights_only=False)
             if improved or (request is not None and request.is_best):
                 trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)

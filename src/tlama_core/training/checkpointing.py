@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tlama_core.atomic import commit, fsync_dir, staged
+from tlama_core.atomic import commit, disk_full_error, fsync_dir, staged
 from tlama_core.checkpoints import (
     CheckpointError,
     find_last_checkpoint,
@@ -65,6 +65,23 @@ def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) 
     return aside
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a checkpoint dict: about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _resume_hint(path: Path) -> str:
+    last = find_last_checkpoint(path.parent)
+    return (f"free space there and resume with ckpt_path='last' ({last.name}, complete)" if last is not None
+            else "free space there (or choose another checkpoints_dir) and run again")
+
+
 def config_mismatch(saved: TlamaConfig, expected: dict[str, Any]) -> list[str]:
     """Shape fields whose values differ between a checkpoint's config and a TlamaConfig dict, as 'field:
     checkpoint X, model Y'. `name` is a label, not a shape, and is not compared."""
@@ -103,7 +120,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if any(pending == path for pending, _ in self._pending):
             self.wait()  # the same file is still being committed: its temporary is about to be rewritten
         with staged(path) as tmp:
-            torch.save({**checkpoint, **self.annotations}, tmp)
+            try:
+                torch.save({**checkpoint, **self.annotations}, tmp)
+            except (OSError, RuntimeError) as err:
+                full = disk_full_error(err, path, tensor_bytes(checkpoint), _resume_hint(path))
+                if full is None:
+                    raise
+                raise full from err
         if self._committer is None:
             self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlama-checkpoint-commit")
         self._pending.append((path, self._committer.submit(commit, tmp, path)))
@@ -119,7 +142,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self._finish(*self._pending.popleft())
 
     def _finish(self, path: Path, commit_done: Future) -> None:
-        commit_done.result()
+        try:
+            commit_done.result()
+        except OSError as err:  # the fsync of a file system that allocates late (NFS, XFS) can find the disk full
+            full = disk_full_error(err, path, then=_resume_hint(path))
+            if full is None:
+                raise
+            raise full from err
         for listener in self.listeners:
             listener(path)
 

@@ -36,7 +36,7 @@ class CsvLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             if resume_step is None:
-                self.path.rename(self.path.with_name(f"{self.path.stem}-{int(time.time())}{self.path.suffix}"))
+                self.path.rename(_unused_name(self.path))
                 if self._rows_before_run:
                     atomic_write(self.path, lambda f: f.write(_format(self._rows_before_run).encode()))
             else:  # rows written before the run are of step 0: kept
@@ -70,6 +70,17 @@ class CsvLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _unused_name(path: Path) -> Path:
+    """`NAME-<unix time>.csv`, or `NAME-<unix time>-2.csv`, ...: two runs started within a second each keep their
+    log (the run's lock keeps a concurrent run from picking the same name meanwhile)."""
+    stem = f"{path.stem}-{int(time.time())}"
+    candidate, n = path.with_name(stem + path.suffix), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stem}-{n}{path.suffix}")
+    return candidate
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:

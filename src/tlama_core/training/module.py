@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from tlama_core.checkpoints import CheckpointError
 from tlama_core.models import TlamaConfig, Transformer, load_model
 from tlama_core.training.batching import StepPlan, starts_step
+from tlama_core.training.checks import check_rate
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
 
@@ -64,10 +65,8 @@ class TlamaLightningModule(L.LightningModule):
         if muon and optimizer is not None:
             raise ValueError("TlamaLightningModule: muon=True builds its own optimizer; pass either muon=True or "
                              "optimizer=..., e.g. optimizer=build_optimizer(model, lr, weight_decay, muon=True).")
-        if learning_rate < 0 or weight_decay < 0:
-            raise ValueError(
-                f"learning_rate={learning_rate} and weight_decay={weight_decay} must be >= 0."
-            )
+        check_rate("TlamaLightningModule", "learning_rate", learning_rate)
+        check_rate("TlamaLightningModule", "weight_decay", weight_decay)
         self.model = model if model is not None else Transformer(config)
         self.learning_rate, self.weight_decay, self.muon = learning_rate, weight_decay, muon
         self.schedule: Callable[[int], float] = scheduler or constant_schedule(learning_rate)

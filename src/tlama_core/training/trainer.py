@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from tlama_core.atomic import remove_stale_temporaries
+from tlama_core.data.workers import shield_workers
 from tlama_core.models import Transformer
 from tlama_core.training.batching import StepPlan, ends_step, micro_batch_shape, plan_steps
 from tlama_core.training.cadence import StepCadence
@@ -33,11 +34,13 @@ from tlama_core.training.checkpointing import (
     model_checkpoint_name,
     step_checkpoint_name,
 )
+from tlama_core.training.checks import check_model_finite, check_run_settings
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge, step_metrics
 from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
 from tlama_core.training.run_files import TOKENIZER_KEY, keep_tokenizer
+from tlama_core.training.run_lock import RunLock
 
 LOG_NAME = "train_log.csv"
 
@@ -124,14 +127,14 @@ class Trainer:
         _check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
                       validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
                       validation_batches=validation_batches)
-        for name, value in (("gradient_clip_val", gradient_clip_val), ("learning_rate", learning_rate),
-                            ("weight_decay", weight_decay)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Trainer: {name}={value!r} must be a number >= 0.")
+        check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
+                                  "weight_decay": weight_decay}, seed=seed, devices=devices,
+                           directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
         _check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay)
         if not isinstance(callbacks, (list, tuple, type(None))):
             raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
                             f"pass callbacks=[{type(callbacks).__name__}(...)].")
+        shield_workers(train_data_loader, val_data_loader)  # before anything starts their workers
         self.verbose = verbose
         self.seed = seed
         self._set_seed(seed)
@@ -182,9 +185,11 @@ class Trainer:
 
         self.master_process = master_process and probe.is_global_zero
         self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
-        tokenizer = keep_tokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir,
-                                   write=self.master_process)
-        if tokenizer is not None:  # recorded in every checkpoint: generate/convert find the run's tokenizer
+        # The run's tokenizer, recorded in every checkpoint (generate/convert find it); copied when the run owns
+        # its directory (`_keep_tokenizer`), not here: a Trainer that is built and never trained writes nothing.
+        self._tokenizer_path = getattr(train_data_loader, "tokenizer_path", None)
+        tokenizer = keep_tokenizer(self._tokenizer_path, checkpoints_dir, write=False)
+        if tokenizer is not None:
             self._checkpoint_io.annotations[TOKENIZER_KEY] = tokenizer
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
@@ -274,7 +279,9 @@ class Trainer:
             "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
             "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
         }
+        check_model_finite(self.model, path)
         if self.master_process:
+            self._keep_tokenizer()
             self._checkpoint_io.save_checkpoint(checkpoint, path)
             if is_best:
                 self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / MODEL_BEST_NAME)
@@ -334,19 +341,23 @@ class Trainer:
         """Run the whole training; `ckpt_path` (a file or "last") resumes exactly where that checkpoint stopped."""
         if self._stepper is not None:
             raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
-        ckpt = self._resolve_checkpoint(ckpt_path)
-        if self.master_process:
-            remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
-        start = time.perf_counter()
-        self._summary_start(ckpt)
-        self._trained = True
+        lock = RunLock(self.checkpoints_dir, self.logs_dir).acquire() if self.master_process else None
         try:
+            self._keep_tokenizer()
+            ckpt = self._resolve_checkpoint(ckpt_path)
+            if self.master_process:
+                remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
+            start = time.perf_counter()
+            self._summary_start(ckpt)
+            self._trained = True
             with _quiet_lightning(self.verbose and self.master_process), self._stop_on_signals():
                 self._trainer.fit(self._module, train_dataloaders=self.train_data_loader,
                                   val_dataloaders=self.val_data_loader, ckpt_path=ckpt)
         finally:
             if self._csv is not None:
                 self._csv.close()
+            if lock is not None:
+                lock.release()
         elapsed = time.perf_counter() - start
         last = self._module.last_step
         result = {
@@ -363,6 +374,11 @@ class Trainer:
         return result
 
     # ---- run plumbing --------------------------------------------------------------------------------
+    def _keep_tokenizer(self) -> None:
+        """Copy the run's tokenizer into checkpoints_dir (master process, once per tokenizer version)."""
+        if self.master_process:
+            keep_tokenizer(self._tokenizer_path, self.checkpoints_dir)
+
     def _resolve_checkpoint(self, ckpt_path: str | None) -> str | None:
         if ckpt_path != "last":
             return ckpt_path
