@@ -1,6 +1,6 @@
 """What the run's safety checks cost, against the work they guard, measured in the same run.
 
-- Weights finiteness, once per checkpoint (`checks.weights_finite` over every parameter), against the save it
+- Weights finiteness, once per checkpoint (`finite.weights_finite` over every parameter), against the save it
   guards (`torch.save` of the same checkpoint: weights and AdamW state, to the same directory).
   Target: check / save <= 0.05.
 - The smallest-id check of signed token ids, once per batch, against reading that batch
@@ -23,7 +23,7 @@ import torch
 
 from tlama_core.data import create_dataloader
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training.checks import weights_finite
+from tlama_core.training.finite import weights_finite
 from tlama_core.training.optim import build_optimizer
 
 CONFIG = TlamaConfig(vocab_size=8192, d_model=384, n_layers=6, n_heads=6, max_seq_len=256)

@@ -21,8 +21,8 @@ from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training.batching import StepPlan, ends_step, flops_per_token, peak_flops
 from tlama_core.training.checkpointing import BEST_NAME, set_aside_later_checkpoints, step_checkpoint_name
-from tlama_core.training.checks import check_weights_finite
 from tlama_core.training.csv_log import CsvLog
+from tlama_core.training.finite import check_weights_finite
 
 STOP_CODES = (None, "request", "signal")  # agreed across processes as their maximum: a signal wins
 

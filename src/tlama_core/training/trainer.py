@@ -34,8 +34,9 @@ from tlama_core.training.checkpointing import (
     model_checkpoint_name,
     step_checkpoint_name,
 )
-from tlama_core.training.checks import check_model_finite, check_run_settings
+from tlama_core.training.checks import check_run_settings
 from tlama_core.training.csv_log import CsvLog
+from tlama_core.training.finite import check_model_finite
 from tlama_core.training.hooks import HookBridge, step_metrics
 from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
