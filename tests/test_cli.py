@@ -234,3 +234,51 @@ def test_gpu_preset_parses_and_trains_on_cpu_when_shrunk(preset, tmp_path, monke
     assert [r[0] for r in losses("logs/train_log.csv")] == ["1", "2"]
     saved = yaml.safe_load(Path("checkpoints/config.yaml").read_text())
     assert saved["model"]["config"]["d_model"] == 32 and saved["trainer"]["strategy"] == "auto"
+
+
+# ---- Lightning's loggers and callbacks, precision and max_steps from YAML and flags -----------------------
+def test_trainer_logger_flag_sends_the_csv_logs_rows_to_tensorboard(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), "--trainer.logger", "tensorboard"])
+    events = EventAccumulator("logs/tensorboard/version_0")
+    events.Reload()
+    expected = {int(r["step"]): float(r["train_loss"]) for r in read_rows("logs/train_log.csv")}
+    assert {e.step: e.value for e in events.Scalars("train_loss")} == pytest.approx(expected, rel=1e-6)
+    assert yaml.safe_load(Path("checkpoints/config.yaml").read_text())["trainer"]["logger"] == "tensorboard"
+
+
+def test_max_steps_flag_sets_the_runs_length_and_a_null_schedule_ends_with_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scheduler = {**TINY_RUN["model"]["scheduler"], "max_steps": None}
+    run = {**TINY_RUN, "model": {**TINY_RUN["model"], "scheduler": scheduler}}
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run)), "--trainer.max_steps", "3"])
+    rows = read_rows("logs/train_log.csv")
+    schedule = get_lr_scheduler(2e-3, 2e-4, 1, 3)
+    assert [(int(r["step"]), float(r["learning_rate"])) for r in rows] == [(s, schedule(s - 1)) for s in (1, 2, 3)]
+
+
+def test_yaml_mixes_hook_objects_with_lightning_callbacks_and_loggers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    callbacks = [{"class_path": f"{__name__}.StepFile", "init_args": {"path": "steps.jsonl", "tag": "yaml"}},
+                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"monitor": "val_loss", "save_top_k": 1, "filename": "best-{step}"}}]
+    logger = ["csv", {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "mine"}}]
+    run = {**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "callbacks": callbacks, "logger": logger}}
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run))])
+    assert len(Path("steps.jsonl").read_text().splitlines()) == 4
+    rows = read_rows("logs/train_log.csv")
+    for metrics in ("logs/csv/version_0/metrics.csv", "mine/lightning_logs/version_0/metrics.csv"):
+        logged = {int(r["step"]): float(r["train_loss"]) for r in read_csv_rows(metrics)}
+        assert logged == {int(r["step"]): float(r["train_loss"]) for r in rows}
+    best_step = min((float(r["val_loss"]), int(r["step"])) for r in rows if r["val_loss"])[1]
+    assert [p.name for p in Path("checkpoints").glob("best-*.ckpt")] == [f"best-step={best_step}.ckpt"]
+
+
+def read_csv_rows(path: str) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

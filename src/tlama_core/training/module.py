@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -13,9 +14,9 @@ from torchmetrics import MeanMetric
 
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.models.weights import CheckpointError
-from tlama_core.training.batching import StepPlan, starts_step
+from tlama_core.training.batching import StepPlan, ends_step, starts_step
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
-from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
+from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule, fit_schedule_to_run
 
 
 @dataclass
@@ -70,6 +71,9 @@ class TlamaLightningModule(L.LightningModule):
         self.seed = 1337
         self.plan: StepPlan | None = None
         self.compile_model = False
+        # `self.log` feeds Lightning's callbacks (ModelCheckpoint, EarlyStopping) always, and its loggers unless
+        # the facade's own metrics row reaches them (one row, one x axis): it sets this False.
+        self.log_to_loggers = True
         self.val_loss = MeanMetric()
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
@@ -104,6 +108,20 @@ class TlamaLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._restart_step_clock()  # the first step's time includes loading its first batch
+        if self.log_to_loggers:
+            for logger in self.loggers:
+                logger.log_hyperparams(self.hyperparameters())
+
+    def hyperparameters(self) -> dict:
+        """The model and its optimisation as plain values, for loggers (the facade adds the run's batch arithmetic).
+
+        Not `save_hyperparameters`: that would put a TlamaConfig object into checkpoints, which `weights_only`
+        loading refuses."""
+        schedule = self.schedule
+        return {"model": self.config.to_dict(), "learning_rate": self.learning_rate,
+                "weight_decay": self.weight_decay, "muon": self.muon,
+                "optimizer": type(self.optimizer).__name__ if self.optimizer is not None else "AdamW",
+                "scheduler": dataclasses.asdict(schedule) if isinstance(schedule, LRSchedule) else repr(schedule)}
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -117,6 +135,9 @@ class TlamaLightningModule(L.LightningModule):
             self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, self.device.type,
                                              muon=self.muon)
         if not hasattr(self, "_lr_scheduler"):
+            if isinstance(self.schedule, LRSchedule) and self.schedule.max_steps is None:
+                # The run's length (the facade fills it in first: asking Lightning sets up the train loader early).
+                self.schedule = fit_schedule_to_run(self.schedule, int(self.trainer.estimated_stepping_batches))
             self._lr_scheduler = StepFunctionLR(self.optimizer, self.schedule)
         # The same objects on every call: `Trainer.train_step()` re-enters fit and must keep optimizer state.
         return {"optimizer": self.optimizer,
@@ -159,6 +180,12 @@ class TlamaLightningModule(L.LightningModule):
         bad_now = (self.first_bad_step == 0) & ~torch.isfinite(loss)
         self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if ends_step(batch_idx, self.trainer.accumulate_grad_batches) and self.last_step is not None:
+            # A tensor, not prog_bar: Lightning reads it on the host only when a logger writes (log_every_n_steps).
+            self.log("train_loss", self.last_step.loss, logger=self.log_to_loggers)
+            self.log("learning_rate", self.last_step.lr, logger=self.log_to_loggers)
+
     # ---- validation ---------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -174,7 +201,8 @@ class TlamaLightningModule(L.LightningModule):
         if chars and tokens:
             metrics["val_bpc"] = val_loss * tokens / chars / math.log(2)
         self.last_val = metrics
-        self.log("val_loss", val_loss, prog_bar=True, logger=False)
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == "val_loss", logger=self.log_to_loggers)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
