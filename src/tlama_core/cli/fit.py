@@ -1,7 +1,8 @@
 """`tlama fit`: a LightningCLI run of TlamaLightningModule and TlamaDataModule, executed by the `Trainer` facade.
 
 The YAML has three sections: `model:` (TlamaLightningModule: the TlamaConfig, learning rate, weight decay and
-LRSchedule), `data:` (TlamaDataModule) and `trainer:` (the facade's own parameters, under the same names, see
+LRSchedule), `data:` (TlamaDataModule, or any LightningDataModule given by class_path) and `trainer:` (the
+facade's own parameters, under the same names, see
 `RunSettings`). LightningCLI parses, validates and instantiates; the facade then translates and trains, so a YAML
 run and a Python run with the same values write the same CSV log and checkpoints and reach the same losses.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tlama_core import __version__
@@ -107,8 +109,7 @@ BUILTIN_RUN: dict[str, Any] = {
     "model.muon": True,
     "model.scheduler": {"max_lr": 6e-3, "min_lr": 1e-4, "warmup_steps": 5, "max_steps": None,
                         "decay_type": "cosine"},
-    "data.batch_size": 64,
-    "data.seq_length": 64,
+    "data": {"class_path": "tlama_core.data.TlamaDataModule", "init_args": {"batch_size": 64, "seq_length": 64}},
     "trainer.total_batch_size": 8192,
     "trainer.epochs": 5,
     "trainer.validation_steps": 100,
@@ -141,7 +142,9 @@ class TlamaCLI(LightningCLI):
         parser.add_class_arguments(RunSettings, "trainer", sub_configs=True)
         # `model` and `optimizer` are the facade's way in (an existing Transformer / optimizer): not YAML keys.
         parser.add_class_arguments(TlamaLightningModule, "model", skip={"model", "optimizer"}, sub_configs=True)
-        parser.add_lightning_class_args(TlamaDataModule, "data")
+        # Any LightningDataModule (`data: {class_path: ..., init_args: ...}`); TlamaDataModule's arguments alone
+        # (`data: {batch_size: ...}`) keep meaning TlamaDataModule, the default class.
+        parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=False)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -171,9 +174,12 @@ class TlamaCLI(LightningCLI):
         ckpt_path = self.config.ckpt_path
         if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
             self.parser.error(f'Parser key "ckpt_path": no checkpoint file {ckpt_path!r} (or give "last").')
-        data: TlamaDataModule = self.datamodule
+        data: LightningDataModule = self.datamodule
+        data.prepare_data()  # Lightning's order for a DataModule: prepare (download, tokenize), set up, then loaders
+        data.setup("fit")
+        has_val = type(data).val_dataloader is not LightningDataModule.val_dataloader
         return Trainer(model=self.model, train_data_loader=data.train_dataloader(),
-                       val_data_loader=data.val_dataloader(), **values, **kwargs)
+                       val_data_loader=data.val_dataloader() if has_val else None, **values, **kwargs)
 
     def _build(self, entry: Any, name: str) -> Any:
         """Build a `{class_path, init_args}` entry (a callback or a logger); a callback's bare class path (a str)

@@ -33,7 +33,8 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = No
         return Path(tokenizer)
     config = checkpoint.parent / CONFIG_NAME
     if config.is_file():
-        run_tokenizer = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("tokenizer_path")
+        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+        run_tokenizer = (data.get("init_args") or data).get("tokenizer_path")  # `data: {class_path, init_args}`
         if run_tokenizer:
             return Path(run_tokenizer)
     return builtin_tokenizer_path()

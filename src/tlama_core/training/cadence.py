@@ -68,6 +68,14 @@ class StepCadence(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_val_loss = float(state_dict.get("best_val_loss", math.inf))
 
+    def stepping_copy(self) -> StepCadence:
+        """A disabled cadence for `Trainer.train_step()` (no rows, no periodic checkpoints) keeping this one's
+        best val loss; it still measures throughput and saves on request."""
+        cadence = StepCadence(self.plan, 1, 1, 1, self.checkpoints_dir, None, has_validation=False)
+        cadence.enabled = False
+        cadence.load_state_dict(self.state_dict())
+        return cadence
+
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
         lightning_internals.mark_resume_step_saved(trainer)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training.batching import user_stacklevel
+from tlama_core.training.batching import micro_batch_shape, user_stacklevel
 from tlama_core.training.module import TlamaLightningModule
 
 # lightning.Trainer keywords the facade computes from its own parameters: giving them in trainer_kwargs would
@@ -79,6 +79,16 @@ def check_model_and_optimisation(model: Any, optimizer: Any, scheduler: Any, lea
                       f"learning_rate={optimizer.param_groups[0]['lr']} to keep it.", stacklevel=user_stacklevel())
 
 
+def check_loaders_fit_model(train: Any, val: Any | None, config: TlamaConfig) -> tuple[int, int]:
+    """Both loaders' sequences and ids fit the model (the val loader's now, not at the first validation hours
+    into the run); returns the train micro-batch's (batch_size, seq_length)."""
+    batch_size, seq_length = micro_batch_shape(train)
+    check_data_fits_model(train, seq_length, config, "train_data_loader")
+    if val is not None:
+        check_data_fits_model(val, micro_batch_shape(val, "val_data_loader")[1], config, "val_data_loader")
+    return batch_size, seq_length
+
+
 def check_data_fits_model(loader: Any, seq_length: int, config: TlamaConfig, name: str) -> None:
     if seq_length > config.max_seq_len:
         raise ValueError(
@@ -103,15 +113,21 @@ def len_or_none(loader: Any) -> int | None:
         return None
 
 
-def check_lightning_callbacks(callbacks: list[Any], loggers: list[Any], checkpoints_dir: str) -> None:
-    """Lightning callbacks among `callbacks`: a ModelCheckpoint without a dirpath saves beside the run's own files
-    (its names never look like `step=XXXXXXXX.ckpt`, so "last" still finds the run's); LearningRateMonitor needs a
-    logger to write to, which is better said now than when the run starts."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def split_callbacks(callbacks: Any, loggers: list[Any], checkpoints_dir: str) -> tuple[list[Any], list[Any]]:
+    """`callbacks` as (hook objects, Lightning callbacks). A ModelCheckpoint without a dirpath saves beside the run's
+    own files (its names never look like `step=XXXXXXXX.ckpt`, so "last" still finds the run's); LearningRateMonitor
+    needs a logger to write to, which is better said now than when the run starts."""
+    from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
-    for callback in callbacks:
+    if not isinstance(callbacks, (list, tuple, type(None))):
+        raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
+                        f"pass callbacks=[{type(callbacks).__name__}(...)].")
+    hooks = [cb for cb in callbacks or [] if not isinstance(cb, Callback)]
+    lightning_callbacks = [cb for cb in callbacks or [] if isinstance(cb, Callback)]
+    for callback in lightning_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
             callback.dirpath = str(checkpoints_dir)
         if isinstance(callback, LearningRateMonitor) and not loggers:
             raise ValueError("Trainer: callbacks holds a LearningRateMonitor, which writes to a logger, and logger is "
                              "None; pass logger='tensorboard' (or 'csv', 'mlflow', a Lightning Logger).")
+    return hooks, lightning_callbacks

@@ -44,6 +44,35 @@ def allow_one_more_step(trainer: L.Trainer) -> None:
     trainer.fit_loop.epoch_loop.max_steps = trainer.global_step + 1
 
 
-def loop_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The fit loop's saved state in a Lightning checkpoint (its layout is Lightning's own)."""
-    return checkpoint.get("loops", {}).get("fit_loop", {})
+# The fit loop's saved progress (its layout is Lightning's own) does not know that this run may give an epoch
+# another length than the run that saved it, nor where a run that ended on an epoch's last batch stands.
+def restore_epoch_position(checkpoint: dict[str, Any], epoch_batches: int) -> None:
+    """Adjust a checkpoint's loop state before Lightning restores it: `epoch_batches` is this run's micro-batches
+    per epoch."""
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = fit_loop.get("epoch_loop.batch_progress")
+    # A checkpoint from an epoch's last batch says so (is_last_batch); when this run gives the epoch more steps
+    # (a raised `steps`), Lightning would otherwise end the resumed epoch at once.
+    if progress and progress["current"]["processed"] < epoch_batches:
+        progress["is_last_batch"] = False
+    elif progress:
+        # The epoch is over for this run's plan while the loader stopped inside its pass (`steps` below the
+        # loader's length): the next epoch starts a new pass, as it does in an uninterrupted run, where
+        # Lightning sets the new epoch before iterating; on resume it iterates first.
+        for state in fit_loop.get("state_dict", {}).get("combined_loader", []):
+            if isinstance(state, dict) and {"epoch", "batch"} <= set(state) and state["batch"] > 0:
+                state["epoch"], state["batch"] = state["epoch"] + 1, 0
+        # Saved in on_validation_end of the epoch's last batch (the batch completed, the epoch not yet
+        # processed), Lightning restarts "on last" (RESTARTED_ON_LAST in training_epoch_loop.py): it ends the
+        # epoch only if its val_check_interval falls on that batch; a validation that the run's end forced
+        # (should_stop, not saved) makes it train one more batch as part of the old epoch. Record the epoch
+        # as finished, as it is between two epochs of an uninterrupted run; the next one then starts at its
+        # batch 0, with its on_train_epoch_start.
+        epochs = fit_loop.get("epoch_progress")
+        total = progress["total"]
+        if (epochs and total["completed"] == total["processed"]
+                and epochs["total"]["ready"] == epochs["total"]["started"] == epochs["total"]["processed"] + 1):
+            for counts in (epochs["total"], epochs["current"]):
+                counts["processed"] = counts["completed"] = counts["started"]
+            progress["current"] = dict.fromkeys(progress["current"], 0)
+            progress["is_last_batch"] = False

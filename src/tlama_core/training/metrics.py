@@ -41,6 +41,15 @@ def hook_metrics(rec: Any) -> dict[str, float]:
     return {**values, "lr": rec.lr, "tokens_per_sec": math.nan if rate is None else rate, "step": rec.step}
 
 
+def run_hyperparameters(module: Any, plan: Any, **run: Any) -> dict[str, Any]:
+    """What loggers record once per run: the module's model and optimisation, the batch arithmetic of the
+    `StepPlan` and the run's other settings (`run`)."""
+    return {**module.hyperparameters(), "run": {
+        "batch_size": plan.batch_size, "seq_length": plan.seq_length, "grad_accum_steps": plan.grad_accum,
+        "world_size": plan.world_size, "tokens_per_step": plan.tokens_per_step,
+        "steps_per_epoch": plan.steps_per_epoch, "epochs": plan.epochs, "max_steps": plan.max_steps, **run}}
+
+
 class MetricSinks:
     """Where rows go: the CSV log (None on a process that writes no files) and the run's Lightning loggers.
 

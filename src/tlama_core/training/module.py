@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.models.weights import CheckpointError
+from tlama_core.training import lightning_internals
 from tlama_core.training.batching import StepPlan, ends_step, starts_step
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule, fit_schedule_to_run
@@ -183,8 +184,9 @@ class TlamaLightningModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if ends_step(batch_idx, self.trainer.accumulate_grad_batches) and self.last_step is not None:
             # A tensor, not prog_bar: Lightning reads it on the host only when a logger writes (log_every_n_steps).
-            self.log("train_loss", self.last_step.loss, logger=self.log_to_loggers)
-            self.log("learning_rate", self.last_step.lr, logger=self.log_to_loggers)
+            to_loggers = self.log_to_loggers and bool(self.loggers)
+            self.log("train_loss", self.last_step.loss, logger=to_loggers)
+            self.log("learning_rate", self.last_step.lr, logger=to_loggers)
 
     # ---- validation ---------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -202,7 +204,7 @@ class TlamaLightningModule(L.LightningModule):
             metrics["val_bpc"] = val_loss * tokens / chars / math.log(2)
         self.last_val = metrics
         for name, value in metrics.items():
-            self.log(name, value, prog_bar=name == "val_loss", logger=self.log_to_loggers)
+            self.log(name, value, prog_bar=name == "val_loss", logger=self.log_to_loggers and bool(self.loggers))
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -236,31 +238,5 @@ class TlamaLightningModule(L.LightningModule):
             raise CheckpointError(f"the checkpoint's optimizer state is {'Muon' if saved_muon else 'AdamW'}'s, this "
                                   f"run's optimizer is {'Muon' if muon else 'AdamW'}'s: resume with model.muon="
                                   f"{str(saved_muon).lower()} (muon={saved_muon}), the setting the run started with.")
-        # A checkpoint from an epoch's last batch says so (is_last_batch); when this run gives the epoch more
-        # steps (a raised `steps`), Lightning would otherwise end the resumed epoch at once.
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        progress = fit_loop.get("epoch_loop.batch_progress")
         epoch_batches = self.plan.steps_per_epoch * self.plan.grad_accum if self.plan else 0
-        if progress and progress["current"]["processed"] < epoch_batches:
-            progress["is_last_batch"] = False
-        elif progress:
-            # The epoch is over for this run's plan while the loader stopped inside its pass (`steps` below the
-            # loader's length): the next epoch starts a new pass, as it does in an uninterrupted run, where
-            # Lightning sets the new epoch before iterating; on resume it iterates first.
-            for state in fit_loop.get("state_dict", {}).get("combined_loader", []):
-                if isinstance(state, dict) and {"epoch", "batch"} <= set(state) and state["batch"] > 0:
-                    state["epoch"], state["batch"] = state["epoch"] + 1, 0
-            # Saved in on_validation_end of the epoch's last batch (the batch completed, the epoch not yet
-            # processed), Lightning restarts "on last" (RESTARTED_ON_LAST in training_epoch_loop.py): it ends the
-            # epoch only if its val_check_interval falls on that batch; a validation that the run's end forced
-            # (should_stop, not saved) makes it train one more batch as part of the old epoch. Record the epoch
-            # as finished, as it is between two epochs of an uninterrupted run; the next one then starts at its
-            # batch 0, with its on_train_epoch_start.
-            epochs = fit_loop.get("epoch_progress")
-            total = progress["total"]
-            if (epochs and total["completed"] == total["processed"]
-                    and epochs["total"]["ready"] == epochs["total"]["started"] == epochs["total"]["processed"] + 1):
-                for counts in (epochs["total"], epochs["current"]):
-                    counts["processed"] = counts["completed"] = counts["started"]
-                progress["current"] = dict.fromkeys(progress["current"], 0)
-                progress["is_last_batch"] = False
+        lightning_internals.restore_epoch_position(checkpoint, epoch_batches)

@@ -8,6 +8,15 @@ import torch
 from tlama_core.training.lightning_internals import canonical_precision, precision_names
 
 
+def device_type(accelerator: str) -> str:
+    """The device kind an accelerator setting trains on: cuda, mps or cpu."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def has_fast_bf16(device_type: str) -> bool:
     """Whether bf16 autocast speeds training up on this device: CUDA, and CPUs with bf16 matrix units (AMX or
     AVX512-BF16, where oneDNN's bf16 matmuls run about twice as fast as fp32). Elsewhere bf16 is emulated, slower."""

@@ -50,8 +50,14 @@ def print_start(trainer: Any, ckpt: str | None) -> None:
     print(f"  log: {trainer.log_file}  checkpoints: {trainer.checkpoints_dir}/{resuming}")
 
 
-def print_end(result: dict[str, Any], start_step: int | None) -> None:
-    """Steps, tokens, time of this run (a resume times only its own steps; None: nothing was left to train)."""
+def print_end(result: dict[str, Any], start_step: int | None, checkpoints_dir: Any, verbose: bool) -> None:
+    """Where an interrupted run's checkpoint is (always said); steps, tokens and time of this run (a resume times
+    only its own steps; `start_step` None: nothing was left to train)."""
+    if result["interrupted"]:
+        print(f"tlama-core: interrupted; checkpoint of step {result['steps_completed']} saved in "
+              f"{checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
+    if not verbose:
+        return
     run_steps = result["steps_completed"] - start_step if start_step is not None else 0
     print(f"tlama-core: {result['steps_completed']} steps, {result['tokens']:,} tokens; {run_steps} steps in "
           f"{result['total_training_time']:.1f} s this run; last train loss {result['train_loss']:.4f}, "

@@ -11,33 +11,33 @@ from __future__ import annotations
 import inspect
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.models import Transformer
 from tlama_core.training import checks, lightning_internals
-from tlama_core.training.batching import StepPlan, micro_batch_shape, plan_steps
+from tlama_core.training.batching import StepPlan, plan_steps
 from tlama_core.training.cadence import StepCadence
 from tlama_core.training.checkpointing import (
     MODEL_BEST_NAME,
     AtomicCheckpointIO,
-    find_last_checkpoint,
+    model_checkpoint,
     model_checkpoint_name,
+    resolve_ckpt_path,
     step_checkpoint_name,
 )
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.hooks import HookBridge
 from tlama_core.training.loggers import build_loggers
-from tlama_core.training.metrics import MetricSinks, hook_metrics
+from tlama_core.training.metrics import MetricSinks, hook_metrics, run_hyperparameters
 from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
-from tlama_core.training.precision import resolve_precision
+from tlama_core.training.precision import device_type, resolve_precision
 from tlama_core.training.progress import StepProgressBar, print_end, print_start, quiet_lightning
 from tlama_core.training.scheduler import fit_schedule_to_run
 from tlama_core.training.signals import TakeBackSigterm, stop_on_signals
@@ -75,9 +75,6 @@ class Trainer:
                             validation_batches=validation_batches, max_steps=max_steps)
         checks.check_rates(gradient_clip_val=gradient_clip_val, learning_rate=learning_rate, weight_decay=weight_decay)
         checks.check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay, _DEFAULTS)
-        if not isinstance(callbacks, (list, tuple, type(None))):
-            raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
-                            f"pass callbacks=[{type(callbacks).__name__}(...)].")
         overrides = checks.check_trainer_kwargs(trainer_kwargs)
         self.verbose, self.seed = verbose, seed
         self._set_seed(seed)
@@ -91,14 +88,10 @@ class Trainer:
         self._module, self.scheduler = module, scheduler
         self.model: Transformer = module.model
         self.train_data_loader, self.val_data_loader = train_data_loader, val_data_loader
-        batch_size, seq_length = micro_batch_shape(train_data_loader)
-        checks.check_data_fits_model(train_data_loader, seq_length, self.model.config, "train_data_loader")
-        if val_data_loader is not None:  # now, not at the first validation after hours of training
-            checks.check_data_fits_model(val_data_loader, micro_batch_shape(val_data_loader, "val_data_loader")[1],
-                                         self.model.config, "val_data_loader")
+        batch_size, seq_length = checks.check_loaders_fit_model(train_data_loader, val_data_loader, self.model.config)
 
         # ---- device, precision, files, loggers, Lightning callbacks
-        self.device_type = _device_type(accelerator)
+        self.device_type = device_type(accelerator)
         self.precision = resolve_precision(precision, use_mixed_precision, self.device_type)
         if self.device_type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed, bf16 autocast covers the rest
@@ -107,10 +100,8 @@ class Trainer:
         self.log_file = str(self.logs_dir / LOG_NAME)
         self._checkpoint_io = AtomicCheckpointIO()
         self._checkpoint_io.expected_config = self.model.config.to_dict()
-        hooks = [cb for cb in callbacks or [] if not isinstance(cb, Callback)]
-        self._lightning_callbacks = [cb for cb in callbacks or [] if isinstance(cb, Callback)]
         loggers = build_loggers(logger, logs_dir)
-        checks.check_lightning_callbacks(self._lightning_callbacks, loggers, checkpoints_dir)
+        hooks, self._lightning_callbacks = checks.split_callbacks(callbacks, loggers, checkpoints_dir)
         self._lightning_kwargs = {
             "accelerator": accelerator, "devices": devices, "num_nodes": num_nodes, "strategy": strategy,
             "precision": self.precision, "gradient_clip_val": gradient_clip_val or None,
@@ -150,7 +141,8 @@ class Trainer:
                                                muon=module.muon)
         self.optimizer = module.optimizer
         if sinks is not None:
-            sinks.hyperparameters = self._hyperparameters(total_batch_size, gradient_clip_val)
+            sinks.hyperparameters = run_hyperparameters(module, self.plan, total_batch_size=total_batch_size, seed=seed,
+                                                        gradient_clip_val=gradient_clip_val, precision=self.precision)
         self._stepper: L.Trainer | None = None
         self._trained = False
         self._bridge.fire("on_init_end")
@@ -170,15 +162,6 @@ class Trainer:
                   **overrides}
         with quiet_lightning(self.verbose and self.master_process):
             return L.Trainer(**kwargs)
-
-    def _hyperparameters(self, total_batch_size: int, gradient_clip_val: float) -> dict[str, Any]:
-        """What the loggers record once per run: the model and its optimisation, and the run's batch arithmetic."""
-        p = self.plan
-        return {**self._module.hyperparameters(), "run": {
-            "total_batch_size": total_batch_size, "batch_size": p.batch_size, "seq_length": p.seq_length,
-            "grad_accum_steps": p.grad_accum, "world_size": p.world_size, "tokens_per_step": p.tokens_per_step,
-            "steps_per_epoch": p.steps_per_epoch, "epochs": p.epochs, "max_steps": p.max_steps,
-            "gradient_clip_val": gradient_clip_val, "precision": self.precision, "seed": self.seed}}
 
     # ---- documented attributes -----------------------------------------------------------------------
     @property
@@ -218,25 +201,15 @@ class Trainer:
     def _save_checkpoint(self, val_loss: float | None = None, is_best: bool = False) -> str | None:
         """Save a checkpoint of the current step (and `best.ckpt` when is_best); the master returns its path.
 
-        From a hook while `train()` runs, the run's own resumable `step=N.ckpt` is written when the step is
-        finished, after its validation and CSV row (a file saved before them would resume past them), and
-        `on_checkpoint_end` announces it; processes agree on it, so a hook running on the master alone is fine.
-        Outside training (before it, after it, around `train_step()`) the file is `model-step=N.ckpt` (and
-        `model-best.ckpt`): the model, its config and the optimizer, for `Transformer.from_checkpoint`. Only a
-        running fit can write the loop and loader state a resume needs: such files never replace a run's own,
-        "last" never picks them, and resuming from one is an error that says so.
-        """
+        From a hook while `train()` runs: the run's own resumable `step=N.ckpt`, written once the step is finished
+        (after its validation and CSV row), agreed on by all processes. Outside training: `model-step=N.ckpt` (and
+        `model-best.ckpt`), the model, its config and the optimizer, which "last" never picks (no loop state)."""
         if self._fitting():
             self._cadence.request_save(val_loss, is_best)
             path = self.checkpoints_dir / step_checkpoint_name(self.current_step)
             return str(path) if self.master_process else None
         path = self.checkpoints_dir / model_checkpoint_name(self.current_step)
-        checkpoint = {  # the contents SPEC.md documents, by hand: Lightning saves only inside fit
-            "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
-            "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
-            "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
-            "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
-        }
+        checkpoint = model_checkpoint(self._module, self.optimizer, self.current_epoch, self.current_step, val_loss)
         if self.master_process:
             self._checkpoint_io.save_checkpoint(checkpoint, path)
             if is_best:
@@ -263,24 +236,16 @@ class Trainer:
         return val_loss
 
     def train_step(self) -> dict[str, float]:
-        """Run exactly one optimizer step (all its micro-batches) and return its metrics.
-
-        Successive calls continue one data stream and one optimizer state. For driving steps by hand
-        (notebooks, debugging): `train()` runs a whole run instead, and the two are not mixed in one Trainer.
-        """
+        """Run exactly one optimizer step (all its micro-batches) and return its metrics; successive calls continue
+        one data stream and optimizer state. For driving steps by hand: not mixed with `train()` in one Trainer."""
         if self._trained:
             raise RuntimeError("Trainer.train_step(): this Trainer already ran train(); build a new Trainer to step.")
-        if self._stepper is None:
+        if self._stepper is None:  # quiet run-level hooks, no rows or periodic checkpoints: a step at a time
             bridge = HookBridge(self, self._bridge.callbacks)
             bridge.run_hooks = False
             self._checkpoint_io.listeners = [bridge.checkpoint_written]
-            cadence = StepCadence(self.plan, 1, 1, 1, self.checkpoints_dir, None, has_validation=False)
-            cadence.enabled = False
-            cadence.load_state_dict(self._cadence.state_dict())
-            self._cadence = cadence
-            self._stepper = self._lightning_trainer(cadence, bridge, progress=False, max_epochs=-1,
-                                                    limit_train_batches=None, val_check_interval=None,
-                                                    limit_val_batches=0)
+            self._cadence = self._cadence.stepping_copy()
+            self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False, **StepLoader.TRAINER_KWARGS)
             self._step_loader = StepLoader(self.train_data_loader, self.plan.grad_accum)
         lightning_internals.allow_one_more_step(self._stepper)
         with quiet_lightning(False):
@@ -297,7 +262,7 @@ class Trainer:
         """Run the whole training; `ckpt_path` (a file or "last") resumes exactly where that checkpoint stopped."""
         if self._stepper is not None:
             raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
-        ckpt = self._resolve_checkpoint(ckpt_path)
+        ckpt = resolve_ckpt_path(ckpt_path, self.checkpoints_dir)
         if self.master_process:
             remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
         start = time.perf_counter()
@@ -312,35 +277,16 @@ class Trainer:
             if self._csv is not None:
                 self._csv.close()
         elapsed = time.perf_counter() - start
-        last = self._module.last_step
-        result = {
-            "best_val_loss": self.best_val_loss,
-            "train_loss": float(last.loss) if last is not None else math.nan,
-            "steps_completed": self.current_step,
-            "epochs_completed": self.current_epoch,
-            "tokens": self.current_step * self.plan.tokens_per_step,
-            "total_training_time": elapsed,
-            "interrupted": self._cadence.stop_reason == "signal",
-            "stopped_early": self._cadence.stop_reason == "request",
-        }
-        if self.master_process and result["interrupted"]:
-            print(f"tlama-core: interrupted; checkpoint of step {result['steps_completed']} saved in "
-                  f"{self.checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
-        if self.verbose and self.master_process:
-            print_end(result, self._cadence.start_step)
+        last, stop = self._module.last_step, self._cadence.stop_reason
+        result = {"best_val_loss": self.best_val_loss, "train_loss": float(last.loss) if last else math.nan,
+                  "steps_completed": self.current_step, "epochs_completed": self.current_epoch,
+                  "tokens": self.current_step * self.plan.tokens_per_step, "total_training_time": elapsed,
+                  "interrupted": stop == "signal", "stopped_early": stop == "request"}
+        if self.master_process:
+            print_end(result, self._cadence.start_step, self.checkpoints_dir, self.verbose)
         return result
 
     # ---- run plumbing --------------------------------------------------------------------------------
-    def _resolve_checkpoint(self, ckpt_path: str | None) -> str | None:
-        if ckpt_path != "last":
-            return ckpt_path
-        last = find_last_checkpoint(self.checkpoints_dir)
-        if last is None:
-            warnings.warn(f"ckpt_path='last': no checkpoint in {self.checkpoints_dir} yet; starting fresh.",
-                          stacklevel=3)
-            return None
-        return str(last)
-
     def _on_stop_signal(self, signum, frame) -> None:
         self._cadence.request_stop("signal")
         lightning_internals.clear_sigterm_flag(self._trainer)
@@ -348,10 +294,3 @@ class Trainer:
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()}
 
-
-def _device_type(accelerator: str) -> str:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "cuda"
-    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
