@@ -1,4 +1,8 @@
-"""Tokens per second and MFU: the one place that turns tokens and seconds into the rates the logs show."""
+"""Tokens per second and MFU: the one place that turns tokens and seconds into the rates the logs show.
+
+Not Lightning's ThroughputMonitor: it times each micro-batch from its start to its end (a step's data loading,
+which a starved loader must show, falls outside) and logs on its own cadence rather than into the run's row.
+"""
 
 from __future__ import annotations
 
