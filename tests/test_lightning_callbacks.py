@@ -93,7 +93,7 @@ def test_a_precision_the_device_cannot_run_names_it_and_the_device(tmp_path, pre
 @pytest.mark.parametrize(("key", "parameter"), [
     ("accumulate_grad_batches", "total_batch_size"), ("max_steps", "max_steps"), ("max_epochs", "epochs"),
     ("val_check_interval", "validation_steps"), ("limit_train_batches", "steps"), ("logger", "logger"),
-    ("precision", "precision"), ("callbacks", "callbacks"),
+    ("precision", "precision"),
 ])
 def test_trainer_kwargs_the_facade_owns_name_the_parameter_to_use(tmp_path, key, parameter):
     with pytest.raises(ValueError, match=rf"trainer_kwargs\['{key}'\] is set by the facade; use the Trainer "

@@ -20,7 +20,7 @@ OWNED_KEYWORDS = {
     "val_check_interval": "validation_steps", "check_val_every_n_epoch": "validation_steps",
     "limit_train_batches": "steps", "limit_val_batches": "validation_batches", "log_every_n_steps": "log_steps",
     "gradient_clip_val": "gradient_clip_val", "gradient_clip_algorithm": "gradient_clip_val",
-    "precision": "precision", "logger": "logger", "callbacks": "callbacks", "accelerator": "accelerator",
+    "precision": "precision", "logger": "logger", "accelerator": "accelerator",
     "devices": "devices", "num_nodes": "num_nodes", "strategy": "strategy", "enable_progress_bar": "verbose",
     "use_distributed_sampler": "train_data_loader (the facade keeps your sampler)",
 }
@@ -113,17 +113,21 @@ def len_or_none(loader: Any) -> int | None:
         return None
 
 
-def split_callbacks(callbacks: Any, loggers: list[Any], checkpoints_dir: str) -> tuple[list[Any], list[Any]]:
-    """`callbacks` as (hook objects, Lightning callbacks). A ModelCheckpoint without a dirpath saves beside the run's
-    own files (its names never look like `step=XXXXXXXX.ckpt`, so "last" still finds the run's); LearningRateMonitor
-    needs a logger to write to, which is better said now than when the run starts."""
+def split_callbacks(callbacks: Any, extra: list[Any] | None, loggers: list[Any],
+                    checkpoints_dir: str) -> tuple[list[Any], list[Any]]:
+    """`callbacks` and `extra` (trainer_kwargs' callbacks) as (hook objects, Lightning callbacks).
+
+    A ModelCheckpoint without a dirpath saves beside the run's own files (its names never look like
+    `step=XXXXXXXX.ckpt`, so "last" still finds the run's); LearningRateMonitor needs a logger to write to, which
+    is better said now than when the run starts."""
     from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
     if not isinstance(callbacks, (list, tuple, type(None))):
         raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
                         f"pass callbacks=[{type(callbacks).__name__}(...)].")
-    hooks = [cb for cb in callbacks or [] if not isinstance(cb, Callback)]
-    lightning_callbacks = [cb for cb in callbacks or [] if isinstance(cb, Callback)]
+    callbacks = [*(callbacks or []), *(extra or [])]
+    hooks = [cb for cb in callbacks if not isinstance(cb, Callback)]
+    lightning_callbacks = [cb for cb in callbacks if isinstance(cb, Callback)]
     for callback in lightning_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
             callback.dirpath = str(checkpoints_dir)

@@ -101,7 +101,8 @@ class Trainer:
         self._checkpoint_io = AtomicCheckpointIO()
         self._checkpoint_io.expected_config = self.model.config.to_dict()
         loggers = build_loggers(logger, logs_dir)
-        hooks, self._lightning_callbacks = checks.split_callbacks(callbacks, loggers, checkpoints_dir)
+        hooks, self._lightning_callbacks = checks.split_callbacks(callbacks, overrides.pop("callbacks", None), loggers,
+                                                                  checkpoints_dir)
         self._lightning_kwargs = {
             "accelerator": accelerator, "devices": devices, "num_nodes": num_nodes, "strategy": strategy,
             "precision": self.precision, "gradient_clip_val": gradient_clip_val or None,
