@@ -131,3 +131,10 @@ def test_a_schedule_that_ends_before_or_after_the_run_warns_naming_both(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_trainer(tmp_path, scheduler=get_lr_scheduler(1e-3, 1e-4, 1, 8))
+
+
+def test_a_run_shorter_than_the_warmup_of_a_run_length_schedule_warns_and_trains_in_warmup(tmp_path):
+    with pytest.warns(UserWarning, match=r"warmup_steps=5 is not shorter than the run's 2 steps"):
+        t = make_trainer(tmp_path, steps=2, validation_steps=100, scheduler=get_lr_scheduler(1e-3, 1e-4, 5, None))
+    t.train()
+    assert [float(r["learning_rate"]) for r in read_rows(t.log_file)] == [1e-3 * 1 / 5, 1e-3 * 2 / 5]

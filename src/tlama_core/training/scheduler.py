@@ -88,9 +88,10 @@ def fit_schedule_to_run(schedule: Callable[[int], float], run_steps: int) -> Cal
     if not isinstance(schedule, LRSchedule):
         return schedule
     if schedule.max_steps is None:
-        if schedule.warmup_steps >= run_steps:
-            raise ValueError(f"get_lr_scheduler: warmup_steps={schedule.warmup_steps} must be < the run's "
-                             f"{run_steps} steps (max_steps=None: the run's length).")
+        if schedule.warmup_steps >= run_steps:  # a short trial run: keep it running, say what it misses
+            warnings.warn(f"the learning-rate schedule's warmup_steps={schedule.warmup_steps} is not shorter than the "
+                          f"run's {run_steps} steps: the run ends during the warmup.", stacklevel=user_stacklevel())
+            return replace(schedule, max_steps=schedule.warmup_steps + 1)
         return replace(schedule, max_steps=run_steps)
     if schedule.max_steps != run_steps and schedule.min_lr != schedule.max_lr:  # a flat rate has no end to miss
         how = "before" if schedule.max_steps < run_steps else "after"
