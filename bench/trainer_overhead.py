@@ -6,9 +6,10 @@ the Trainer picks (bf16 autocast on a CPU with bf16 units, as Lightning does it;
 quiet (verbose=False), logs a row every 10 steps, never validates and checkpoints only at its last step. Start-up
 is excluded from both: the clock runs from the start of step WARMUP + 1 to the end of the last optimizer step
 (for the Trainer through its documented hooks, so its final checkpoint and teardown are not counted). Runs
-alternate in one process; medians are compared. Target: ours / hand loop >= 0.97.
+alternate in one process; medians are compared. Target: ours / hand loop >= 0.97, with or without a logger
+(`--logger tensorboard`: the Trainer also sends each row to that Lightning logger; the hand loop logs nothing).
 
-    python bench/trainer_overhead.py [--rounds 3] [--steps 20]
+    python bench/trainer_overhead.py [--rounds 3] [--steps 20] [--logger tensorboard]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training import Trainer
 from tlama_core.training.optim import build_optimizer
-from tlama_core.training.trainer import has_fast_bf16
+from tlama_core.training.precision import has_fast_bf16
 
 CONFIG = TlamaConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=8, max_seq_len=128)
 BATCH, SEQ, ACCUM = 4, 64, 4  # small enough for 3 alternating rounds in ~3 minutes on 2 shared CPU cores
@@ -63,14 +64,14 @@ class _Clock:
             self.stop = time.perf_counter()
 
 
-def ours(loader: _Loader, steps: int) -> float:
+def ours(loader: _Loader, steps: int, logger: str | None) -> float:
     """Seconds of the timed steps under `Trainer.train()`."""
     clock = _Clock(steps)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(fresh_model(), loader, total_batch_size=BATCH * SEQ * ACCUM, steps=steps,
                           learning_rate=LR, weight_decay=WEIGHT_DECAY, log_steps=10, validation_steps=10**6,
                           checkpoint_steps=10**6, gradient_clip_val=1.0, verbose=False, callbacks=[clock],
-                          checkpoints_dir=f"{tmp}/ckpt", logs_dir=f"{tmp}/logs")
+                          checkpoints_dir=f"{tmp}/ckpt", logs_dir=f"{tmp}/logs", logger=logger)
         assert trainer.grad_accum_steps == ACCUM and (trainer.precision == "bf16-mixed") == BF16
         if trainer.train()["interrupted"] or clock.stop is None:
             raise SystemExit("trainer_overhead: the Trainer run was interrupted; no timing.")
@@ -102,19 +103,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--logger", default=None, help="a Trainer logger name (tensorboard, csv, mlflow) to attach")
     args = parser.parse_args()
     loader = _Loader(args.steps)
     tokens = (args.steps - WARMUP) * ACCUM * BATCH * SEQ
     hand_loop(loader, WARMUP + 1)  # warm-up of the kernels and the allocator, for whichever runs first
     times = []
     for r in range(args.rounds):
-        times.append((ours(loader, args.steps), hand_loop(loader, args.steps)))
+        times.append((ours(loader, args.steps, args.logger), hand_loop(loader, args.steps)))
         t_ours, t_hand = times[-1]
         print(f"round {r + 1}: Trainer {tokens / t_ours:,.0f} tok/s, hand loop {tokens / t_hand:,.0f} tok/s")
     t_ours = statistics.median(t for t, _ in times)
     t_hand = statistics.median(t for _, t in times)
     print(f"{Transformer(CONFIG).num_params() / 1e6:.1f}M parameters, {BATCH} x {SEQ} x {ACCUM} accumulation, "
-          f"{args.steps - WARMUP} timed steps, {torch.get_num_threads()} threads, {'bf16' if BF16 else 'fp32'}")
+          f"{args.steps - WARMUP} timed steps, {torch.get_num_threads()} threads, {'bf16' if BF16 else 'fp32'}, "
+          f"logger: {args.logger}")
     print(f"Trainer.train(): {tokens / t_ours:,.0f} tok/s; hand loop: {tokens / t_hand:,.0f} tok/s")
     print(f"ours / hand loop = {t_hand / t_ours:.3f} (target >= 0.97); median of {args.rounds} alternating rounds")
 

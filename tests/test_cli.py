@@ -7,6 +7,7 @@ import inspect
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -64,7 +65,9 @@ def test_print_config_without_a_config_is_the_shakespeare_cpu_run(capsys):
     assert set(config) == {"trainer", "model", "data", "ckpt_path"}
     assert set(config["trainer"]) == {f.name for f in dataclasses.fields(RunSettings)}
     assert set(config["model"]["config"]) == {f.name for f in dataclasses.fields(TlamaConfig)}
-    assert config["data"]["train_path"] is None and config["data"]["tokenizer_path"] is None  # built-in corpus
+    data = config["data"]["init_args"]
+    assert config["data"]["class_path"] == "tlama_core.data.TlamaDataModule"
+    assert data["train_path"] is None and data["tokenizer_path"] is None  # built-in corpus
 
 
 def test_print_config_comments_documents_every_key(capsys):
@@ -73,7 +76,7 @@ def test_print_config_comments_documents_every_key(capsys):
     lines = capsys.readouterr().out.splitlines()
     undocumented = []
     for i, line in enumerate(lines):
-        if not line.strip() or line.lstrip().startswith("#"):
+        if not line.strip() or line.lstrip().startswith(("#", "class_path:")):  # a class_path: its section's comment
             continue
         above = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         if not above.startswith("# ") or above.startswith("#  ("):  # "#  (type: ...)": no description
@@ -293,3 +296,88 @@ def test_a_run_in_a_directory_another_run_holds_exits_2_naming_the_owner(tmp_pat
     assert "pid 4242 on host node-17" in capsys.readouterr().err
     assert sorted(p.name for p in Path("checkpoints").iterdir()) == ["run.lock"]  # not even its config.yaml
     assert not Path("logs/train_log.csv").exists()
+
+
+# ---- Lightning's loggers and callbacks, precision and max_steps from YAML and flags -----------------------
+def test_trainer_logger_flag_sends_the_csv_logs_rows_to_tensorboard(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), "--trainer.logger", "tensorboard"])
+    events = EventAccumulator("logs/tensorboard/version_0")
+    events.Reload()
+    expected = {int(r["step"]): float(r["train_loss"]) for r in read_rows("logs/train_log.csv")}
+    assert {e.step: e.value for e in events.Scalars("train_loss")} == pytest.approx(expected, rel=1e-6)
+    assert yaml.safe_load(Path("checkpoints/config.yaml").read_text())["trainer"]["logger"] == "tensorboard"
+
+
+def test_max_steps_flag_sets_the_runs_length_and_a_null_schedule_ends_with_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scheduler = {**TINY_RUN["model"]["scheduler"], "max_steps": None}
+    run = {**TINY_RUN, "model": {**TINY_RUN["model"], "scheduler": scheduler}}
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run)), "--trainer.max_steps", "3"])
+    rows = read_rows("logs/train_log.csv")
+    schedule = get_lr_scheduler(2e-3, 2e-4, 1, 3)
+    assert [(int(r["step"]), float(r["learning_rate"])) for r in rows] == [(s, schedule(s - 1)) for s in (1, 2, 3)]
+
+
+def test_yaml_mixes_hook_objects_with_lightning_callbacks_and_loggers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    callbacks = [{"class_path": f"{__name__}.StepFile", "init_args": {"path": "steps.jsonl", "tag": "yaml"}},
+                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"monitor": "val_loss", "save_top_k": 1, "filename": "best-{step}"}}]
+    logger = ["csv", {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "mine"}}]
+    run = {**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "callbacks": callbacks, "logger": logger}}
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run))])
+    assert len(Path("steps.jsonl").read_text().splitlines()) == 4
+    rows = read_rows("logs/train_log.csv")
+    for metrics in ("logs/csv/version_0/metrics.csv", "mine/lightning_logs/version_0/metrics.csv"):
+        logged = {int(r["step"]): float(r["train_loss"]) for r in read_csv_rows(metrics)}
+        assert logged == {int(r["step"]): float(r["train_loss"]) for r in rows}
+    best_step = min((float(r["val_loss"]), int(r["step"])) for r in rows if r["val_loss"])[1]
+    assert [p.name for p in Path("checkpoints").glob("best-*.ckpt")] == [f"best-step={best_step}.ckpt"]
+
+
+def read_csv_rows(path: str) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class RandomWindows(L.LightningDataModule):
+    """Random token windows, train only: what a LightningCLI user's own DataModule looks like."""
+
+    def __init__(self, windows: int = 32, seq_length: int = 32, vocab: int = 1024) -> None:
+        super().__init__()
+        self.windows, self.seq_length, self.vocab = windows, seq_length, vocab
+
+    def setup(self, stage: str) -> None:
+        g = torch.Generator().manual_seed(0)
+        data = torch.randint(0, self.vocab, (self.windows, self.seq_length + 1), generator=g)
+        self.dataset = torch.utils.data.TensorDataset(data[:, :-1], data[:, 1:])
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.dataset, batch_size=4)
+
+
+def test_data_class_path_takes_a_users_own_lightning_data_module(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = {"class_path": f"{__name__}.RandomWindows", "init_args": {"windows": 32, "seq_length": 32}}
+    run = {**TINY_RUN, "data": data}
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run))])
+    assert [(r["step"], r["val_loss"]) for r in read_rows("logs/train_log.csv")] == [(str(s), "") for s in (1, 2, 3, 4)]
+
+
+def test_data_class_path_of_tlama_data_module_is_the_plain_data_section(tmp_path, capsys):
+    """README's form (`data: {class_path: tlama_core.data.TlamaDataModule, init_args: ...}`) and the plain one
+    resolve to the same run."""
+    printed = []
+    for data in (TINY_RUN["data"], {"class_path": "tlama_core.data.TlamaDataModule", "init_args": TINY_RUN["data"]}):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", {**TINY_RUN, "data": data})),
+                  "--print_config"])
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1]
+    assert yaml.safe_load(printed[0])["data"]["init_args"]["batch_size"] == 4

@@ -16,7 +16,7 @@ from trainer_utils import VOCAB, Recorder, SlowLoader, WindowLoader, tiny_model
 from tlama_core.training import Trainer, get_lr_scheduler
 from tlama_core.training.batching import grad_accum_steps
 from tlama_core.training.checkpointing import load_checkpoint_file
-from tlama_core.training.trainer import has_fast_bf16
+from tlama_core.training.precision import has_fast_bf16
 
 
 def make_trainer(tmp_path, model=None, loader=None, **kw) -> Trainer:
@@ -344,10 +344,10 @@ def test_compile_trains_the_compiled_model_to_the_eager_losses(tmp_path):
 
 
 def test_mfu_is_the_per_device_rate_times_flops_per_token_over_the_peak(tmp_path, monkeypatch):
-    from tlama_core.training import cadence
+    from tlama_core.training import throughput
     from tlama_core.training.batching import flops_per_token
 
-    monkeypatch.setattr(cadence, "peak_flops", lambda device, precision: 1e10)  # a device with a known peak
+    monkeypatch.setattr(throughput, "peak_flops", lambda device, precision: 1e10)  # a device with a known peak
     t = make_trainer(tmp_path, steps=2)
     t.train()
     row = read_csv(t.log_file)[-1]

@@ -1,7 +1,8 @@
 """`tlama fit`: a LightningCLI run of TlamaLightningModule and TlamaDataModule, executed by the `Trainer` facade.
 
 The YAML has three sections: `model:` (TlamaLightningModule: the TlamaConfig, learning rate, weight decay and
-LRSchedule), `data:` (TlamaDataModule) and `trainer:` (the facade's own parameters, under the same names, see
+LRSchedule), `data:` (TlamaDataModule, or any LightningDataModule given by class_path) and `trainer:` (the
+facade's own parameters, under the same names, see
 `RunSettings`). LightningCLI parses, validates and instantiates; the facade then translates and trains, so a YAML
 run and a Python run with the same values write the same CSV log and checkpoints and reach the same losses.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -56,8 +58,9 @@ class RunSettings:
         logs_dir: Directory of `train_log.csv`.
         seed: Seeds Python, NumPy and torch before the model is built, so a run is reproducible.
         verbose: Print the run summary and a progress bar.
-        callbacks: Objects with any of the Trainer's hook methods (on_step_end, on_validate_end, ...), given
-            as `{class_path: package.module.Class, init_args: {...}}`.
+        callbacks: Objects with any of the Trainer's hook methods (on_step_end, on_validate_end, ...) and
+            Lightning callbacks (ModelCheckpoint, EarlyStopping, LearningRateMonitor, ...), each given as
+            `{class_path: package.module.Class, init_args: {...}}`.
         master_process: Whether this process writes logs and checkpoints (false on non-zero ranks).
         compile: torch.compile the model.
         activation_checkpointing: Recompute each block in the backward pass instead of storing its activations
@@ -67,7 +70,11 @@ class RunSettings:
         devices: Devices per node: auto, a count, or a list of device indices.
         num_nodes: Machines taking part in the run.
         strategy: Lightning strategy: auto, ddp, fsdp, ...
-        trainer_kwargs: Any other `lightning.Trainer` keyword arguments.
+        trainer_kwargs: Any other `lightning.Trainer` keyword arguments (they override the facade's defaults).
+        logger: Lightning loggers: tensorboard, csv, mlflow or wandb (built under logs_dir), a list of them, or
+            `{class_path: lightning.pytorch.loggers.X, init_args: {...}}` entries; null: the CSV log only.
+        precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
+        max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
     """
 
     total_batch_size: int = 524288
@@ -93,6 +100,9 @@ class RunSettings:
     num_nodes: int = 1
     strategy: str = "auto"
     trainer_kwargs: dict[str, Any] | None = None
+    logger: str | dict | list[str | dict] | None = None
+    precision: str | None = None
+    max_steps: int | None = None
 
 
 # What `tlama fit` trains when the YAML leaves a key out: the run of configs/shakespeare-cpu.yaml (a ~3.5M
@@ -103,10 +113,9 @@ BUILTIN_RUN: dict[str, Any] = {
     "model.learning_rate": 6e-3,
     "model.weight_decay": 2.5,
     "model.muon": True,
-    "model.scheduler": {"max_lr": 6e-3, "min_lr": 1e-4, "warmup_steps": 5, "max_steps": 240,
+    "model.scheduler": {"max_lr": 6e-3, "min_lr": 1e-4, "warmup_steps": 5, "max_steps": None,
                         "decay_type": "cosine"},
-    "data.batch_size": 64,
-    "data.seq_length": 64,
+    "data": {"class_path": "tlama_core.data.TlamaDataModule", "init_args": {"batch_size": 64, "seq_length": 64}},
     "trainer.total_batch_size": 8192,
     "trainer.epochs": 5,
     "trainer.validation_steps": 100,
@@ -139,7 +148,9 @@ class TlamaCLI(LightningCLI):
         parser.add_class_arguments(RunSettings, "trainer", sub_configs=True)
         # `model` and `optimizer` are the facade's way in (an existing Transformer / optimizer): not YAML keys.
         parser.add_class_arguments(TlamaLightningModule, "model", skip={"model", "optimizer"}, sub_configs=True)
-        parser.add_lightning_class_args(TlamaDataModule, "data")
+        # Any LightningDataModule (`data: {class_path: ..., init_args: ...}`); TlamaDataModule's arguments alone
+        # (`data: {batch_size: ...}`) keep meaning TlamaDataModule, the default class.
+        parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=False)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -176,7 +187,7 @@ class TlamaCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, FileNotFoundError) as err:  # raised by the classes, naming the parameter and value
+        except (ValueError, FileNotFoundError, ImportError) as err:  # raised by the classes, naming parameter and value
             if os.environ.get("JSONARGPARSE_DEBUG"):
                 raise
             self.parser.error(str(err))
@@ -184,23 +195,31 @@ class TlamaCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         settings: RunSettings = self.config_init.trainer
         values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-        values["callbacks"] = [self._callback(entry, i) for i, entry in enumerate(settings.callbacks or [])]
+        values["callbacks"] = [self._build(entry, f"trainer.callbacks[{i}]")
+                               for i, entry in enumerate(settings.callbacks or [])]
+        if isinstance(settings.logger, list):
+            values["logger"] = [self._build(entry, f"trainer.logger[{i}]") for i, entry in enumerate(settings.logger)]
+        elif isinstance(settings.logger, dict):
+            values["logger"] = self._build(settings.logger, "trainer.logger")
         ckpt_path = self.config.ckpt_path
         if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
             self.parser.error(f'Parser key "ckpt_path": no checkpoint file {ckpt_path!r} (or give "last").')
         values["callbacks"].append(_SaveConfigOnceAccepted(self))
-        data: TlamaDataModule = self.datamodule
+        data: LightningDataModule = self.datamodule
+        data.prepare_data()  # Lightning's order for a DataModule: prepare (download, tokenize), set up, then loaders
+        data.setup("fit")
+        has_val = type(data).val_dataloader is not LightningDataModule.val_dataloader
         return Trainer(model=self.model, train_data_loader=data.train_dataloader(),
-                       val_data_loader=data.val_dataloader(), **values, **kwargs)
+                       val_data_loader=data.val_dataloader() if has_val else None, **values, **kwargs)
 
-    def _callback(self, entry: Any, index: int) -> Any:
-        """jsonargparse builds `{class_path, init_args}` entries; one it could not build is still a dict (or a
-        bare class path, a str): build it here so the error says what is wrong."""
-        if isinstance(entry, str):
+    def _build(self, entry: Any, name: str) -> Any:
+        """Build a `{class_path, init_args}` entry (a callback or a logger); a callback's bare class path (a str)
+        too, while a logger's str is a name the facade knows. Errors name the key."""
+        if isinstance(entry, str) and name.startswith("trainer.callbacks"):
             entry = {"class_path": entry}
         if not (isinstance(entry, dict) and "class_path" in entry):
             return entry
-        key, path = f'Parser key "trainer.callbacks[{index}]"', entry["class_path"]
+        key, path = f'Parser key "{name}"', entry["class_path"]
         module_name, _, name = path.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module_name), name)

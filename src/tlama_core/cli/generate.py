@@ -25,7 +25,8 @@ def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = No
         return recorded
     config = checkpoint.parent / CONFIG_NAME
     if config.is_file():
-        configured = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("tokenizer_path")
+        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+        configured = (data.get("init_args") or data).get("tokenizer_path")  # `data: {class_path, init_args}` too
         if configured:
             return Path(configured)
     return builtin_tokenizer_path()

@@ -91,6 +91,7 @@ class StepPlan:
     world_size: int
     steps_per_epoch: int
     epochs: int
+    total_steps: int | None = None  # the run's optimizer steps when given (`max_steps`), else epochs x steps
 
     @property
     def micro_batch_tokens(self) -> int:
@@ -103,13 +104,16 @@ class StepPlan:
 
     @property
     def max_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
+        """The run's optimizer steps in all."""
+        return self.total_steps or self.steps_per_epoch * self.epochs
 
 
 def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, total_batch_size: int,
-               gradient_accumulation: bool, steps: int | None, epochs: int, world_size: int = 1) -> StepPlan:
+               gradient_accumulation: bool, steps: int | None, epochs: int, world_size: int = 1,
+               max_steps: int | None = None) -> StepPlan:
     """Count a run in optimizer steps. An epoch holds whole steps only: a short last window is dropped
-    (its loss would be divided by the full accumulation count)."""
+    (its loss would be divided by the full accumulation count). `max_steps` is the whole run's length and
+    overrides epochs x steps: the run takes as many epochs as it needs, the last one cut short."""
     accum = grad_accum_steps(total_batch_size, batch_size * seq_length, world_size, gradient_accumulation)
     if steps is not None and batches_per_epoch is not None and steps * accum > batches_per_epoch:
         raise ValueError(
@@ -126,6 +130,8 @@ def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, 
                 f"train_data_loader gives {batches_per_epoch} micro-batches per epoch, fewer than one optimizer step "
                 f"({accum} micro-batches of {batch_size}x{seq_length} tokens); lower total_batch_size or add data."
             )
+    if max_steps is not None:
+        return StepPlan(batch_size, seq_length, accum, world_size, steps, -(-max_steps // steps), max_steps)
     return StepPlan(batch_size, seq_length, accum, world_size, steps, epochs)
 
 

@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tlama_core.training.batching import StepPlan, ends_step, flops_per_token, peak_flops
+from tlama_core.training import lightning_internals
+from tlama_core.training.batching import StepPlan, ends_step
 from tlama_core.training.checkpointing import BEST_NAME, set_aside_later_checkpoints, step_checkpoint_name
-from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.finite import check_weights_finite
+from tlama_core.training.metrics import MetricSinks, metrics_row
+from tlama_core.training.throughput import Throughput
 
 STOP_CODES = (None, "request", "signal")  # agreed across processes as their maximum: a signal wins
 
@@ -36,15 +38,16 @@ class SaveRequest:
 
 
 class StepCadence(Callback):
-    """Every `log_steps` a CSV row, every `checkpoint_steps` a checkpoint, a `best.ckpt` when val_loss improves,
-    and at the last step of the run: validation, a row and a checkpoint."""
+    """Every `log_steps` a metrics row (to `sinks`: the CSV log and the loggers), every `checkpoint_steps` a
+    checkpoint, a `best.ckpt` when val_loss improves, and at the last step of the run: validation, a row and a
+    checkpoint. `sinks` is None on a process that writes no files."""
 
     def __init__(self, plan: StepPlan, log_steps: int, validation_steps: int, checkpoint_steps: int,
-                 checkpoints_dir: str | Path, csv_log: CsvLog | None, has_validation: bool) -> None:
+                 checkpoints_dir: str | Path, sinks: MetricSinks | None, has_validation: bool) -> None:
         self.plan = plan
         self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
         self.checkpoints_dir = Path(checkpoints_dir)
-        self.csv_log = csv_log
+        self.sinks = sinks
         self.has_validation = has_validation
         self.best_val_loss = math.inf
         # Set: finish this step, checkpoint it, stop. "signal" (SIGINT/SIGTERM) or "request" (Trainer.request_stop)
@@ -55,11 +58,9 @@ class StepCadence(Callback):
         self.enabled = True  # off while `Trainer.train_step()` drives single steps
         self.progress: dict[str, float] = {}
         self._pending_step: int | None = None  # a step whose row and checkpoint wait for its validation
-        self._window_tokens = 0
-        self._window_seconds = 0.0
+        self.throughput = Throughput(plan.world_size)
         self._validation_started = 0.0
         self.start_step: int | None = None  # the step this fit's training started from (None: it never started)
-        self._mfu_per_token: float | None = None
 
     # Lightning saves and restores this with every checkpoint (callback state).
     def state_dict(self) -> dict[str, Any]:
@@ -68,16 +69,23 @@ class StepCadence(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_val_loss = float(state_dict.get("best_val_loss", math.inf))
 
+    def stepping_copy(self) -> StepCadence:
+        """A disabled cadence for `Trainer.train_step()` (no rows, no periodic checkpoints) keeping this one's
+        best val loss; it still measures throughput and saves on request."""
+        cadence = StepCadence(self.plan, 1, 1, 1, self.checkpoints_dir, None, has_validation=False)
+        cadence.enabled = False
+        cadence.load_state_dict(self.state_dict())
+        return cadence
+
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
-        # MFU = per-device tokens/s x this: FLOPs per token over the device's peak (None: no known peak, a CPU).
-        peak = peak_flops(pl_module.device, str(trainer.precision))
-        self._mfu_per_token = flops_per_token(pl_module.config, self.plan.seq_length) / peak if peak else None
+        lightning_internals.mark_resume_step_saved(trainer)
+        self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config, self.plan.seq_length)
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and
         # step files past it (all of them, starting fresh) belong to a run this one does not continue.
-        if self.enabled and self.csv_log is not None and trainer.is_global_zero:
+        if self.enabled and self.sinks is not None and trainer.is_global_zero:
             resume_step = trainer.global_step if trainer.ckpt_path else None
-            self.csv_log.open(resume_step=resume_step)
+            self.sinks.open(trainer.loggers, resume_step=resume_step)
             aside = set_aside_later_checkpoints(self.checkpoints_dir, resume_step)
             if aside is not None:
                 warnings.warn(f"checkpoints of a run this one does not continue were moved to {aside}/ so that "
@@ -90,8 +98,11 @@ class StepCadence(Callback):
         self.save_request = SaveRequest(val_loss, is_best)
 
     def _is_final(self, trainer, step: int) -> bool:
-        """The run ends with this step: its last one, or a stop was asked for on any process."""
+        """The run ends with this step: its last one, or a stop was asked for on any process (or by a Lightning
+        callback, e.g. EarlyStopping, through `trainer.should_stop`)."""
         self._agree(trainer)
+        if trainer.should_stop and not self.is_last_step(step):
+            self.stop_reason = self.stop_reason or "request"
         return self.is_last_step(step) or self.stop_reason is not None
 
     def _agree(self, trainer) -> None:
@@ -120,8 +131,7 @@ class StepCadence(Callback):
         if not ends_step(batch_idx, trainer.accumulate_grad_batches):
             return
         rec = pl_module.last_step
-        self._window_tokens += rec.tokens
-        self._window_seconds += rec.seconds
+        self.throughput.add(rec.tokens, rec.seconds)
         if not self.enabled:
             return
         step = trainer.global_step
@@ -190,18 +200,7 @@ class StepCadence(Callback):
         pl_module.exclude_time(time.perf_counter() - saving)
 
     def _write_row(self, trainer, pl_module, val: dict[str, float] | None) -> None:
-        rec = pl_module.last_step
-        per_sec = self._window_tokens / self._window_seconds if self._window_seconds > 0 else None
-        per_device = per_sec / self.plan.world_size if per_sec else None
-        mfu = per_device * self._mfu_per_token if (per_device and self._mfu_per_token) else None
-        self._window_tokens, self._window_seconds = 0, 0.0
-        row = {
-            "epoch": trainer.current_epoch, "step": trainer.global_step, "timestamp": round(time.time(), 3),
-            "train_loss": float(rec.loss), "learning_rate": rec.lr,
-            "grad_norm": float(rec.grad_norm) if rec.grad_norm is not None else None,
-            "val_loss": val["val_loss"] if val else None, "val_bpc": val.get("val_bpc") if val else None,
-            "tokens_per_sec": per_sec, "tokens_per_sec_per_device": per_device, "mfu": mfu,
-        }
-        self.progress = {"loss": row["train_loss"], "lr": rec.lr, "tok/s": per_sec or 0.0}
-        if self.csv_log is not None and trainer.is_global_zero:
-            self.csv_log.write(row)
+        row = metrics_row(trainer.current_epoch, trainer.global_step, pl_module.last_step, self.throughput.take(), val)
+        self.progress = {"loss": row["train_loss"], "lr": row["learning_rate"], "tok/s": row["tokens_per_sec"] or 0.0}
+        if self.sinks is not None and trainer.is_global_zero:
+            self.sinks.write(row, trainer.loggers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +41,28 @@ MODEL_BEST_NAME = "model-best.ckpt"  # `Trainer._save_checkpoint(is_best=True)` 
 def model_checkpoint_name(step: int) -> str:
     """`Trainer._save_checkpoint()` outside training: a model and its optimizer, no run state to resume."""
     return f"model-step={step:08d}.ckpt"
+
+
+def model_checkpoint(module: Any, optimizer: Any, epoch: int, step: int, val_loss: float | None) -> dict[str, Any]:
+    """The contents SPEC.md documents, for a save outside a fit (Lightning's own saving needs a running fit):
+    the model, its config and the optimizer; no loop state, so it cannot resume a run."""
+    import lightning as L
+
+    return {"state_dict": module.state_dict(), "model_config": module.config.to_dict(),
+            "optimizer_states": [optimizer.state_dict()] if optimizer else [], "epoch": epoch,
+            "global_step": step, "step": step, "val_loss": val_loss, "pytorch-lightning_version": L.__version__}
+
+
+def resolve_ckpt_path(ckpt_path: str | None, directory: str | Path) -> str | None:
+    """`ckpt_path` as given, or for "last" the newest step checkpoint in `directory` (None, with a warning, when
+    there is none yet: the run starts fresh)."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = find_last_checkpoint(directory)
+    if last is None:
+        warnings.warn(f"ckpt_path='last': no checkpoint in {directory} yet; starting fresh.", stacklevel=3)
+        return None
+    return str(last)
 
 
 def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) -> Path | None:

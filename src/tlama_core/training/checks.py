@@ -67,3 +67,11 @@ def check_writable_dir(owner: str, name: str, path: str | Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is not writable" if existing == path else f"cannot be created: {str(existing)!r} is not writable"
         raise ValueError(f"{owner}: {name}={str(path)!r} {what}; give a directory you can write to.")
+
+
+def check_counts(**counts: int | None) -> None:
+    """The Trainer's counts: integers >= 1 (steps, validation_batches and max_steps may also be None)."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"Trainer: {name}={value!r} must be an integer >= 1" + (
+                " (or None)." if name in ("steps", "validation_batches", "max_steps") else "."))

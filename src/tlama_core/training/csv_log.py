@@ -1,8 +1,9 @@
 """The run's CSV log: one row per logged optimizer step, appended and flushed as it happens.
 
-Lightning's CSVLogger rewrites its whole file at each save and knows nothing of resuming, so a killed run could
-lose rows or keep rows of steps that the resumed run trains again; this log appends one line at a time and, on
-resume, keeps exactly the rows up to the checkpoint's step.
+Not Lightning's CSVLogger (which `logger="csv"` adds beside it): that one starts a new version directory per fit,
+writes only at its save cadence (a kill loses the rows since), and cannot drop the rows of steps a resumed run
+trains again; this log keeps the documented columns in one file per run, appends and flushes one line at a time
+and, on resume, keeps exactly the rows up to the checkpoint's step.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training.batching import ends_step, starts_step
 from tlama_core.training.checkpointing import AtomicCheckpointIO
+from tlama_core.training.metrics import hook_metrics
 
 HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
          "on_step_end", "on_backward_start", "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end",
@@ -77,7 +78,7 @@ class HookBridge(Callback):
             # No Lightning hook follows the optimizer step itself; nothing user-visible happens between it and here.
             self.fire("on_optimizer_step_end")
             if self._receivers("on_step_end"):  # its metrics read device values: only for a listener
-                self.fire("on_step_end", step_metrics(pl_module))
+                self.fire("on_step_end", hook_metrics(pl_module.last_step))
             _checkpoint_io(trainer).poll()  # on_checkpoint_end for files whose background commit has finished
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -99,14 +100,3 @@ class HookBridge(Callback):
 def _checkpoint_io(trainer: L.Trainer) -> AtomicCheckpointIO:
     return trainer.strategy.checkpoint_io
 
-
-def step_metrics(pl_module: Any) -> dict[str, float]:
-    """The latest optimizer step's metrics as plain floats (this reads device values: a sync on GPUs)."""
-    rec = pl_module.last_step
-    return {
-        "train_loss": float(rec.loss),
-        "lr": rec.lr,
-        "grad_norm": float(rec.grad_norm) if rec.grad_norm is not None else float("nan"),
-        "tokens_per_sec": rec.tokens / rec.seconds if rec.seconds > 0 else float("nan"),
-        "step": rec.step,
-    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -13,10 +14,11 @@ from torchmetrics import MeanMetric
 
 from tlama_core.checkpoints import CheckpointError
 from tlama_core.models import TlamaConfig, Transformer, load_model
-from tlama_core.training.batching import StepPlan, starts_step
+from tlama_core.training import lightning_internals
+from tlama_core.training.batching import StepPlan, ends_step, starts_step
 from tlama_core.training.checks import check_rate
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
-from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule
+from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule, fit_schedule_to_run
 
 
 @dataclass
@@ -76,6 +78,9 @@ class TlamaLightningModule(L.LightningModule):
         self.seed = 1337
         self.plan: StepPlan | None = None
         self.compile_model = False
+        # `self.log` feeds Lightning's callbacks (ModelCheckpoint, EarlyStopping) always, and its loggers unless
+        # the facade's own metrics row reaches them (one row, one x axis): it sets this False.
+        self.log_to_loggers = True
         self.val_loss = MeanMetric()
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
@@ -110,6 +115,20 @@ class TlamaLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._restart_step_clock()  # the first step's time includes loading its first batch
+        if self.log_to_loggers:
+            for logger in self.loggers:
+                logger.log_hyperparams(self.hyperparameters())
+
+    def hyperparameters(self) -> dict:
+        """The model and its optimisation as plain values, for loggers (the facade adds the run's batch arithmetic).
+
+        Not `save_hyperparameters`: that would put a TlamaConfig object into checkpoints, which `weights_only`
+        loading refuses."""
+        schedule = self.schedule
+        return {"model": self.config.to_dict(), "learning_rate": self.learning_rate,
+                "weight_decay": self.weight_decay, "muon": self.muon,
+                "optimizer": type(self.optimizer).__name__ if self.optimizer is not None else "AdamW",
+                "scheduler": dataclasses.asdict(schedule) if isinstance(schedule, LRSchedule) else repr(schedule)}
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -123,6 +142,9 @@ class TlamaLightningModule(L.LightningModule):
             self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, self.device.type,
                                              muon=self.muon)
         if not hasattr(self, "_lr_scheduler"):
+            if isinstance(self.schedule, LRSchedule) and self.schedule.max_steps is None:
+                # The run's length (the facade fills it in first: asking Lightning sets up the train loader early).
+                self.schedule = fit_schedule_to_run(self.schedule, int(self.trainer.estimated_stepping_batches))
             self._lr_scheduler = StepFunctionLR(self.optimizer, self.schedule)
         # The same objects on every call: `Trainer.train_step()` re-enters fit and must keep optimizer state.
         return {"optimizer": self.optimizer,
@@ -165,6 +187,13 @@ class TlamaLightningModule(L.LightningModule):
         bad_now = (self.first_bad_step == 0) & ~torch.isfinite(loss)
         self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if ends_step(batch_idx, self.trainer.accumulate_grad_batches) and self.last_step is not None:
+            # A tensor, not prog_bar: Lightning reads it on the host only when a logger writes (log_every_n_steps).
+            to_loggers = self.log_to_loggers and bool(self.loggers)
+            self.log("train_loss", self.last_step.loss, logger=to_loggers)
+            self.log("learning_rate", self.last_step.lr, logger=to_loggers)
+
     # ---- validation ---------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -180,7 +209,8 @@ class TlamaLightningModule(L.LightningModule):
         if chars and tokens:
             metrics["val_bpc"] = val_loss * tokens / chars / math.log(2)
         self.last_val = metrics
-        self.log("val_loss", val_loss, prog_bar=True, logger=False)
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == "val_loss", logger=self.log_to_loggers and bool(self.loggers))
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -214,31 +244,5 @@ class TlamaLightningModule(L.LightningModule):
             raise CheckpointError(f"the checkpoint's optimizer state is {'Muon' if saved_muon else 'AdamW'}'s, this "
                                   f"run's optimizer is {'Muon' if muon else 'AdamW'}'s: resume with model.muon="
                                   f"{str(saved_muon).lower()} (muon={saved_muon}), the setting the run started with.")
-        # A checkpoint from an epoch's last batch says so (is_last_batch); when this run gives the epoch more
-        # steps (a raised `steps`), Lightning would otherwise end the resumed epoch at once.
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        progress = fit_loop.get("epoch_loop.batch_progress")
         epoch_batches = self.plan.steps_per_epoch * self.plan.grad_accum if self.plan else 0
-        if progress and progress["current"]["processed"] < epoch_batches:
-            progress["is_last_batch"] = False
-        elif progress:
-            # The epoch is over for this run's plan while the loader stopped inside its pass (`steps` below the
-            # loader's length): the next epoch starts a new pass, as it does in an uninterrupted run, where
-            # Lightning sets the new epoch before iterating; on resume it iterates first.
-            for state in fit_loop.get("state_dict", {}).get("combined_loader", []):
-                if isinstance(state, dict) and {"epoch", "batch"} <= set(state) and state["batch"] > 0:
-                    state["epoch"], state["batch"] = state["epoch"] + 1, 0
-            # Saved in on_validation_end of the epoch's last batch (the batch completed, the epoch not yet
-            # processed), Lightning restarts "on last" (RESTARTED_ON_LAST in training_epoch_loop.py): it ends the
-            # epoch only if its val_check_interval falls on that batch; a validation that the run's end forced
-            # (should_stop, not saved) makes it train one more batch as part of the old epoch. Record the epoch
-            # as finished, as it is between two epochs of an uninterrupted run; the next one then starts at its
-            # batch 0, with its on_train_epoch_start.
-            epochs = fit_loop.get("epoch_progress")
-            total = progress["total"]
-            if (epochs and total["completed"] == total["processed"]
-                    and epochs["total"]["ready"] == epochs["total"]["started"] == epochs["total"]["processed"] + 1):
-                for counts in (epochs["total"], epochs["current"]):
-                    counts["processed"] = counts["completed"] = counts["started"]
-                progress["current"] = dict.fromkeys(progress["current"], 0)
-                progress["is_last_batch"] = False
+        lightning_internals.restore_epoch_position(checkpoint, epoch_batches)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from tlama_core.training.batching import user_stacklevel
 
 DECAY_TYPES = ("cosine", "linear", "exponential", "constant")
 
@@ -23,14 +26,14 @@ class LRSchedule:
         max_lr: Peak learning rate, reached at the end of the warmup.
         min_lr: Learning rate at max_steps and after.
         warmup_steps: Optimizer steps of linear warmup.
-        max_steps: Optimizer step at which the decay reaches min_lr.
+        max_steps: Optimizer step at which the decay reaches min_lr; null: the run's length (its last step).
         decay_type: cosine, linear, exponential or constant.
     """
 
     max_lr: float
     min_lr: float
     warmup_steps: int
-    max_steps: int
+    max_steps: int | None = None
     decay_type: str = "cosine"
 
     def __post_init__(self) -> None:
@@ -38,9 +41,9 @@ class LRSchedule:
             raise ValueError(f"get_lr_scheduler: max_lr={self.max_lr} must be > 0.")
         if not 0 <= self.min_lr <= self.max_lr:
             raise ValueError(f"get_lr_scheduler: min_lr={self.min_lr} must be in [0, max_lr={self.max_lr}].")
-        if self.max_steps <= 0:
-            raise ValueError(f"get_lr_scheduler: max_steps={self.max_steps} must be > 0.")
-        if not 0 <= self.warmup_steps < self.max_steps:
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"get_lr_scheduler: max_steps={self.max_steps} must be > 0 (or None: the run's length).")
+        if not 0 <= self.warmup_steps < (self.max_steps or math.inf):
             raise ValueError(
                 f"get_lr_scheduler: warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}."
             )
@@ -50,6 +53,9 @@ class LRSchedule:
             )
 
     def __call__(self, step: int) -> float:
+        if self.max_steps is None:
+            raise ValueError("LRSchedule: max_steps=None means the run's length, which only a run knows; train with "
+                             "it (Trainer or lightning.Trainer) or give max_steps.")
         if step < self.warmup_steps:
             return self.max_lr * (step + 1) / self.warmup_steps
         if step >= self.max_steps:
@@ -64,14 +70,35 @@ class LRSchedule:
         return self.min_lr + (self.max_lr - self.min_lr) * factor
 
 
-def get_lr_scheduler(max_lr: float, min_lr: float, warmup_steps: int, max_steps: int,
+def get_lr_scheduler(max_lr: float, min_lr: float, warmup_steps: int, max_steps: int | None,
                      decay_type: str = "cosine", final_div_factor: float | None = None) -> LRSchedule:
-    """A function step -> lr (step = optimizer step, from 0). final_div_factor, if given, sets min_lr = max_lr / it."""
+    """A function step -> lr (step = optimizer step, from 0). final_div_factor, if given, sets min_lr = max_lr / it.
+    max_steps=None: the decay ends at the last step of the run that trains with it."""
     if final_div_factor is not None:
         if final_div_factor <= 1:
             raise ValueError(f"get_lr_scheduler: final_div_factor={final_div_factor} must be > 1.")
         min_lr = max_lr / final_div_factor
     return LRSchedule(max_lr, min_lr, warmup_steps, max_steps, decay_type)
+
+
+def fit_schedule_to_run(schedule: Callable[[int], float], run_steps: int) -> Callable[[int], float]:
+    """The schedule a run of `run_steps` optimizer steps uses: an `LRSchedule` without max_steps ends at the run's
+    last step; one that ends before or after it warns, naming both numbers (its lr would sit at min_lr for the
+    rest of the run, or never finish decaying)."""
+    if not isinstance(schedule, LRSchedule):
+        return schedule
+    if schedule.max_steps is None:
+        if schedule.warmup_steps >= run_steps:  # a short trial run: keep it running, say what it misses
+            warnings.warn(f"the learning-rate schedule's warmup_steps={schedule.warmup_steps} is not shorter than the "
+                          f"run's {run_steps} steps: the run ends during the warmup.", stacklevel=user_stacklevel())
+            return replace(schedule, max_steps=schedule.warmup_steps + 1)
+        return replace(schedule, max_steps=run_steps)
+    if schedule.max_steps != run_steps and schedule.min_lr != schedule.max_lr:  # a flat rate has no end to miss
+        how = "before" if schedule.max_steps < run_steps else "after"
+        warnings.warn(f"the learning-rate schedule ends at step {schedule.max_steps} (max_steps), {how} the run's "
+                      f"last step {run_steps}; set the schedule's max_steps to {run_steps}, or leave it None (YAML: "
+                      "null) to follow the run.", stacklevel=user_stacklevel())
+    return schedule
 
 
 def constant_schedule(lr: float) -> Callable[[int], float]:

@@ -1,108 +1,53 @@
 """The documented `Trainer`: its parameters become a configured `lightning.Trainer`, which runs the loop.
 
 The facade translates (tokens -> accumulation, optimizer steps -> micro-batch counts, spec hooks -> Lightning
-hooks, mixed precision -> a precision plugin) and keeps the documented attributes in sync; Lightning executes.
+hooks, mixed precision -> a precision, logger names -> Lightning loggers) and keeps the documented attributes in
+sync; Lightning executes. Each mechanism it adds lives in a module named for it (cadence, metrics, throughput,
+progress, signals, checkpointing, hooks, stepping).
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import math
-import signal
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.data.workers import shield_workers
 from tlama_core.models import Transformer
-from tlama_core.training.batching import StepPlan, ends_step, micro_batch_shape, plan_steps
+from tlama_core.training import arguments, checks, lightning_internals
+from tlama_core.training.batching import StepPlan, plan_steps
 from tlama_core.training.cadence import StepCadence
 from tlama_core.training.checkpointing import (
     MODEL_BEST_NAME,
     AtomicCheckpointIO,
-    find_last_checkpoint,
+    model_checkpoint,
     model_checkpoint_name,
+    resolve_ckpt_path,
     step_checkpoint_name,
 )
-from tlama_core.training.checks import check_run_settings
 from tlama_core.training.csv_log import CsvLog
 from tlama_core.training.finite import check_model_finite
-from tlama_core.training.hooks import HookBridge, step_metrics
+from tlama_core.training.hooks import HookBridge
+from tlama_core.training.loggers import build_loggers
+from tlama_core.training.metrics import MetricSinks, hook_metrics, run_hyperparameters
 from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
+from tlama_core.training.precision import device_type, resolve_precision
+from tlama_core.training.progress import StepProgressBar, print_end, print_start, quiet_lightning
 from tlama_core.training.run_files import TOKENIZER_KEY, keep_tokenizer
 from tlama_core.training.run_lock import RunLock
+from tlama_core.training.scheduler import fit_schedule_to_run
+from tlama_core.training.signals import TakeBackSigterm, stop_on_signals
+from tlama_core.training.stepping import StepLoader
 
 LOG_NAME = "train_log.csv"
-
-
-class _ProgressBar(TQDMProgressBar):
-    """Lightning's bar, counting optimizer steps (Lightning's counts micro-batches) and showing the metrics of the
-    latest logged step (loss, lr, tokens/s)."""
-
-    def __init__(self, cadence: StepCadence) -> None:
-        super().__init__()
-        self.cadence = cadence
-
-    @property
-    def total_train_batches(self) -> int | float:
-        total = super().total_train_batches
-        return total if math.isinf(total) else total // self.cadence.plan.grad_accum
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if ends_step(batch_idx, trainer.accumulate_grad_batches):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx // trainer.accumulate_grad_batches)
-
-    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
-        metrics = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in self.cadence.progress.items()}
-        if pl_module.last_val:
-            metrics["val_loss"] = f"{pl_module.last_val['val_loss']:.4f}"
-        return metrics
-
-
-class _SignalStop(Callback):
-    """Gives SIGTERM back to the facade once training starts (Lightning registers its own handler inside fit).
-
-    Lightning's handler broadcasts from inside the signal handler: a collective on the signalled process alone,
-    which misaligns every later collective when processes are signalled a step apart (srun signals each task).
-    The facade's handler only asks the cadence to stop; the cadence agrees on the stop step across processes.
-    """
-
-    def __init__(self, handler: Callable[[int, Any], None]) -> None:
-        self.handler = handler
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.handler)  # Lightning's teardown restores what preceded fit
-
-
-class _StepLoader:
-    """`accum` micro-batches at a time from one iterator over the train loader, kept across `train_step()` calls."""
-
-    def __init__(self, loader: Any, accum: int) -> None:
-        self.loader, self.accum = loader, accum
-        self._it: Iterator | None = None
-
-    def __len__(self) -> int:
-        return self.accum
-
-    def __iter__(self) -> Iterator:
-        for _ in range(self.accum):
-            batch = next(self._it, None) if self._it is not None else None
-            if batch is None:  # first call, or the loader's pass is over: start the next pass
-                self._it = iter(self.loader)
-                batch = next(self._it)
-            yield batch
 
 
 class Trainer:
@@ -111,7 +56,9 @@ class Trainer:
     Extras beyond the documented parameters (keyword-only): `compile` (torch.compile the model),
     `activation_checkpointing` (recompute each block in the backward pass: long sequences), `validation_batches`
     (validate on the first N val batches), `accelerator`, `devices`, `num_nodes`, `strategy` (passed to
-    `lightning.Trainer`) and `trainer_kwargs` (any other `lightning.Trainer` keyword).
+    `lightning.Trainer`), `trainer_kwargs` (any other `lightning.Trainer` keyword), `logger` (Lightning loggers or
+    their names), `precision` (a Lightning precision, instead of use_mixed_precision's choice) and `max_steps`
+    (the whole run's optimizer steps, instead of epochs x steps).
     """
 
     def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
@@ -124,103 +71,110 @@ class Trainer:
                  compile: bool = False, activation_checkpointing: bool = False,
                  validation_batches: int | None = None, accelerator: str = "auto",
                  devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
-                 trainer_kwargs: dict[str, Any] | None = None) -> None:
-        _check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
-                      validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
-                      validation_batches=validation_batches)
-        check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
-                                  "weight_decay": weight_decay}, seed=seed, devices=devices,
-                           directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
-        _check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay)
-        if not isinstance(callbacks, (list, tuple, type(None))):
-            raise TypeError(f"Trainer: callbacks must be a list of hook objects, got {type(callbacks).__name__}; "
-                            f"pass callbacks=[{type(callbacks).__name__}(...)].")
-        shield_workers(train_data_loader, val_data_loader)  # before anything starts their workers
-        self.verbose = verbose
-        self.seed = seed
+                 trainer_kwargs: dict[str, Any] | None = None, logger: Any = None, precision: str | None = None,
+                 max_steps: int | None = None) -> None:
+        # ---- arguments, checked before anything runs
+        checks.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
+                            validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
+                            validation_batches=validation_batches, max_steps=max_steps)
+        checks.check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
+                                         "weight_decay": weight_decay}, seed=seed, devices=devices,
+                                  directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
+        arguments.check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay, _DEFAULTS)
+        overrides = arguments.check_trainer_kwargs(trainer_kwargs)
+        shield_workers(train_data_loader, val_data_loader)  # loader workers leave SIGTERM to this process
+        self.verbose, self.seed = verbose, seed
         self._set_seed(seed)
 
+        # ---- model and data
         module = model if isinstance(model, TlamaLightningModule) else TlamaLightningModule(
             model=model, learning_rate=learning_rate, weight_decay=weight_decay, scheduler=scheduler,
             optimizer=optimizer)
         if module.muon:
             check_muon_strategy(strategy)
-        self._module = module
+        self._module, self.scheduler = module, scheduler
         self.model: Transformer = module.model
-        self.scheduler = scheduler
         self.train_data_loader, self.val_data_loader = train_data_loader, val_data_loader
-        batch_size, seq_length = micro_batch_shape(train_data_loader)
-        _check_data_fits_model(train_data_loader, seq_length, self.model.config, "train_data_loader")
-        if val_data_loader is not None:  # now, not at the first validation after hours of training
-            _check_data_fits_model(val_data_loader, micro_batch_shape(val_data_loader, "val_data_loader")[1],
-                                   self.model.config, "val_data_loader")
+        batch_size, seq_length = arguments.check_loaders_fit_model(train_data_loader, val_data_loader,
+                                                                   self.model.config)
 
-        self.device_type = _device_type(accelerator)
-        self.precision = "bf16-mixed" if use_mixed_precision and has_fast_bf16(self.device_type) else "32-true"
+        # ---- device, precision, files, loggers, Lightning callbacks
+        self.device_type = device_type(accelerator)
+        self.precision = resolve_precision(precision, use_mixed_precision, self.device_type)
         if self.device_type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed, bf16 autocast covers the rest
             torch.backends.cudnn.allow_tf32 = True
-        self._checkpoint_io = AtomicCheckpointIO()
-        self._checkpoint_io.expected_config = self.model.config.to_dict()
-        self._lightning_kwargs = dict(
-            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, precision=self.precision,
-            gradient_clip_val=gradient_clip_val or None, gradient_clip_algorithm="norm",
-            check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-            enable_model_summary=False, use_distributed_sampler=False, plugins=[self._checkpoint_io],
-            default_root_dir=checkpoints_dir, limit_val_batches=validation_batches or 1.0,
-            **(trainer_kwargs or {}),
-        )
-        # Lightning callbacks among `callbacks` join Lightning's own; the rest are hook objects (HookBridge).
-        callbacks = list(callbacks or [])
-        self._lightning_kwargs["callbacks"] = [cb for cb in callbacks if isinstance(cb, Callback)] + list(
-            self._lightning_kwargs.get("callbacks") or [])
-        callbacks = [cb for cb in callbacks if not isinstance(cb, Callback)]
-        with _quiet_lightning(verbose):
-            probe = L.Trainer(**{**self._lightning_kwargs, "enable_progress_bar": False})
-        world_size = probe.world_size
-        self.plan: StepPlan = plan_steps(batch_size, seq_length, _len_or_none(train_data_loader), total_batch_size,
-                                         gradient_accumulation, steps, epochs, world_size)
-        self.grad_accum_steps = self.plan.grad_accum
-        module.seed, module.plan, module.compile_model = seed, self.plan, compile
-        self.model.activation_checkpointing = activation_checkpointing
-
-        self.master_process = master_process and probe.is_global_zero
-        self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
-        # The run's tokenizer, recorded in every checkpoint (generate/convert find it); copied when the run owns
-        # its directory (`_keep_tokenizer`), not here: a Trainer that is built and never trained writes nothing.
-        self._tokenizer_path = getattr(train_data_loader, "tokenizer_path", None)
-        tokenizer = keep_tokenizer(self._tokenizer_path, checkpoints_dir, write=False)
-        if tokenizer is not None:
-            self._checkpoint_io.annotations[TOKENIZER_KEY] = tokenizer
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
+        self._checkpoint_io = AtomicCheckpointIO()
+        self._checkpoint_io.expected_config = self.model.config.to_dict()
+        loggers = build_loggers(logger, logs_dir)
+        hooks, self._lightning_callbacks = arguments.split_callbacks(callbacks, overrides.pop("callbacks", None),
+                                                                     loggers, checkpoints_dir)
+        self._lightning_kwargs = {
+            "accelerator": accelerator, "devices": devices, "num_nodes": num_nodes, "strategy": strategy,
+            "precision": self.precision, "gradient_clip_val": gradient_clip_val or None,
+            "gradient_clip_algorithm": "norm", "check_val_every_n_epoch": None, "num_sanity_val_steps": 0,
+            "logger": loggers or False, "log_every_n_steps": log_steps, "enable_model_summary": False,
+            "enable_checkpointing": any(isinstance(cb, ModelCheckpoint) for cb in self._lightning_callbacks),
+            "use_distributed_sampler": False, "default_root_dir": checkpoints_dir,
+            "limit_val_batches": validation_batches or 1.0,
+            **overrides, "plugins": [self._checkpoint_io, *overrides.get("plugins", [])],
+        }
+
+        # ---- the step arithmetic (the world size is known only to a built lightning.Trainer: a probe tells it)
+        with quiet_lightning(verbose):
+            probe = L.Trainer(**{**self._lightning_kwargs, "logger": False, "enable_progress_bar": False})
+        self.plan: StepPlan = plan_steps(batch_size, seq_length, arguments.len_or_none(train_data_loader),
+                                         total_batch_size, gradient_accumulation, steps, epochs, probe.world_size,
+                                         max_steps)
+        self.grad_accum_steps = self.plan.grad_accum
+        module.seed, module.plan, module.compile_model = seed, self.plan, compile
+        module.schedule = fit_schedule_to_run(module.schedule, self.plan.max_steps)
+        module.log_to_loggers = False  # the metrics row reaches the loggers (one producer, one x axis)
+        self.model.activation_checkpointing = activation_checkpointing
+
+        # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the Lightning trainer
+        self.master_process = master_process and probe.is_global_zero
+        self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
+        # The run's tokenizer is recorded in every checkpoint (generate/convert find it) and copied beside them once
+        # the run holds its directory (`_keep_tokenizer`): a Trainer that is built and never trained writes nothing.
+        self._tokenizer_path = getattr(train_data_loader, "tokenizer_path", None)
+        if (tokenizer := keep_tokenizer(self._tokenizer_path, checkpoints_dir, write=False)) is not None:
+            self._checkpoint_io.annotations[TOKENIZER_KEY] = tokenizer
         self._csv = CsvLog(self.log_file) if self.master_process else None
-        self._bridge = HookBridge(self, callbacks)
+        sinks = MetricSinks(self._csv) if self.master_process else None
+        self._bridge = HookBridge(self, hooks)
         self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
         self._cadence = StepCadence(self.plan, log_steps, validation_steps, checkpoint_steps, checkpoints_dir,
-                                    self._csv, has_validation=val_data_loader is not None)
-        self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process,
-                                                extra_callbacks=[_SignalStop(self._on_stop_signal)])
+                                    sinks, has_validation=val_data_loader is not None)
+        self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
         self.device: torch.device = self._trainer.strategy.root_device
         if optimizer is None and not shards_parameters(strategy):
             module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
                                                muon=module.muon)
         self.optimizer = module.optimizer
+        if sinks is not None:
+            sinks.hyperparameters = run_hyperparameters(module, self.plan, total_batch_size=total_batch_size, seed=seed,
+                                                        gradient_clip_val=gradient_clip_val, precision=self.precision)
         self._stepper: L.Trainer | None = None
         self._trained = False
         self._bridge.fire("on_init_end")
 
     # ---- translation ---------------------------------------------------------------------------------
     def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
-                           extra_callbacks: list[Callback] | None = None, **overrides: Any) -> L.Trainer:
-        callbacks = [bridge, cadence, *(extra_callbacks or [])] + ([_ProgressBar(cadence)] if progress else [])
-        callbacks += self._lightning_kwargs["callbacks"]  # Lightning callbacks from `callbacks` and trainer_kwargs
-        kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress, "callbacks": callbacks,
+                           **overrides: Any) -> L.Trainer:
+        # The user's Lightning callbacks come before the cadence: an EarlyStopping's stop is then seen by the cadence
+        # at the same validation, which finishes that step with its row and final checkpoint.
+        callbacks = [bridge, *self._lightning_callbacks, cadence, TakeBackSigterm(self._on_stop_signal)]
+        kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress,
+                  "callbacks": callbacks + ([StepProgressBar(cadence)] if progress else []),
                   "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
                   "limit_train_batches": self.plan.steps_per_epoch * self.plan.grad_accum,
                   "accumulate_grad_batches": self.plan.grad_accum,
-                  "val_check_interval": self._cadence.validation_steps * self.plan.grad_accum, **overrides}
-        with _quiet_lightning(self.verbose and self.master_process):
+                  "val_check_interval": self._cadence.validation_steps * self.plan.grad_accum,  # in micro-batches
+                  **overrides}
+        with quiet_lightning(self.verbose and self.master_process):
             return L.Trainer(**kwargs)
 
     # ---- documented attributes -----------------------------------------------------------------------
@@ -261,25 +215,15 @@ class Trainer:
     def _save_checkpoint(self, val_loss: float | None = None, is_best: bool = False) -> str | None:
         """Save a checkpoint of the current step (and `best.ckpt` when is_best); the master returns its path.
 
-        From a hook while `train()` runs, the run's own resumable `step=N.ckpt` is written when the step is
-        finished, after its validation and CSV row (a file saved before them would resume past them), and
-        `on_checkpoint_end` announces it; processes agree on it, so a hook running on the master alone is fine.
-        Outside training (before it, after it, around `train_step()`) the file is `model-step=N.ckpt` (and
-        `model-best.ckpt`): the model, its config and the optimizer, for `load_model`. Only a
-        running fit can write the loop and loader state a resume needs: such files never replace a run's own,
-        "last" never picks them, and resuming from one is an error that says so.
-        """
+        From a hook while `train()` runs: the run's own resumable `step=N.ckpt`, written once the step is finished
+        (after its validation and CSV row), agreed on by all processes. Outside training: `model-step=N.ckpt` (and
+        `model-best.ckpt`), the model, its config and the optimizer, which "last" never picks (no loop state)."""
         if self._fitting():
             self._cadence.request_save(val_loss, is_best)
             path = self.checkpoints_dir / step_checkpoint_name(self.current_step)
             return str(path) if self.master_process else None
         path = self.checkpoints_dir / model_checkpoint_name(self.current_step)
-        checkpoint = {  # the contents SPEC.md documents, by hand: Lightning saves only inside fit
-            "state_dict": self._module.state_dict(), "model_config": self.model.config.to_dict(),
-            "optimizer_states": [self.optimizer.state_dict()] if self.optimizer else [],
-            "epoch": self.current_epoch, "global_step": self.current_step, "step": self.current_step,
-            "val_loss": val_loss, "pytorch-lightning_version": L.__version__,
-        }
+        checkpoint = model_checkpoint(self._module, self.optimizer, self.current_epoch, self.current_step, val_loss)
         check_model_finite(self.model, path)
         if self.master_process:
             self._keep_tokenizer()
@@ -301,36 +245,28 @@ class Trainer:
                 "inside its fit. The run validates every validation_steps steps and passes the result to "
                 "on_validate_end; lower validation_steps to validate more often."
             )
-        with _quiet_lightning(False):
+        with quiet_lightning(False):
             self._trainer.validate(self._module, dataloaders=self.val_data_loader, verbose=False)
         val_loss = self._module.last_val["val_loss"]
         self._cadence.best_val_loss = min(self._cadence.best_val_loss, val_loss)
         return val_loss
 
     def train_step(self) -> dict[str, float]:
-        """Run exactly one optimizer step (all its micro-batches) and return its metrics.
-
-        Successive calls continue one data stream and one optimizer state. For driving steps by hand
-        (notebooks, debugging): `train()` runs a whole run instead, and the two are not mixed in one Trainer.
-        """
+        """Run exactly one optimizer step (all its micro-batches) and return its metrics; successive calls continue
+        one data stream and optimizer state. For driving steps by hand: not mixed with `train()` in one Trainer."""
         if self._trained:
             raise RuntimeError("Trainer.train_step(): this Trainer already ran train(); build a new Trainer to step.")
-        if self._stepper is None:
+        if self._stepper is None:  # quiet run-level hooks, no rows or periodic checkpoints: a step at a time
             bridge = HookBridge(self, self._bridge.callbacks)
             bridge.run_hooks = False
             self._checkpoint_io.listeners = [bridge.checkpoint_written]
-            cadence = StepCadence(self.plan, 1, 1, 1, self.checkpoints_dir, None, has_validation=False)
-            cadence.enabled = False
-            cadence.load_state_dict(self._cadence.state_dict())
-            self._cadence = cadence
-            self._stepper = self._lightning_trainer(cadence, bridge, progress=False, max_epochs=-1,
-                                                    limit_train_batches=None, val_check_interval=None,
-                                                    limit_val_batches=0)
-            self._step_loader = _StepLoader(self.train_data_loader, self.plan.grad_accum)
-        self._stepper.fit_loop.epoch_loop.max_steps = self._stepper.global_step + 1
-        with _quiet_lightning(False):
+            self._cadence = self._cadence.stepping_copy()
+            self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False, **StepLoader.TRAINER_KWARGS)
+            self._step_loader = StepLoader(self.train_data_loader, self.plan.grad_accum)
+        lightning_internals.allow_one_more_step(self._stepper)
+        with quiet_lightning(False):
             self._stepper.fit(self._module, train_dataloaders=self._step_loader)
-        return step_metrics(self._module)
+        return hook_metrics(self._module.last_step)
 
     def request_stop(self) -> None:
         """Stop `train()` after the current optimizer step (validated, logged and checkpointed); callable from
@@ -343,15 +279,16 @@ class Trainer:
         if self._stepper is not None:
             raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
         lock = RunLock(self.checkpoints_dir, self.logs_dir).acquire() if self.master_process else None
-        try:
+        try:  # the run owns its directories from here: nothing of another run's is moved before
             self._keep_tokenizer()
-            ckpt = self._resolve_checkpoint(ckpt_path)
+            ckpt = resolve_ckpt_path(ckpt_path, self.checkpoints_dir)
             if self.master_process:
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()
-            self._summary_start(ckpt)
+            if self.verbose and self.master_process:
+                print_start(self, ckpt)
             self._trained = True
-            with _quiet_lightning(self.verbose and self.master_process), self._stop_on_signals():
+            with quiet_lightning(self.verbose and self.master_process), stop_on_signals(self._on_stop_signal):
                 self._trainer.fit(self._module, train_dataloaders=self.train_data_loader,
                                   val_dataloaders=self.val_data_loader, ckpt_path=ckpt)
         finally:
@@ -360,168 +297,24 @@ class Trainer:
             if lock is not None:
                 lock.release()
         elapsed = time.perf_counter() - start
-        last = self._module.last_step
-        result = {
-            "best_val_loss": self.best_val_loss,
-            "train_loss": float(last.loss) if last is not None else math.nan,
-            "steps_completed": self.current_step,
-            "epochs_completed": self.current_epoch,
-            "tokens": self.current_step * self.plan.tokens_per_step,
-            "total_training_time": elapsed,
-            "interrupted": self._cadence.stop_reason == "signal",
-            "stopped_early": self._cadence.stop_reason == "request",
-        }
-        self._summary_end(result)
+        last, stop = self._module.last_step, self._cadence.stop_reason
+        result = {"best_val_loss": self.best_val_loss, "train_loss": float(last.loss) if last else math.nan,
+                  "steps_completed": self.current_step, "epochs_completed": self.current_epoch,
+                  "tokens": self.current_step * self.plan.tokens_per_step, "total_training_time": elapsed,
+                  "interrupted": stop == "signal", "stopped_early": stop == "request"}
+        if self.master_process:
+            print_end(result, self._cadence.start_step, self.checkpoints_dir, self.verbose)
         return result
 
     # ---- run plumbing --------------------------------------------------------------------------------
     def _keep_tokenizer(self) -> None:
-        """Copy the run's tokenizer into checkpoints_dir (master process, once per tokenizer version)."""
         if self.master_process:
             keep_tokenizer(self._tokenizer_path, self.checkpoints_dir)
 
-    def _resolve_checkpoint(self, ckpt_path: str | None) -> str | None:
-        if ckpt_path != "last":
-            return ckpt_path
-        last = find_last_checkpoint(self.checkpoints_dir)
-        if last is None:
-            warnings.warn(f"ckpt_path='last': no checkpoint in {self.checkpoints_dir} yet; starting fresh.",
-                          stacklevel=3)
-            return None
-        return str(last)
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM: finish the current optimizer step, checkpoint it, and stop (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
     def _on_stop_signal(self, signum, frame) -> None:
         self._cadence.request_stop("signal")
-        # Lightning chains its own SIGTERM handler before this one while fit sets up (until _SignalStop takes
-        # SIGTERM back); its flag makes the loops raise SIGTERMException, a silent exit 0 mid-step with no
-        # checkpoint. The cadence owns the stop.
-        self._trainer._signal_connector.received_sigterm = False
-
-    def _summary_start(self, ckpt: str | None) -> None:
-        if not (self.verbose and self.master_process):
-            return
-        p = self.plan
-        print(f"tlama-core: {self.model.num_params() / 1e6:.2f}M parameters on {self.device} "
-              f"({self._trainer.precision}), {p.world_size} process(es)")
-        print(f"  {p.batch_size} x {p.seq_length} tokens per micro-batch, {p.grad_accum} accumulation step(s): "
-              f"{p.tokens_per_step:,} tokens per optimizer step; {p.steps_per_epoch} steps x {p.epochs} epoch(s)")
-        print(f"  log: {self.log_file}  checkpoints: {self.checkpoints_dir}/" + (f"  resuming {ckpt}" if ckpt else ""))
-
-    def _summary_end(self, result: dict[str, Any]) -> None:
-        if self.master_process and result["interrupted"]:
-            print(f"tlama-core: interrupted; checkpoint of step {result['steps_completed']} saved in "
-                  f"{self.checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
-        if not (self.verbose and self.master_process):
-            return
-        start = self._cadence.start_step  # None: resumed from the run's final checkpoint, nothing left to train
-        run_steps = result["steps_completed"] - start if start is not None else 0  # this run's time covers these
-        print(f"tlama-core: {result['steps_completed']} steps, {result['tokens']:,} tokens; {run_steps} steps in "
-              f"{result['total_training_time']:.1f} s this run; last train loss {result['train_loss']:.4f}, "
-              f"best val loss {result['best_val_loss']:.4f}")
+        lightning_internals.clear_sigterm_flag(self._trainer)
 
 
-def _check_counts(**counts: int | None) -> None:
-    for name, value in counts.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"Trainer: {name}={value!r} must be an integer >= 1" + (
-                " (or None)." if name in ("steps", "validation_batches") else "."))
+_DEFAULTS = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()}
 
-
-def _check_model_and_optimisation(model: Any, optimizer: Any, scheduler: Any, learning_rate: float,
-                                  weight_decay: float) -> None:
-    """The model is ours; the optimisation arguments fit it and each other (else they would be dropped)."""
-    if not isinstance(model, (Transformer, TlamaLightningModule)):
-        raise TypeError(f"Trainer: model must be a tlama_core Transformer (or a TlamaLightningModule wrapping one), "
-                        f"got {type(model).__name__}; build it with Transformer(TlamaConfig(...)).")
-    if isinstance(model, TlamaLightningModule):
-        defaults = inspect.signature(Trainer).parameters
-        given = [name for name, value in (("optimizer", optimizer), ("scheduler", scheduler),
-                                          ("learning_rate", learning_rate), ("weight_decay", weight_decay))
-                 if value != defaults[name].default]
-        if given:
-            raise ValueError(f"Trainer: model is a TlamaLightningModule, which holds its own optimisation settings, "
-                             f"so {', '.join(given)} would be ignored; give them to TlamaLightningModule(...).")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"Trainer: optimizer must be a torch.optim.Optimizer over the model's parameters, got "
-                        f"{optimizer!r}.")
-    if scheduler is not None and not callable(scheduler):
-        raise TypeError(f"Trainer: scheduler must map an optimizer step to a learning rate (e.g. get_lr_scheduler"
-                        f"(...)), got {scheduler!r}.")
-    if optimizer is not None and scheduler is None and optimizer.param_groups[0]["lr"] != learning_rate:
-        warnings.warn(f"Trainer: the optimizer's lr={optimizer.param_groups[0]['lr']} is replaced by "
-                      f"learning_rate={learning_rate} (without a scheduler the run trains at learning_rate); pass "
-                      f"learning_rate={optimizer.param_groups[0]['lr']} to keep it.", stacklevel=3)
-
-
-def _check_data_fits_model(loader: Any, seq_length: int, config, name: str) -> None:
-    if seq_length > config.max_seq_len:
-        raise ValueError(
-            f"Trainer: {name}'s seq_length={seq_length} exceeds the model's max_seq_len={config.max_seq_len}; "
-            "use shorter sequences or a model with a larger max_seq_len."
-        )
-    vocab = getattr(loader, "vocab_size", None)
-    if vocab is None:
-        first = next(iter(loader))
-        vocab = int(max(t.max() for t in first[:2])) + 1
-    if vocab > config.vocab_size:
-        raise ValueError(
-            f"Trainer: {name}'s tokenizer vocab ({vocab} ids) is larger than the model's vocab_size="
-            f"{config.vocab_size}; build the model with vocab_size >= {vocab}."
-        )
-
-
-def _device_type(accelerator: str) -> str:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "cuda"
-    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def has_fast_bf16(device_type: str) -> bool:
-    """Whether bf16 autocast speeds training up on this device: CUDA, and CPUs with bf16 matrix units (AMX or
-    AVX512-BF16, where oneDNN's bf16 matmuls run about twice as fast as fp32). Elsewhere bf16 is emulated, slower."""
-    if device_type == "cuda":
-        return True
-    if device_type != "cpu" or not hasattr(torch.cpu, "get_capabilities"):  # older torch: no way to ask
-        return False
-    capabilities = torch.cpu.get_capabilities()
-    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
-
-
-def _len_or_none(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
-@contextmanager
-def _quiet_lightning(verbose: bool) -> Iterator[None]:
-    """Keep Lightning's info lines (device summary) and loader-worker hints out of a quiet run's output."""
-    lightning_logger = logging.getLogger("lightning.pytorch")
-    level = lightning_logger.level
-    if not verbose:
-        lightning_logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*The number of training batches.*")
-            # The module always defines validation_step; a run without a val loader is the facade's normal case.
-            warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
-            yield
-    finally:
-        lightning_logger.setLevel(level)
