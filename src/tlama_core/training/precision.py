@@ -17,6 +17,13 @@ def device_type(accelerator: str) -> str:
     return "cpu"
 
 
+def allow_tf32(device_type: str) -> None:
+    """TF32 matmuls on CUDA: nearly free speed for fp32 work; bf16 autocast covers the rest."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def has_fast_bf16(device_type: str) -> bool:
     """Whether bf16 autocast speeds training up on this device: CUDA, and CPUs with bf16 matrix units (AMX or
     AVX512-BF16, where oneDNN's bf16 matmuls run about twice as fast as fp32). Elsewhere bf16 is emulated, slower."""

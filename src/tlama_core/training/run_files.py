@@ -58,6 +58,19 @@ def keep_tokenizer(tokenizer_path: str | os.PathLike | None, checkpoints_dir: st
     return record
 
 
+class RunTokenizer:
+    """The tokenizer of one run: its record, known when the run is built, and its copy, written by `keep` once the
+    run holds its directory (a Trainer that is built and never trained writes nothing)."""
+
+    def __init__(self, tokenizer_path: str | os.PathLike | None, checkpoints_dir: str | os.PathLike) -> None:
+        self.tokenizer_path, self.checkpoints_dir = tokenizer_path, checkpoints_dir
+        record = keep_tokenizer(tokenizer_path, checkpoints_dir, write=False)
+        self.annotations: dict[str, Any] = {TOKENIZER_KEY: record} if record else {}  # for every checkpoint
+
+    def keep(self) -> None:
+        keep_tokenizer(self.tokenizer_path, self.checkpoints_dir)
+
+
 def run_tokenizer(checkpoint: str | os.PathLike) -> Path | None:
     """The tokenizer file a checkpoint records, beside it (or one level up: `superseded-*/` holds set-aside
     checkpoints); None when it records none (saved before this was recorded, or trained on ids alone).

@@ -2,8 +2,7 @@
 
 The facade translates (tokens -> accumulation, optimizer steps -> micro-batch counts, spec hooks -> Lightning
 hooks, mixed precision -> a precision, logger names -> Lightning loggers) and keeps the documented attributes in
-sync; Lightning executes. Each mechanism it adds lives in a module named for it (cadence, metrics, throughput,
-progress, signals, checkpointing, hooks, stepping).
+sync; Lightning executes. Each mechanism it adds lives in a module named for it (cadence, metrics, ...).
 """
 
 from __future__ import annotations
@@ -39,9 +38,9 @@ from tlama_core.training.loggers import build_loggers
 from tlama_core.training.metrics import MetricSinks, hook_metrics, run_hyperparameters
 from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
-from tlama_core.training.precision import device_type, resolve_precision
+from tlama_core.training.precision import allow_tf32, device_type, resolve_precision
 from tlama_core.training.progress import StepProgressBar, print_end, print_start, quiet_lightning
-from tlama_core.training.run_files import TOKENIZER_KEY, keep_tokenizer
+from tlama_core.training.run_files import RunTokenizer
 from tlama_core.training.run_lock import RunLock
 from tlama_core.training.scheduler import fit_schedule_to_run
 from tlama_core.training.signals import TakeBackSigterm, stop_on_signals
@@ -53,12 +52,8 @@ LOG_NAME = "train_log.csv"
 class Trainer:
     """Trains a Tlama model on Lightning; every documented parameter keeps its documented default.
 
-    Extras beyond the documented parameters (keyword-only): `compile` (torch.compile the model),
-    `activation_checkpointing` (recompute each block in the backward pass: long sequences), `validation_batches`
-    (validate on the first N val batches), `accelerator`, `devices`, `num_nodes`, `strategy` (passed to
-    `lightning.Trainer`), `trainer_kwargs` (any other `lightning.Trainer` keyword), `logger` (Lightning loggers or
-    their names), `precision` (a Lightning precision, instead of use_mixed_precision's choice) and `max_steps`
-    (the whole run's optimizer steps, instead of epochs x steps).
+    Keyword-only extras (README, "Parameters"): compile, activation_checkpointing, validation_batches,
+    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision and max_steps.
     """
 
     def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
@@ -101,9 +96,7 @@ class Trainer:
         # ---- device, precision, files, loggers, Lightning callbacks
         self.device_type = device_type(accelerator)
         self.precision = resolve_precision(precision, use_mixed_precision, self.device_type)
-        if self.device_type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed, bf16 autocast covers the rest
-            torch.backends.cudnn.allow_tf32 = True
+        allow_tf32(self.device_type)
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
         self._checkpoint_io = AtomicCheckpointIO()
@@ -137,11 +130,8 @@ class Trainer:
         # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the Lightning trainer
         self.master_process = master_process and probe.is_global_zero
         self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
-        # The run's tokenizer is recorded in every checkpoint (generate/convert find it) and copied beside them once
-        # the run holds its directory (`_keep_tokenizer`): a Trainer that is built and never trained writes nothing.
-        self._tokenizer_path = getattr(train_data_loader, "tokenizer_path", None)
-        if (tokenizer := keep_tokenizer(self._tokenizer_path, checkpoints_dir, write=False)) is not None:
-            self._checkpoint_io.annotations[TOKENIZER_KEY] = tokenizer
+        self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir)
+        self._checkpoint_io.annotations.update(self._tokenizer.annotations)  # generate/convert find the run's
         self._csv = CsvLog(self.log_file) if self.master_process else None
         sinks = MetricSinks(self._csv) if self.master_process else None
         self._bridge = HookBridge(self, hooks)
@@ -157,7 +147,7 @@ class Trainer:
         if sinks is not None:
             sinks.hyperparameters = run_hyperparameters(module, self.plan, total_batch_size=total_batch_size, seed=seed,
                                                         gradient_clip_val=gradient_clip_val, precision=self.precision)
-        self._stepper: L.Trainer | None = None
+        self._stepper: L.Trainer | None = None  # train_step()'s own lightning.Trainer, built at its first call
         self._trained = False
         self._bridge.fire("on_init_end")
 
@@ -181,7 +171,7 @@ class Trainer:
     @property
     def current_step(self) -> int:
         """Optimizer steps completed (the global step)."""
-        return self._active().global_step
+        return (self._trainer if self._stepper is None else self._stepper).global_step
 
     @property
     def current_epoch(self) -> int:
@@ -190,9 +180,6 @@ class Trainer:
     @property
     def best_val_loss(self) -> float:
         return self._cadence.best_val_loss
-
-    def _active(self) -> L.Trainer:
-        return self._stepper if self._stepper is not None else self._trainer
 
     def _fitting(self) -> bool:
         """Whether `train()` is running its steps (this is called from a hook), not yet past its final one."""
@@ -226,7 +213,7 @@ class Trainer:
         checkpoint = model_checkpoint(self._module, self.optimizer, self.current_epoch, self.current_step, val_loss)
         check_model_finite(self.model, path)
         if self.master_process:
-            self._keep_tokenizer()
+            self._tokenizer.keep()
             self._checkpoint_io.save_checkpoint(checkpoint, path)
             if is_best:
                 self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / MODEL_BEST_NAME)
@@ -240,11 +227,8 @@ class Trainer:
         if self.val_data_loader is None:
             return None
         if self._fitting():
-            raise RuntimeError(
-                "Trainer.validate(): called while train() runs (from a hook); Lightning cannot start a validation "
-                "inside its fit. The run validates every validation_steps steps and passes the result to "
-                "on_validate_end; lower validation_steps to validate more often."
-            )
+            raise RuntimeError("Trainer.validate(): called while train() runs (from a hook), where Lightning cannot "
+                               "validate; the run validates every validation_steps steps (see on_validate_end).")
         with quiet_lightning(False):
             self._trainer.validate(self._module, dataloaders=self.val_data_loader, verbose=False)
         val_loss = self._module.last_val["val_loss"]
@@ -280,9 +264,9 @@ class Trainer:
             raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
         lock = RunLock(self.checkpoints_dir, self.logs_dir).acquire() if self.master_process else None
         try:  # the run owns its directories from here: nothing of another run's is moved before
-            self._keep_tokenizer()
             ckpt = resolve_ckpt_path(ckpt_path, self.checkpoints_dir)
             if self.master_process:
+                self._tokenizer.keep()
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()
             if self.verbose and self.master_process:
@@ -305,11 +289,6 @@ class Trainer:
         if self.master_process:
             print_end(result, self._cadence.start_step, self.checkpoints_dir, self.verbose)
         return result
-
-    # ---- run plumbing --------------------------------------------------------------------------------
-    def _keep_tokenizer(self) -> None:
-        if self.master_process:
-            keep_tokenizer(self._tokenizer_path, self.checkpoints_dir)
 
     def _on_stop_signal(self, signum, frame) -> None:
         self._cadence.request_stop("signal")
