@@ -54,7 +54,7 @@ from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training import Trainer
 from tlama_core.training.batching import flops_per_token, peak_flops
 from tlama_core.training.csv_log import read_rows
-from tlama_core.training.trainer import has_fast_bf16
+from tlama_core.training.precision import has_fast_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "gpt2-compiled", "bare-loop", "llama-1b", "gpt2-eager")
