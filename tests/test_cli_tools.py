@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from tlama_core.cli import main
-from tlama_core.cli.generate import resolve_tokenizer
+from tlama_core.cli.generate import configured_tokenizer, resolve_tokenizer
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
 from tlama_core.models import load_model
 
@@ -84,6 +84,21 @@ def test_tokenizer_defaults_to_the_one_the_run_used(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"tokenizer_path": "my.model"}}))
     assert resolve_tokenizer(ckpt) == Path("my.model")
     assert resolve_tokenizer(ckpt, "given.model") == Path("given.model")
+
+
+def test_a_run_on_token_ids_names_no_tokenizer_so_none_is_guessed(tmp_path):
+    ids, text = tmp_path / "train.bin", tmp_path / "corpus.txt"
+    ids.write_bytes(bytes(64))
+    text.write_text("some text\n")
+    ckpt = tmp_path / "step=00000001.ckpt"
+    for data, expected in [({"train_path": str(ids), "tokenizer_path": None}, None),
+                           ({"train_path": str(text), "tokenizer_path": None}, builtin_tokenizer_path()),
+                           ({"train_path": None}, builtin_tokenizer_path()),
+                           ({"class_path": "x.Y", "init_args": {"train_path": str(ids), "tokenizer_path": "t.model"}},
+                            Path("t.model")),
+                           ({"train_path": str(tmp_path / "gone.bin"), "tokenizer_path": None}, None)]:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+        assert configured_tokenizer(ckpt) == expected, data
 
 
 def test_fit_keeps_the_run_tokenizer_beside_its_checkpoints(run):

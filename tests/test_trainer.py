@@ -542,3 +542,38 @@ def test_the_lightning_module_trains_on_a_plain_lightning_trainer_and_counts_tok
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, train_dataloaders=WindowLoader(64, 4, 16))
     assert trainer.global_step == 3 and module.last_step.tokens == 2 * 4 * 16
+
+
+def test_a_tlama_lightning_module_keeps_its_own_optimizer(tmp_path):
+    from tlama_core.training import TlamaLightningModule
+
+    model = tiny_model()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(TlamaLightningModule(model=model, optimizer=sgd), WindowLoader(16, 4, 16),
+                      total_batch_size=64, steps=2, verbose=False, checkpoints_dir=str(tmp_path / "ckpt"),
+                      logs_dir=str(tmp_path / "logs"))
+    assert trainer.optimizer is sgd
+    trainer.train()
+    assert trainer.optimizer is sgd and sgd.state_dict()["param_groups"][0]["lr"] == 6e-4  # its default schedule
+
+
+def test_sigterm_during_train_step_stops_the_script(tmp_path):
+    import os
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class Terminate:
+        def on_step_end(self, trainer, metrics):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer = Trainer(tiny_model(), WindowLoader(64, 4, 16), total_batch_size=64, verbose=False,
+                      callbacks=[Terminate()], checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SIGTERMException):
+            for _ in range(4):
+                trainer.train_step()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert trainer.current_step < 4

@@ -9,38 +9,47 @@ import yaml
 
 from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
+from tlama_core.data.sources import list_files
 from tlama_core.data.tokenizer import Tokenizer
 from tlama_core.models.loading import CHECKPOINT, Weights
 from tlama_core.training.run_files import run_tokenizer
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = None) -> Path:
-    """The tokenizer given; else the run's copy that the checkpoint records (see `run_files.py`); for checkpoints
-    that record none, the one in the run's config.yaml next to the checkpoint (`data.tokenizer_path`); else the
-    built-in one (also what a run with `tokenizer_path: null` used)."""
+    """The tokenizer given; else the run's copy that the checkpoint records (see `run_files.py`); else the one its
+    run's config.yaml names (`configured_tokenizer`); else the built-in one (a checkpoint of an early run)."""
     if tokenizer is not None:
         return Path(tokenizer)
-    recorded = run_tokenizer(checkpoint)
-    if recorded is not None:
-        return recorded
+    return run_tokenizer(checkpoint) or configured_tokenizer(checkpoint) or builtin_tokenizer_path()
+
+
+def configured_tokenizer(checkpoint: Path) -> Path | None:
+    """The tokenizer of the `tlama fit` run whose config.yaml lies beside `checkpoint`: its `data.tokenizer_path`,
+    or the built-in one where that is null and the run read text (the DataModule's default); None for a run on
+    token ids, one whose data is gone, or without a config.yaml."""
     config = checkpoint.parent / CONFIG_NAME
-    if config.is_file():
-        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-        configured = (data.get("init_args") or data).get("tokenizer_path")  # `data: {class_path, init_args}` too
-        if configured:
-            return Path(configured)
-    return builtin_tokenizer_path()
+    if not config.is_file():
+        return None
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    data = data.get("init_args") or data  # `data: {class_path, init_args}` too
+    if data.get("tokenizer_path"):
+        return Path(data["tokenizer_path"])
+    if data.get("train_path") is None:
+        return builtin_tokenizer_path()  # the built-in corpus
+    try:
+        return builtin_tokenizer_path() if list_files(data["train_path"])[0] == "text" else None
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def known_tokenizer(weights: Weights, tokenizer: str | os.PathLike | None = None) -> Path | None:
-    """The tokenizer given; else, for a checkpoint, the copy its run recorded or its run's config.yaml beside it
-    (`resolve_tokenizer`); else the tokenizer a weights directory holds (a Hugging Face model's tokenizer.model or
-    tokenizer.json); else None: nothing says which tokenizer the weights were trained with."""
+    """The tokenizer given; else, for a checkpoint, the copy its run recorded or the one its run's config.yaml
+    names; else the tokenizer a weights directory holds (a Hugging Face model's tokenizer.model or tokenizer.json);
+    else None: nothing says which tokenizer the weights were trained with."""
     if tokenizer is not None:
         return Path(tokenizer)
     if weights.kind == CHECKPOINT:
-        known = run_tokenizer(weights.path) is not None or (weights.path.parent / CONFIG_NAME).is_file()
-        return resolve_tokenizer(weights.path) if known else None
+        return run_tokenizer(weights.path) or configured_tokenizer(weights.path)
     return next((weights.path / n for n in ("tokenizer.model", "tokenizer.json") if (weights.path / n).is_file()),
                 None)
 

@@ -170,7 +170,10 @@ class StepCadence(Callback):
         if logs or step % self.checkpoint_steps == 0:
             # The mean over processes (every rank reaches this point at the same step): the one sync of a step.
             rec.loss = trainer.strategy.reduce(rec.loss, reduce_op="mean")
-            loss, first_bad = torch.stack([rec.loss.float(), pl_module.first_bad_step.float()]).tolist()
+            first_bad = pl_module.first_bad_step.float()
+            if trainer.world_size > 1:  # a rank alone raising would leave the others waiting in a collective
+                first_bad = trainer.strategy.reduce(first_bad, reduce_op="max")
+            loss, first_bad = torch.stack([rec.loss.float(), first_bad]).tolist()
             first_bad = int(first_bad)
             if not math.isfinite(loss) or first_bad:
                 bad = first_bad or step

@@ -140,7 +140,7 @@ class Trainer:
                                     sinks, has_validation=val_data_loader is not None)
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
         self.device: torch.device = self._trainer.strategy.root_device
-        if optimizer is None and not shards_parameters(strategy):
+        if module.optimizer is None and not shards_parameters(strategy):  # a module's own optimizer stays
             module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
                                                muon=module.muon)
         self.optimizer = module.optimizer
@@ -156,7 +156,9 @@ class Trainer:
                            **overrides: Any) -> L.Trainer:
         # The user's Lightning callbacks come before the cadence: an EarlyStopping's stop is then seen by the cadence
         # at the same validation, which finishes that step with its row and final checkpoint.
-        callbacks = [bridge, *self._lightning_callbacks, cadence, TakeBackSigterm(self._on_stop_signal)]
+        callbacks = [bridge, *self._lightning_callbacks, cadence]
+        if cadence.enabled:  # train(): the cadence stops at a step end; train_step() keeps Lightning's own handler
+            callbacks.append(TakeBackSigterm(self._on_stop_signal))
         kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress,
                   "callbacks": callbacks + ([StepProgressBar(cadence)] if progress else []),
                   "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
