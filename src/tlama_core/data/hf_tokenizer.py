@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tlama_core.atomic import atomic_write
+from tlama_core.data.tokenizer import input_text_files
 
 BOS_NAMES = ("<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>")
 EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
@@ -89,12 +90,7 @@ def train_hf_bpe(input_files: str | os.PathLike | Sequence[str | os.PathLike], o
     """Train a byte-level BPE `tokenizer.json` (GPT-2 style: any byte is representable, so text round-trips
     exactly; `<|endoftext|>` is id 0 and the EOS) on text files, and write it atomically. Returns its path."""
     tokenizers = import_tokenizers()
-    files = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
-    if not files:
-        raise ValueError("train_hf_bpe: input_files is empty; pass one or more text files.")
-    for f in files:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"train_hf_bpe: input file {str(f)!r} does not exist.")
+    files = input_text_files("train_hf_bpe", input_files)
     alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
     if not isinstance(vocab_size, int) or vocab_size <= len(alphabet) + 1:
         raise ValueError(f"train_hf_bpe: vocab_size={vocab_size!r} must be an integer > {len(alphabet) + 1} (the "

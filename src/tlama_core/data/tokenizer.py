@@ -138,14 +138,20 @@ def train_tokenizer(
     `trainer_options` are passed to `sentencepiece.SentencePieceTrainer.train` over DEFAULT_TRAINER_OPTIONS
     (e.g. `input_sentence_size=2_000_000` to sample very large inputs). Returns the path of the `.model` file.
     """
-    files = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
-    if not files:
-        raise ValueError("train_tokenizer: input_files is empty; pass one or more text files.")
-    for f in files:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"train_tokenizer: input file {str(f)!r} does not exist.")
+    files = input_text_files("train_tokenizer", input_files)
     return train_tokenizer_from_lines(_lines_of(files), model_prefix_or_output_path, vocab_size,
                                       character_coverage, model_type, **trainer_options)
+
+
+def input_text_files(owner: str, input_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list:
+    """`input_files` (one path or several) as a list, each an existing file; errors name `owner` and the file."""
+    files = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
+    if not files:
+        raise ValueError(f"{owner}: input_files is empty; pass one or more text files.")
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{owner}: input file {str(f)!r} does not exist.")
+    return files
 
 
 def train_tokenizer_from_lines(
