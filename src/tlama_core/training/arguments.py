@@ -106,7 +106,7 @@ def split_callbacks(callbacks: Any, extra: list[Any] | None, loggers: list[Any],
     """`callbacks` and `extra` (trainer_kwargs' callbacks) as (hook objects, Lightning callbacks).
 
     A ModelCheckpoint without a dirpath saves beside the run's own files (its names never look like
-    `step=XXXXXXXX.ckpt`, so "last" still finds the run's); LearningRateMonitor needs a logger to write to, which
+    `step=NNNNNNNN.ckpt`, so "last" still finds the run's); LearningRateMonitor needs a logger to write to, which
     is better said now than when the run starts."""
     from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
