@@ -163,7 +163,7 @@ def test_datamodule_and_yaml_keyword_text_field(tmp_path, reference_ids):
                          cache_dir=str(tmp_path / "cache"), shuffle=False)
     cut = int(len(DOCS) * 0.9)
     assert all_ids(dm.train_dataloader()) == reference_ids(DOCS[:cut])
-    assert dm.hparams["text_field"] == "content" and dm.tokenizer_file == TOK
+    assert dm.hparams["text_field"] == "content" and dm.train_dataloader().tokenizer_path == TOK
 
 
 def test_datamodule_takes_a_dataset_dict_split_by_name(tmp_path, reference_ids):

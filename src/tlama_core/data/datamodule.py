@@ -112,11 +112,6 @@ class TlamaDataModule(L.LightningDataModule):
             self._val = self._loader(self.val_path or self.train_path, "val", shuffle=False)
         return self._val
 
-    @property
-    def tokenizer_file(self) -> Path | None:
-        """The tokenizer file the training ids were made with (None for ids without a tokenizer)."""
-        return self.train_dataloader().tokenizer_path
-
     def _loader(self, path: Any, role: str, shuffle: bool) -> TokenDataLoader:
         split = role if self.val_path is None or has_named_splits(path) else None
         return create_dataloader(path, self.tokenizer_path, self.batch_size, self.seq_length, shuffle, seed=self.seed,

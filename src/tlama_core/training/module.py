@@ -73,7 +73,7 @@ class TlamaLightningModule(L.LightningModule):
         self.learning_rate, self.weight_decay, self.muon = learning_rate, weight_decay, muon
         self.schedule: Callable[[int], float] = scheduler or constant_schedule(learning_rate)
         self.optimizer = optimizer
-        # Set by the run that trains this module (`configure_run`): its seed (reseeds every optimizer step,
+        # Set by the run that trains this module (the `Trainer` facade): its seed (reseeds every optimizer step,
         # see on_train_batch_start), its step plan (tokens per step) and whether to torch.compile the model.
         self.seed = 1337
         self.plan: StepPlan | None = None
