@@ -17,7 +17,7 @@ from tlama_core.data import builtin_tokenizer_path, load_tokenizer, train_tokeni
 from tlama_core.data import cache as cache_module
 from tlama_core.data import text as text_module
 from tlama_core.data.cache import cached_tokens
-from tlama_core.data.encoding import chunking_of
+from tlama_core.data.encoding import chunking_of, cut
 from tlama_core.data.sources import resolve_source
 
 
@@ -82,6 +82,31 @@ def test_foreign_sentencepiece_ids_equal_the_whole_document_encoding(data_text, 
     assert ids_of(entry).tolist() == reference_ids([data_text.read_text(encoding="utf-8")], sp)
 
 
+@pytest.mark.parametrize(("options", "chunking"), FOREIGN_TOKENIZERS.values(), ids=FOREIGN_TOKENIZERS.keys())
+def test_foreign_sentencepiece_record_ids_equal_each_whole_record_encoding(data_text, tmp_path, reference_ids,
+                                                                           options, chunking):
+    """Records are encoded in chunks too (see encoding.py): the ids must still be each whole record's."""
+    tok = train_tokenizer(data_text, tmp_path / "other.model", vocab_size=400, **options)
+    text = data_text.read_text(encoding="utf-8")
+    docs = [text[i:i + 3000] for i in range(0, len(text), 3000)]  # cut anywhere: records start mid-line
+    with open(tmp_path / "records.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": doc}) + "\n" for doc in docs)
+    entry = cached_tokens(resolve_source(tmp_path / "records.jsonl"), tok, tmp_path / "cache")
+    assert ids_of(entry).tolist() == reference_ids(docs, load_tokenizer(tok).processor)
+
+
+@pytest.mark.parametrize("size", [1, 7, 512])
+def test_cut_makes_chunks_of_at_least_size_that_end_at_line_boundaries(data_text, size):
+    text = data_text.read_text(encoding="utf-8")[:20_000] + "\n  indented\n\tlast"
+    chunks = cut(text, size)
+    assert "".join(chunks) == text
+    assert all(len(c) >= size for c in chunks[:-1])
+    ends = np.cumsum([len(c) for c in chunks[:-1]])
+    assert all(text[e - 1] == "\n" and "!" <= text[e] <= "~" for e in ends)
+    if size == 1:  # every boundary is a cut
+        assert len(chunks) == sum(1 for i in range(1, len(text)) if text[i - 1] == "\n" and "!" <= text[i] <= "~") + 1
+
+
 _MISTRAL_SPEC = importlib.util.find_spec("mistral_common")  # in the test extra; None where it is not installed
 MISTRAL = Path(_MISTRAL_SPEC.origin if _MISTRAL_SPEC else ".").parent / "data" / "tokenizer.model.v1"
 
@@ -100,6 +125,10 @@ def test_mistral_7b_tokenizer_ids_equal_sentencepiece_on_each_whole_document(tmp
     expected = sp.encode(docs[0]) + [2] + sp.encode(docs[1]) + [2] + sp.encode(docs[2])
     assert ids_of(entry).tolist() == expected
     assert 8174 in expected[-3:]  # "never" after a line end, not "\u2581never" (1484)
+    with open(tmp_path / "records.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": doc}) + "\n" for doc in docs)
+    records = cached_tokens(resolve_source(tmp_path / "records.jsonl"), MISTRAL, tmp_path / "cache", processes=1)
+    assert ids_of(records).tolist() == expected  # records of more than one chunk, the same ids
 
 
 def test_second_load_reuses_the_cache_without_tokenizing(data_text, tmp_path, monkeypatch):

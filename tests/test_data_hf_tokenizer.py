@@ -54,6 +54,7 @@ def word_level_70k(path):
 
 
 BUILDERS = {"byte-level": byte_level_bpe, "metaspace": metaspace_bpe, "70k-words": word_level_70k}
+EOS_TOKENS = {"byte-level": "<|endoftext|>", "metaspace": "</s>", "70k-words": "</s>"}
 
 
 def reference(path, docs, eos):
@@ -80,13 +81,14 @@ def test_text_ids_equal_tokenizers_encoding_of_each_whole_document(tmp_path, kin
     assert ids.dtype == (np.uint32 if kind == "70k-words" else np.uint16)
 
 
-def test_records_are_encoded_whole_with_the_eos_between(tmp_path):
-    path = byte_level_bpe(tmp_path / "tokenizer.json")
+@pytest.mark.parametrize("kind", BUILDERS)
+def test_record_ids_equal_tokenizers_encoding_of_each_whole_record(tmp_path, kind):
+    path = BUILDERS[kind](tmp_path / "tokenizer.json")
     with open(tmp_path / "c.jsonl", "w") as f:
         for doc in DOCS:
             f.write(json.dumps({"text": doc}) + "\n")
     loader = create_dataloader(tmp_path / "c.jsonl", path, 2, 8, shuffle=False, cache_dir=tmp_path / "c")
-    eos = Tokenizer.from_file(str(path)).token_to_id("<|endoftext|>")
+    eos = Tokenizer.from_file(str(path)).token_to_id(EOS_TOKENS[kind])
     assert loader.eos_id == eos
     assert loader.dataset.tokens.read(0, loader.num_tokens).tolist() == reference(path, DOCS, eos)
 

@@ -1,10 +1,11 @@
 """Ids of one unit of work (a piece of text or a unit of records) that equal the tokenizer's own encoding of each
 whole document.
 
-A record is encoded whole. A text file is one document that may not fit in memory, so it is encoded in chunks
-cut after a line end followed by a printable ASCII character (where the pre-tokenizers of common tokenizers split
-anyway), a few lines per chunk. Chunked ids equal whole-document ids only for some tokenizers, so `chunking_of`
-checks each tokenizer on probe text and picks the cheapest exact way:
+Documents (records, and text files, which may not fit in memory) are encoded in chunks of about CHUNK_CHARS
+characters, each cut after a line end followed by a printable ASCII character (where the pre-tokenizers of common
+tokenizers split anyway): sentencepiece encodes such chunks faster than whole documents. Chunked ids equal
+whole-document ids only for some tokenizers, so `chunking_of` checks each tokenizer on probe text and picks the
+cheapest exact way:
 
 - "plain": chunks encode on their own (the tokenizers trained here, byte-level BPE);
 - "after_newline": a chunk encodes as it does after a line end, i.e. `encode("\\n" + chunk)` without the ids of
@@ -24,19 +25,18 @@ import numpy as np
 from tlama_core.data import documents, text
 from tlama_core.data.tokenizer import SentencePieceTokenizer, Tokenizer
 
-GROUP_LINES = 4
-BOUNDARY = re.compile(r"(?<=\n)(?=[!-~])")
-BOUNDARY_IN_TOKEN = re.compile(r"\n[!-~]")
+CHUNK_CHARS = 512
+BOUNDARY = re.compile(r"\n[!-~]")  # a chunk ends after the line end
 PROBE = ("First line.\nnever  mind\n  having two spaces\n\n\ttab\nx = 12345;\n(paren) ends \n"
          " caf\u00e9 \u4e2d\u6587\n\n\nlast line")
 
 
 def chunking_of(tokenizer: Tokenizer) -> str:
     """How text can be cut into chunks whose ids join into the whole document's ids (see the module doc)."""
-    if any(BOUNDARY_IN_TOKEN.search(t) for t in _token_texts(tokenizer)):
+    if any(BOUNDARY.search(t) for t in _token_texts(tokenizer)):
         return "whole"
     whole = tokenizer.encode(PROBE)
-    chunks = BOUNDARY.split(PROBE)
+    chunks = cut(PROBE, 1)
     if [i for c in chunks for i in tokenizer.encode(c)] == whole:
         return "plain"
     newline = tokenizer.encode("\n")
@@ -45,6 +45,15 @@ def chunking_of(tokenizer: Tokenizer) -> str:
             tokenizer.encode(chunks[0]) + [i for a in after for i in a[len(newline):]] == whole:
         return "after_newline"
     return "whole"
+
+
+def cut(content: str, size: int = CHUNK_CHARS) -> list[str]:
+    """`content` in chunks of at least `size` characters (the last may be shorter), each ending at a boundary."""
+    chunks, start = [], 0
+    while found := BOUNDARY.search(content, start + size - 1):
+        chunks.append(content[start:found.start() + 1])
+        start = found.start() + 1
+    return chunks + [content[start:]] if start < len(content) else chunks
 
 
 def _token_texts(tokenizer: Tokenizer) -> list[str]:
@@ -78,36 +87,48 @@ class Encoder:
     def __call__(self, work: text.Piece | documents.Unit) -> Encoded:
         if isinstance(work, text.Piece):
             content, bad = text.read_piece(work)
-            encoded = self.encode_chunks(content, starts_document=work.starts_document)
-            if work.separator_before and self.separator is not None:
-                encoded.insert(0, [self.separator])
-            return Encoded(self._array(encoded), len(content), bad)
+            ids = self.encode_documents([content], separate=work.separator_before,
+                                        continues=not work.starts_document)
+            return Encoded(self._array(ids), len(content), bad)
         docs, empty = [], 0
         for doc in documents.read(work, self.text_field, self.dataset):
             if doc:
                 docs.append(doc)
             else:
                 empty += 1
-        encoded = self.tokenizer.encode_batch(docs)
-        if self.separator is not None:
-            encoded = [ids for e in encoded for ids in ([self.separator], e)]
-        return Encoded(self._array(encoded), sum(map(len, docs)), empty=empty)
+        return Encoded(self._array(self.encode_documents(docs, separate=True)), sum(map(len, docs)), empty=empty)
 
-    def encode_chunks(self, content: str, starts_document: bool) -> list[list[int]]:
-        """Ids of `content` (whole lines of one document) in chunks; `starts_document`: nothing comes before it."""
-        if self.chunking == "whole" or not content:
-            return [self.tokenizer.encode(content)] if content else []
-        lines = BOUNDARY.split(content)
-        chunks = ["".join(lines[i:i + GROUP_LINES]) for i in range(0, len(lines), GROUP_LINES)]
-        if self.chunking == "plain":
-            return self.tokenizer.encode_batch(chunks)
-        head = [self.tokenizer.encode(chunks.pop(0))] if starts_document else []
+    def encode_documents(self, docs: list[str], separate: bool, continues: bool = False) -> list[list[int]]:
+        """Ids of `docs` in order, as lists to be joined: a separator before each document when `separate`, then
+        its chunks' ids. `continues`: the first document goes on from text before it (a text file's later piece)."""
+        if self.chunking == "whole":
+            chunks, counts, after_newline = docs, [1] * len(docs), []
+        else:
+            per_doc = [cut(doc) for doc in docs]
+            chunks = [c for doc_chunks in per_doc for c in doc_chunks]
+            counts = [len(doc_chunks) for doc_chunks in per_doc]
+            after_newline = [j > 0 or (i == 0 and continues) for i, n in enumerate(counts) for j in range(n)]
+        if self.chunking == "after_newline":
+            encoded = self._encode_after_newline(chunks, after_newline)
+        else:
+            encoded = self.tokenizer.encode_batch(chunks)
+        if not separate or self.separator is None:
+            return encoded
+        joined, at = [], 0
+        for n in counts:
+            joined += [[self.separator], *encoded[at:at + n]]
+            at += n
+        return joined
+
+    def _encode_after_newline(self, chunks: list[str], after_newline: list[bool]) -> list[list[int]]:
+        """Chunks that follow a line end are encoded as `"\n" + chunk` less the ids of "\n"."""
         k = len(self.newline)
-        rest = self.tokenizer.encode_batch(["\n" + c for c in chunks])
-        if any(r[:k] != self.newline for r in rest):
+        encoded = self.tokenizer.encode_batch(["\n" + c if a else c for c, a in zip(chunks, after_newline,
+                                                                                     strict=True)])
+        if any(a and e[:k] != self.newline for e, a in zip(encoded, after_newline, strict=True)):
             raise ValueError(f"{self.tokenizer!r}: a line end merged with the text after it; this tokenizer cannot "
                              "be encoded in chunks (please report it).")
-        return head + [r[k:] for r in rest]
+        return [e[k:] if a else e for e, a in zip(encoded, after_newline, strict=True)]
 
     def _array(self, encoded: list[list[int]]) -> np.ndarray:
         return np.fromiter(itertools.chain.from_iterable(encoded), dtype=self.dtype, count=sum(map(len, encoded)))
