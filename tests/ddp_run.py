@@ -5,7 +5,9 @@ Lightning's DDP launcher re-runs this script once per extra process, exactly as 
 Each rank writes the first token of every window it trained on to OUT/batches_rank{R}.txt. With
 --signal-skew each process sends itself SIGTERM as its own step starts: rank 1 at step 3, rank 0 at step 4,
 as when a cluster signals every task on its own. With --save-in-hook the master alone calls the documented
-`_save_checkpoint()` from `on_step_end` at step 1 and writes what it returned to OUT/saved_rank0.txt.
+`_save_checkpoint()` from `on_step_end` at step 1 and writes what it returned to OUT/saved_rank0.txt. With
+--best-in-hook the master alone calls `_save_checkpoint(val_loss=0.5, is_best=True)` at step 1, the run
+validates every 2 steps, and each rank writes its `best_val_loss` to OUT/best_rank{R}.txt.
 """
 
 import os
@@ -36,6 +38,12 @@ class SignalSkew(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class BestInHook:
+    def on_step_end(self, trainer, metrics):  # runs on the master only
+        if trainer.current_step == 1:
+            trainer._save_checkpoint(val_loss=0.5, is_best=True)
+
+
 class SaveInHook:
     def on_step_end(self, trainer, metrics):  # runs on the master only
         if trainer.current_step == 1:
@@ -51,16 +59,22 @@ def main() -> None:
                                cache_dir=out / "cache")
     torch.manual_seed(0)  # the same initial weights in every run (DDP then broadcasts rank 0's)
     model = Transformer(TlamaConfig(vocab_size=1024, d_model=32, n_layers=2, n_heads=4, max_seq_len=32))
-    trainer = Trainer(model, loader, total_batch_size=total, steps=steps, log_steps=1, checkpoint_steps=2,
-                      validation_steps=100, checkpoints_dir=str(out / "ckpt"), logs_dir=str(out / "logs"), seed=3,
-                      verbose=False, accelerator="cpu", devices=devices,
-                      callbacks=[SaveInHook()] if "--save-in-hook" in sys.argv else None,
-                      strategy="ddp" if devices > 1 else "auto",
+    best = "--best-in-hook" in sys.argv
+    val = create_dataloader(corpus, builtin_tokenizer_path(), batch_size=2, seq_length=32, split="val",
+                            cache_dir=out / "cache") if best else None
+    hooks = [SaveInHook()] if "--save-in-hook" in sys.argv else [BestInHook()] if best else None
+    trainer = Trainer(model, loader, val_data_loader=val, total_batch_size=total, steps=steps, log_steps=1,
+                      checkpoint_steps=2, validation_steps=2 if best else 100,
+                      validation_batches=2 if best else None, checkpoints_dir=str(out / "ckpt"),
+                      logs_dir=str(out / "logs"), seed=3, verbose=False, accelerator="cpu", devices=devices,
+                      callbacks=hooks, strategy="ddp" if devices > 1 else "auto",
                       trainer_kwargs={"callbacks": [RecordBatches(out)] + (
                           [SignalSkew()] if "--signal-skew" in sys.argv else [])})
     result = trainer.train(ckpt_path="last" if "--resume" in sys.argv else None)
     with open(out / f"result_rank{trainer._trainer.global_rank}.txt", "w") as f:
         f.write(f"{result['steps_completed']} {result['interrupted']}\n")
+    if best:
+        (out / f"best_rank{trainer._trainer.global_rank}.txt").write_text(repr(trainer.best_val_loss))
 
 
 if __name__ == "__main__":

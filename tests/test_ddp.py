@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tlama_core.data import builtin_corpus_path
 
@@ -90,6 +91,18 @@ def test_ddp_processes_signalled_a_step_apart_stop_together_and_resume(tmp_path)
     assert checkpoint_files(cut / "ckpt") == [f"step={s:08d}.ckpt" for s in (1, 2, 3)]
     run(cut, 2, micro * 4, "6", "--resume")
     assert losses(cut) == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_best_checkpoint_asked_for_on_the_master_alone_sets_every_process_best_val_loss(tmp_path):
+    """The master alone saves a "best" of val_loss 0.5 at step 1: every process must then hold 0.5 as its best,
+    or at step 2's validation (loss ~7) the others would find an improvement the master does not and save
+    `best.ckpt` alone, waiting at a barrier the master never reaches."""
+    micro = 2 * 32
+    run(tmp_path, 2, micro * 4, "4", "--best-in-hook")
+    assert [float((tmp_path / f"best_rank{r}.txt").read_text()) for r in (0, 1)] == [0.5, 0.5]
+    best = torch.load(tmp_path / "ckpt" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert (best["step"], best["val_loss"]) == (1, 0.5)
 
 
 @pytest.mark.slow

@@ -117,12 +117,16 @@ class StepCadence(Callback):
         if trainer.world_size == 1:
             return
         request = self.save_request
+        val_loss = request.val_loss if request is not None and request.val_loss is not None else math.inf
+        # One max-reduction; the val_loss goes negated, so that its max is the lowest given on any process (each
+        # process then updates its best_val_loss alike, and later "improved" decisions, which save, agree).
         flags = torch.tensor([STOP_CODES.index(self.stop_reason), request is not None,
-                              request is not None and request.is_best], device=trainer.strategy.root_device)
-        code, save, best = trainer.strategy.reduce(flags, reduce_op="max").tolist()
-        self.stop_reason = STOP_CODES[code]
-        if save and request is None:  # asked for on another process, which holds its val_loss
-            self.save_request = SaveRequest(None, bool(best))
+                              request is not None and request.is_best, -val_loss], dtype=torch.float64,
+                             device=trainer.strategy.root_device)
+        code, save, best, negated = trainer.strategy.reduce(flags, reduce_op="max").tolist()
+        self.stop_reason = STOP_CODES[int(code)]
+        if save:
+            self.save_request = SaveRequest(None if negated == -math.inf else -negated, bool(best))
 
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
