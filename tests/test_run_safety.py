@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from kill_run import build_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from test_interruption import wait_for
 from trainer_utils import ResumableLoader, tiny_model
 
@@ -86,6 +87,20 @@ def test_non_finite_weights_are_never_checkpointed_and_last_stays_the_good_one(t
                .values() if t.is_floating_point())
     make(tmp_path).train(ckpt_path="last")  # the good checkpoint resumes the run exactly
     assert log_losses(tmp_path) == reference
+
+
+def test_a_model_checkpoint_of_the_users_never_holds_non_finite_weights(tmp_path):
+    """ModelCheckpoint saves every step, the run's own cadence never (checkpoint_steps=100): the check is the
+    module's own on every save."""
+    every = ModelCheckpoint(dirpath=tmp_path / "user", every_n_train_steps=1, save_top_k=-1, save_last=True)
+    with pytest.raises(FloatingPointError, match=r"non-finite values \(nan/inf\) at step 3.*written before are "):
+        make(tmp_path, checkpoint_steps=100, validation_steps=100,
+             callbacks=[PoisonAfterStep(3), every]).train()
+    saved = sorted(p.name for p in (tmp_path / "user").iterdir())
+    assert saved == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "last.ckpt"]
+    last = load_checkpoint_file(tmp_path / "user" / "last.ckpt")
+    assert last["step"] == 2
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
 
 
 def test_save_checkpoint_outside_training_refuses_non_finite_weights(tmp_path):

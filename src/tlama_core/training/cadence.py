@@ -197,6 +197,7 @@ class StepCadence(Callback):
         saves_step = step % self.checkpoint_steps == 0 or final or request is not None
         if saves_step or improved or (request is not None and request.is_best):
             check_weights_finite(trainer, pl_module, step, self.checkpoints_dir)
+            pl_module.weights_checked_step = step
         try:
             if saves_step:
                 trainer.save_checkpoint(self.checkpoints_dir / step_checkpoint_name(step), weights_only=False)

@@ -30,15 +30,17 @@ def weights_finite(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
-def check_weights_finite(trainer: Any, pl_module: Any, step: int, checkpoints_dir: Path) -> None:
+def check_weights_finite(trainer: Any, pl_module: Any, step: int, checkpoints_dir: Path | None = None) -> None:
     """Raise before a checkpoint of non-finite weights is written; every process calls it at the same step and
-    they agree (with FSDP each holds a shard), so all stop together."""
+    they agree (with FSDP each holds a shard), so all stop together. `checkpoints_dir`: the run's own, whose
+    "last" the error names."""
     finite = weights_finite(pl_module.parameters())
     if trainer.world_size > 1:
         finite = trainer.strategy.reduce((~finite).float(), reduce_op="max") == 0
     if not bool(finite):
-        last = find_last_checkpoint(checkpoints_dir)
-        keep = f"ckpt_path='last' stays {last}" if last is not None else "no checkpoint was written yet"
+        last = find_last_checkpoint(checkpoints_dir) if checkpoints_dir is not None else None
+        keep = (f"ckpt_path='last' stays {last}" if last is not None else "no checkpoint was written yet"
+                if checkpoints_dir is not None else "the checkpoints written before are untouched")
         raise FloatingPointError(
             f"the weights hold non-finite values (nan/inf) at step {step}; stopped without writing its checkpoint "
             f"({keep}). Resume from the last checkpoint with a lower learning_rate or gradient_clip_val."

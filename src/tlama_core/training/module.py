@@ -17,6 +17,7 @@ from tlama_core.models import TlamaConfig, Transformer, load_model
 from tlama_core.training import lightning_internals
 from tlama_core.training.batching import StepPlan, ends_step, starts_step
 from tlama_core.training.checks import check_rate
+from tlama_core.training.finite import check_weights_finite
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule, fit_schedule_to_run
 
@@ -86,6 +87,7 @@ class TlamaLightningModule(L.LightningModule):
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
         self.saving_val_loss: float | None = None  # an explicit `Trainer._save_checkpoint(val_loss=...)`
+        self.weights_checked_step: int | None = None  # the step whose weights the facade checked before saving
         # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
         # would synchronise the device; the cadence reads it at logged and checkpointed steps.
         self.register_buffer("first_bad_step", torch.zeros((), dtype=torch.long), persistent=False)
@@ -214,6 +216,11 @@ class TlamaLightningModule(L.LightningModule):
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Every save (a ModelCheckpoint's, a plain lightning.Trainer's) refuses non-finite weights; the facade
+        # checks before its own saves, naming the checkpoint "last" keeps, and is not checked twice. Lightning
+        # calls this hook on every process of a save, so the check's collective is matched.
+        if self.weights_checked_step != self.global_step:
+            check_weights_finite(self.trainer, self, int(self.global_step))
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["step"] = int(self.global_step)
         latest = self.last_val["val_loss"] if self.last_val else None
