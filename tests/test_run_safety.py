@@ -253,6 +253,32 @@ def test_a_second_run_in_a_running_runs_directory_is_an_error_naming_the_owner(t
     assert not list(tmp_path.glob("*/superseded-*")) and not list(tmp_path.glob("logs/train_log-*"))
 
 
+def test_log_metrics_outside_training_never_appends_to_a_running_runs_log(tmp_path):
+    """A lock of another host stands for a run alive elsewhere; the log written before it stays as it was."""
+    t = make(tmp_path)
+    t._log_metrics({"val_loss": 4.5})
+    before = (tmp_path / "logs" / "train_log.csv").read_bytes()
+    (tmp_path / "logs" / LOCK_NAME).write_text('{"pid": 1, "host": "node-17"}')
+    with pytest.raises(RunLockError, match="pid 1 on host node-17"):
+        t._log_metrics({"val_loss": 3.5})
+    assert (tmp_path / "logs" / "train_log.csv").read_bytes() == before
+    (tmp_path / "logs" / LOCK_NAME).unlink()
+    t._log_metrics({"val_loss": 3.5})
+    assert [r["val_loss"] for r in read_rows(tmp_path / "logs" / "train_log.csv")] == ["4.5", "3.5"]
+    assert not (tmp_path / "logs" / LOCK_NAME).exists()
+
+
+class LogAtTrainEnd:
+    def on_train_end(self, trainer) -> None:  # train() still holds the lock, past its final step
+        trainer._log_metrics({"val_loss": 1.25})
+
+
+def test_log_metrics_from_a_hook_of_the_running_train_writes_under_its_lock(tmp_path):
+    make(tmp_path, callbacks=[LogAtTrainEnd()]).train()
+    assert read_rows(tmp_path / "logs" / "train_log.csv")[-1]["val_loss"] == "1.25"
+    assert not (tmp_path / "logs" / LOCK_NAME).exists()
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -49,6 +49,12 @@ class RunLock:
             raise
         return self
 
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def release(self) -> None:
         """Remove the lock files this run still owns (one that another run took over stays)."""
         for path in self._taken:

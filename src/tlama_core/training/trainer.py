@@ -149,6 +149,7 @@ class Trainer:
                                                         gradient_clip_val=gradient_clip_val, precision=self.precision)
         self._stepper: L.Trainer | None = None  # train_step()'s own lightning.Trainer, built at its first call
         self._trained = False
+        self._run_lock: RunLock | None = None  # held by train() on the master process
         self._bridge.fire("on_init_end")
 
     # ---- translation ---------------------------------------------------------------------------------
@@ -195,11 +196,16 @@ class Trainer:
         L.seed_everything(seed, workers=True, verbose=False)
 
     def _log_metrics(self, metrics: dict[str, Any]) -> None:
-        """Append one row to the CSV log (master process only); epoch, step and timestamp are filled in."""
+        """Append one row to the CSV log (master process only); epoch, step and timestamp are filled in. Outside
+        `train()` the log directory's lock is held for the write: another run's log is never appended to."""
         if self._csv is None:
             return
         row = {"epoch": self.current_epoch, "step": self.current_step, "timestamp": round(time.time(), 3), **metrics}
-        self._csv.write(row)
+        if self._run_lock is not None:  # train() holds it
+            self._csv.write(row)
+            return
+        with RunLock(self.logs_dir):
+            self._csv.write(row)
 
     def _save_checkpoint(self, val_loss: float | None = None, is_best: bool = False) -> str | None:
         """Save a checkpoint of the current step (and `best.ckpt` when is_best); the master returns its path.
@@ -264,7 +270,7 @@ class Trainer:
         """Run the whole training; `ckpt_path` (a file or "last") resumes exactly where that checkpoint stopped."""
         if self._stepper is not None:
             raise RuntimeError("Trainer.train(): train_step() was used on this Trainer; build a new Trainer to train.")
-        lock = RunLock(self.checkpoints_dir, self.logs_dir).acquire() if self.master_process else None
+        self._run_lock = RunLock(self.checkpoints_dir, self.logs_dir).acquire() if self.master_process else None
         try:  # the run owns its directories from here: nothing of another run's is moved before
             ckpt = resolve_ckpt_path(ckpt_path, self.checkpoints_dir)
             if self.master_process:
@@ -280,8 +286,9 @@ class Trainer:
         finally:
             if self._csv is not None:
                 self._csv.close()
-            if lock is not None:
-                lock.release()
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
         elapsed = time.perf_counter() - start
         last, stop = self._module.last_step, self._cadence.stop_reason
         result = {"best_val_loss": self.best_val_loss, "train_loss": float(last.loss) if last else math.nan,
