@@ -102,16 +102,16 @@ class Encoder:
         """Ids of `docs` in order, as lists to be joined: a separator before each document when `separate`, then
         its chunks' ids. `continues`: the first document goes on from text before it (a text file's later piece)."""
         if self.chunking == "whole":
-            chunks, counts, after_newline = docs, [1] * len(docs), []
+            counts, encoded = [1] * len(docs), self.tokenizer.encode_batch(docs)
         else:
             per_doc = [cut(doc) for doc in docs]
             chunks = [c for doc_chunks in per_doc for c in doc_chunks]
             counts = [len(doc_chunks) for doc_chunks in per_doc]
-            after_newline = [j > 0 or (i == 0 and continues) for i, n in enumerate(counts) for j in range(n)]
-        if self.chunking == "after_newline":
-            encoded = self._encode_after_newline(chunks, after_newline)
-        else:
-            encoded = self.tokenizer.encode_batch(chunks)
+            if self.chunking == "plain":
+                encoded = self.tokenizer.encode_batch(chunks)
+            else:
+                after_newline = [j > 0 or (i == 0 and continues) for i, n in enumerate(counts) for j in range(n)]
+                encoded = self._encode_after_newline(chunks, after_newline)
         if not separate or self.separator is None:
             return encoded
         joined, at = [], 0
@@ -121,7 +121,7 @@ class Encoder:
         return joined
 
     def _encode_after_newline(self, chunks: list[str], after_newline: list[bool]) -> list[list[int]]:
-        """Chunks that follow a line end are encoded as `"\n" + chunk` less the ids of "\n"."""
+        """Chunks that follow a line end are encoded as `"\\n" + chunk` less the ids of "\\n"."""
         k = len(self.newline)
         encoded = self.tokenizer.encode_batch(["\n" + c if a else c for c, a in zip(chunks, after_newline,
                                                                                      strict=True)])
