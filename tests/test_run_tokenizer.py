@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from tlama_core.checkpoints import CheckpointError
 from tlama_core.cli.convert import convert_to_hf
 from tlama_core.cli.generate import generate, resolve_tokenizer
 from tlama_core.data import builtin_corpus_path, create_dataloader, load_tokenizer
@@ -108,3 +109,18 @@ def test_a_recorded_tokenizer_that_is_gone_is_an_error_not_a_guess(python_run):
     shutil.rmtree(next(ckpt_dir.glob("tokenizer-*")))
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         resolve_tokenizer(ckpt_dir / "step=00000002.ckpt")
+
+
+def test_a_refused_resume_copies_no_tokenizer(python_run, tmp_path):
+    """Resuming with another tokenizer and another step shape is refused: the run's directory keeps only the
+    tokenizer its checkpoints were trained with."""
+    ckpt_dir, _ = python_run
+    before = sorted(p.name for p in ckpt_dir.iterdir())
+    other = own_tokenizer(tmp_path / "other", template=True)  # other bytes, the same vocabulary size
+    loader = create_dataloader(tmp_path / "corpus.txt", other, 2, 16, cache_dir=tmp_path / "cache")
+    model = Transformer(TlamaConfig(vocab_size=400, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16))
+    trainer = Trainer(model, loader, total_batch_size=128, steps=4, verbose=False, checkpoints_dir=str(ckpt_dir),
+                      logs_dir=str(tmp_path / "logs"))
+    with pytest.raises(CheckpointError, match="grad_accum"):
+        trainer.train(ckpt_path="last")
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == before

@@ -24,6 +24,7 @@ from tlama_core.training.batching import StepPlan, ends_step
 from tlama_core.training.checkpointing import BEST_NAME, set_aside_later_checkpoints, step_checkpoint_name
 from tlama_core.training.finite import check_weights_finite
 from tlama_core.training.metrics import MetricSinks, metrics_row
+from tlama_core.training.run_files import RunTokenizer
 from tlama_core.training.throughput import Throughput
 
 STOP_CODES = (None, "request", "signal")  # agreed across processes as their maximum: a signal wins
@@ -43,8 +44,10 @@ class StepCadence(Callback):
     checkpoint. `sinks` is None on a process that writes no files."""
 
     def __init__(self, plan: StepPlan, log_steps: int, validation_steps: int, checkpoint_steps: int,
-                 checkpoints_dir: str | Path, sinks: MetricSinks | None, has_validation: bool) -> None:
+                 checkpoints_dir: str | Path, sinks: MetricSinks | None, has_validation: bool,
+                 tokenizer: RunTokenizer | None = None) -> None:
         self.plan = plan
+        self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
         self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
         self.checkpoints_dir = Path(checkpoints_dir)
         self.sinks = sinks
@@ -84,6 +87,8 @@ class StepCadence(Callback):
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and
         # step files past it (all of them, starting fresh) belong to a run this one does not continue.
         if self.enabled and self.sinks is not None and trainer.is_global_zero:
+            if self.tokenizer is not None:
+                self.tokenizer.keep()
             resume_step = trainer.global_step if trainer.ckpt_path else None
             self.sinks.open(trainer.loggers, resume_step=resume_step)
             aside = set_aside_later_checkpoints(self.checkpoints_dir, resume_step)

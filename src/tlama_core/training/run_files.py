@@ -60,7 +60,7 @@ def keep_tokenizer(tokenizer_path: str | os.PathLike | None, checkpoints_dir: st
 
 class RunTokenizer:
     """The tokenizer of one run: its record, known when the run is built, and its copy, written by `keep` once the
-    run holds its directory (a Trainer that is built and never trained writes nothing)."""
+    run is accepted (a Trainer that is built and never trained, or a refused resume, writes nothing)."""
 
     def __init__(self, tokenizer_path: str | os.PathLike | None, checkpoints_dir: str | os.PathLike) -> None:
         self.tokenizer_path, self.checkpoints_dir = tokenizer_path, checkpoints_dir

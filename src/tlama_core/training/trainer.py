@@ -137,7 +137,7 @@ class Trainer:
         self._bridge = HookBridge(self, hooks)
         self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
         self._cadence = StepCadence(self.plan, log_steps, validation_steps, checkpoint_steps, checkpoints_dir,
-                                    sinks, has_validation=val_data_loader is not None)
+                                    sinks, has_validation=val_data_loader is not None, tokenizer=self._tokenizer)
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
         self.device: torch.device = self._trainer.strategy.root_device
         if module.optimizer is None and not shards_parameters(strategy):  # a module's own optimizer stays
@@ -274,7 +274,6 @@ class Trainer:
         try:  # the run owns its directories from here: nothing of another run's is moved before
             ckpt = resolve_ckpt_path(ckpt_path, self.checkpoints_dir)
             if self.master_process:
-                self._tokenizer.keep()
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()
             if self.verbose and self.master_process:
