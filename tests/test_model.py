@@ -100,15 +100,32 @@ def test_ffn_hidden_size_overrides_the_rounding_rule():
 # The network
 
 
-def test_rope_rotates_each_channel_pair_by_its_position_angle():
+@pytest.mark.parametrize("form", ["complex", "real (inside torch.compile)"])
+def test_rope_rotates_each_channel_pair_by_its_position_angle(form):
     x = torch.randn(1, 5, 2, 8)  # (B, T, heads, D)
     config = TlamaConfig(vocab_size=8, d_model=16, n_layers=1, n_heads=2, max_seq_len=5, rope_theta=10000.0)
-    out = apply_rope(x, torch.view_as_complex(rope_table(config))[:, None])
+    pairs = rope_table(config)[:, None]  # (T, 1, D/2, 2)
+    out = apply_rope(x, torch.view_as_complex(pairs) if form == "complex" else pairs)
     pos = torch.arange(5.0)[:, None, None]  # (T, 1, 1)
     angle = pos * 10000.0 ** (-torch.arange(0, 8, 2) / 8)  # (T, 1, D/2)
     a, b = x[..., 0::2], x[..., 1::2]
     torch.testing.assert_close(out[..., 0::2], a * angle.cos() - b * angle.sin())
     torch.testing.assert_close(out[..., 1::2], a * angle.sin() + b * angle.cos())
+
+
+@pytest.mark.slow
+def test_compiled_model_has_no_complex_operators_and_gives_the_eager_logits():
+    """Inductor generates no code for complex numbers (it warns and falls back to unfused eager kernels): the
+    compiled graph must rotate in reals."""
+    import warnings
+
+    model = tiny_model().eval()
+    tokens = torch.randint(0, 100, (2, 12))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = torch.compile(model)(tokens)[0]
+    assert not [w for w in caught if "complex" in str(w.message)]
+    torch.testing.assert_close(compiled, model(tokens)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_changing_a_future_token_leaves_earlier_logits_unchanged():

@@ -53,13 +53,20 @@ def llama3_scaled(freqs: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate each channel pair of x (B, T, heads, D) by its position's angle; turns is (T, 1, D/2) complex.
+    """Rotate each channel pair of x (B, T, heads, D) by its position's angle; turns is (T, 1, D/2) complex, or
+    the same (cos, sin) pairs as reals (T, 1, D/2, 2) inside torch.compile.
 
     A pair (a, b) read as the complex number a + ib rotates by multiplying with cos + i sin, as in Meta's code:
-    one kernel instead of the half dozen a real-valued rotation takes.
+    one kernel instead of the half dozen a real-valued rotation takes. Inductor generates no code for complex
+    numbers (it falls back to eager kernels, one read and write of q and k each), so a compiled graph rotates in
+    reals, which it fuses with the projections around them.
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, heads, D/2) complex
-    return torch.view_as_real(pairs * turns).flatten(-2).type_as(x)  # (B, T, heads, D)
+    if turns.is_complex():
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, heads, D/2) complex
+        return torch.view_as_real(pairs * turns).flatten(-2).type_as(x)  # (B, T, heads, D)
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, heads, D/2) each
+    cos, sin = turns.unbind(-1)
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).type_as(x)
 
 
 # Up to this many positions, bf16 causal attention on CPU runs faster written out (two matmuls and a softmax)
@@ -245,7 +252,8 @@ class Transformer(nn.Module):
                 f"Transformer: positions {start_pos}..{start_pos + t - 1} exceed max_seq_len="
                 f"{self.config.max_seq_len}; shorten the input or build the model with a larger max_seq_len."
             )
-        turns = torch.view_as_complex(self.rope[start_pos:start_pos + t].float())[:, None]  # (T, 1, D/2) complex
+        pairs = self.rope[start_pos:start_pos + t].float()[:, None]  # (T, 1, D/2, 2): cos, sin
+        turns = pairs if torch.compiler.is_compiling() else torch.view_as_complex(pairs)  # see apply_rope
         x = dropout(self.tok_embeddings(tokens), self.config.dropout, self.training)  # (B, T, C)
         for layer in self.layers:
             if self.activation_checkpointing and self.training:
