@@ -38,9 +38,12 @@ def check_weights_finite(trainer: Any, pl_module: Any, step: int, checkpoints_di
     if trainer.world_size > 1:
         finite = trainer.strategy.reduce((~finite).float(), reduce_op="max") == 0
     if not bool(finite):
-        last = find_last_checkpoint(checkpoints_dir) if checkpoints_dir is not None else None
-        keep = (f"ckpt_path='last' stays {last}" if last is not None else "no checkpoint was written yet"
-                if checkpoints_dir is not None else "the checkpoints written before are untouched")
+        if checkpoints_dir is None:
+            keep = "the checkpoints written before are untouched"
+        elif (last := find_last_checkpoint(checkpoints_dir)) is not None:
+            keep = f"ckpt_path='last' stays {last}"
+        else:
+            keep = "no checkpoint was written yet"
         raise FloatingPointError(
             f"the weights hold non-finite values (nan/inf) at step {step}; stopped without writing its checkpoint "
             f"({keep}). Resume from the last checkpoint with a lower learning_rate or gradient_clip_val."
