@@ -103,6 +103,19 @@ def test_a_model_checkpoint_of_the_users_never_holds_non_finite_weights(tmp_path
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
 
 
+def test_weights_are_checked_once_a_step_however_many_checkpoints_it_saves(tmp_path, monkeypatch):
+    """The step file, best.ckpt and a ModelCheckpoint's two files (its own and last.ckpt) share one check; at
+    the 2 validated steps ModelCheckpoint saves before the validation and the run's own files after it (the
+    step's hooks run in between and may change the weights), so those steps are checked twice."""
+    from tlama_core.training import finite
+
+    checked, check = [], finite.weights_finite
+    monkeypatch.setattr(finite, "weights_finite", lambda params: checked.append(1) or check(params))
+    every = ModelCheckpoint(dirpath=tmp_path / "user", every_n_train_steps=1, save_top_k=-1, save_last=True)
+    make(tmp_path, callbacks=[every]).train()
+    assert len(checked) == 6 + 2  # of 6 + 6 + 6 + 2 saves
+
+
 def test_save_checkpoint_outside_training_refuses_non_finite_weights(tmp_path):
     t = make(tmp_path)
     with torch.no_grad():

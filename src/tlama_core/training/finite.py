@@ -35,8 +35,9 @@ def check_weights_finite(trainer: Any, pl_module: Any, step: int, checkpoints_di
     they agree (with FSDP each holds a shard), so all stop together. `checkpoints_dir`: the run's own, whose
     "last" the error names."""
     finite = weights_finite(pl_module.parameters())
-    if trainer.world_size > 1:
-        finite = trainer.strategy.reduce((~finite).float(), reduce_op="max") == 0
+    if trainer.world_size > 1:  # on the strategy's device: after fit Lightning has moved the module to the CPU
+        flag = (~finite).float().to(trainer.strategy.root_device)
+        finite = trainer.strategy.reduce(flag, reduce_op="max") == 0
     if not bool(finite):
         if checkpoints_dir is None:
             keep = "the checkpoints written before are untouched"

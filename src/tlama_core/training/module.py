@@ -87,7 +87,7 @@ class TlamaLightningModule(L.LightningModule):
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
         self.saving_val_loss: float | None = None  # an explicit `Trainer._save_checkpoint(val_loss=...)`
-        self.weights_checked_step: int | None = None  # the step whose weights the facade checked before saving
+        self.weights_checked_step: int | None = None  # the step whose weights were checked before a save
         # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
         # would synchronise the device; the cadence reads it at logged and checkpointed steps.
         self.register_buffer("first_bad_step", torch.zeros((), dtype=torch.long), persistent=False)
@@ -221,6 +221,7 @@ class TlamaLightningModule(L.LightningModule):
         # calls this hook on every process of a save, so the check's collective is matched.
         if self.weights_checked_step != self.global_step:
             check_weights_finite(self.trainer, self, int(self.global_step))
+            self.weights_checked_step = int(self.global_step)
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["step"] = int(self.global_step)
         latest = self.last_val["val_loss"] if self.last_val else None
