@@ -166,16 +166,18 @@ def test_datamodule_and_yaml_keyword_text_field(tmp_path, reference_ids):
     assert dm.hparams["text_field"] == "content" and dm.train_dataloader().tokenizer_path == TOK
 
 
-def test_datamodule_takes_a_dataset_dict_split_by_name(tmp_path, reference_ids):
+@pytest.mark.parametrize("as_path", [str, lambda p: p], ids=["str", "Path"])
+def test_datamodule_takes_a_dataset_dict_split_by_name(tmp_path, reference_ids, as_path):
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:50]}),
                                "validation": datasets.Dataset.from_dict({"text": DOCS[50:]})})
     dd.save_to_disk(tmp_path / "dd")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        dm = TlamaDataModule(str(tmp_path / "dd"), tokenizer_path=str(TOK), batch_size=2, seq_length=8,
+        dm = TlamaDataModule(as_path(tmp_path / "dd"), tokenizer_path=str(TOK), batch_size=2, seq_length=8,
                              cache_dir=str(tmp_path / "cache"), shuffle=False)
         assert all_ids(dm.train_dataloader()) == reference_ids(DOCS[:50])
         assert all_ids(dm.val_dataloader()) == reference_ids(DOCS[50:])
+        assert dm.hparams["train_path"] == str(tmp_path / "dd")
 
 
 def test_resume_on_records_reads_what_an_uninterrupted_loader_reads(tmp_path):

@@ -119,16 +119,18 @@ class TlamaDataModule(L.LightningDataModule):
                                  text_field=self.text_field)
 
 
+def _in_memory(value: Any) -> bool:
+    """A `datasets.Dataset` or `DatasetDict` object (a path to one saved on disk is a path)."""
+    return not isinstance(value, (str, os.PathLike)) and (is_dataset(value) or is_dataset_dict(value))
+
+
 def _str_or_none(value: object) -> str | None:
-    """A path as a string; a datasets.Dataset as a short description (hyperparameters hold plain values only)."""
-    if is_dataset(value) or is_dataset_dict(value):
-        return value if isinstance(value, str) else f"{type(value).__name__} passed from Python"
-    return None if value is None else str(value)
+    """A path as a string; a datasets object as a short description (hyperparameters hold plain values only)."""
+    if value is None:
+        return None
+    return f"{type(value).__name__} passed from Python" if _in_memory(value) else str(value)
 
 
 def _path_or_dataset(value: Any) -> Any:
     """A `datasets` object as it is, anything else as a path string (or None)."""
-    if value is not None and not isinstance(value, (str, os.PathLike)) and (is_dataset(value) or
-                                                                            is_dataset_dict(value)):
-        return value
-    return _str_or_none(value)
+    return value if value is not None and _in_memory(value) else _str_or_none(value)
