@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from kill_run import build_trainer
 
-from tlama_core.training.checkpointing import find_last_checkpoint, load_checkpoint_file
+from tlama_core.checkpoints import read_checkpoint
+from tlama_core.training.checkpointing import find_last_checkpoint
 from tlama_core.training.csv_log import read_rows
 
 SCRIPT = Path(__file__).with_name("kill_run.py")
@@ -80,7 +81,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(uninterrupt
         assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it was killed"
         hit_a_save += bool(temporaries(ckpt))
         for path in ckpt.glob("*.ckpt"):  # whatever the kill interrupted, every finished file is whole
-            load_checkpoint_file(path)
+            read_checkpoint(path)
     print("kills during a save:", hit_a_save)
     assert hit_a_save >= 1, "no kill landed during a save: the test did not exercise a half-written file"
 
@@ -90,7 +91,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(uninterrupt
     assert json.loads(out.splitlines()[-1])["steps_completed"] == STEPS
     assert not temporaries(ckpt)
     for path in ckpt.glob("*.ckpt"):
-        load_checkpoint_file(path)
+        read_checkpoint(path)
     assert losses(tmp_path) == pytest.approx(uninterrupted, rel=1e-4)
 
 

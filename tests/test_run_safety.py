@@ -22,10 +22,11 @@ from test_interruption import wait_for
 from trainer_utils import ResumableLoader, tiny_model
 
 import tlama_core.atomic
+from tlama_core.checkpoints import read_checkpoint
 from tlama_core.data import create_dataloader
 from tlama_core.data.workers import IgnoreStopSignals
 from tlama_core.training import TlamaLightningModule, Trainer, get_lr_scheduler
-from tlama_core.training.checkpointing import find_last_checkpoint, load_checkpoint_file
+from tlama_core.training.checkpointing import find_last_checkpoint
 from tlama_core.training.csv_log import CsvLog, read_rows
 from tlama_core.training.run_lock import LOCK_NAME, RunLock, RunLockError
 
@@ -83,7 +84,7 @@ def test_non_finite_weights_are_never_checkpointed_and_last_stays_the_good_one(t
     ckpt = tmp_path / "ckpt"
     assert sorted(p.name for p in ckpt.iterdir()) == ["step=00000001.ckpt", "step=00000002.ckpt"]
     assert find_last_checkpoint(ckpt).name == "step=00000002.ckpt"
-    assert all(torch.isfinite(t).all() for t in load_checkpoint_file(ckpt / "step=00000002.ckpt")["state_dict"]
+    assert all(torch.isfinite(t).all() for t in read_checkpoint(ckpt / "step=00000002.ckpt")["state_dict"]
                .values() if t.is_floating_point())
     make(tmp_path).train(ckpt_path="last")  # the good checkpoint resumes the run exactly
     assert log_losses(tmp_path) == reference
@@ -98,7 +99,7 @@ def test_a_model_checkpoint_of_the_users_never_holds_non_finite_weights(tmp_path
              callbacks=[PoisonAfterStep(3), every]).train()
     saved = sorted(p.name for p in (tmp_path / "user").iterdir())
     assert saved == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "last.ckpt"]
-    last = load_checkpoint_file(tmp_path / "user" / "last.ckpt")
+    last = read_checkpoint(tmp_path / "user" / "last.ckpt")
     assert last["step"] == 2
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from trainer_utils import VOCAB, Recorder, SlowLoader, WindowLoader, tiny_model
 
+from tlama_core.checkpoints import read_checkpoint
 from tlama_core.training import Trainer, get_lr_scheduler
 from tlama_core.training.batching import grad_accum_steps
-from tlama_core.training.checkpointing import load_checkpoint_file
 from tlama_core.training.precision import has_fast_bf16
 
 
@@ -294,7 +294,7 @@ def test_hooks_fire_in_order_with_documented_counts_and_arguments(tmp_path):
         if name == "on_validate_end":
             assert set(args[0]) >= {"val_loss"}
         if name == "on_checkpoint_end":  # the file is complete; announced once its background commit is done
-            saved_step = load_checkpoint_file(args[0])["step"]
+            saved_step = read_checkpoint(args[0])["step"]
             assert saved_step <= step
             assert args[0].endswith("best.ckpt") or args[0].endswith(f"step={saved_step:08d}.ckpt")
     saved = sorted(e[2].rsplit("/", 1)[1] for e in rec.events if e[0] == "on_checkpoint_end")
@@ -400,13 +400,13 @@ def test_checkpoints_hold_the_documented_contents(tmp_path):
     t.train()  # 8 steps
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert names == ["best.ckpt", "step=00000004.ckpt", "step=00000008.ckpt"]
-    ckpt = load_checkpoint_file(tmp_path / "ckpt" / "step=00000004.ckpt")
+    ckpt = read_checkpoint(tmp_path / "ckpt" / "step=00000004.ckpt")
     assert ckpt["step"] == ckpt["global_step"] == 4 and isinstance(ckpt["epoch"], int)
     assert ckpt["model_config"] == t.model.config.to_dict()
     assert set(ckpt["state_dict"]) == {"model." + k for k in t.model.state_dict()}
     assert ckpt["optimizer_states"][0]["state"]  # AdamW moments
     assert math.isfinite(ckpt["val_loss"])
-    best = load_checkpoint_file(tmp_path / "ckpt" / "best.ckpt")
+    best = read_checkpoint(tmp_path / "ckpt" / "best.ckpt")
     assert best["val_loss"] == pytest.approx(t.best_val_loss)
 
 
@@ -455,7 +455,7 @@ def test_save_checkpoint_and_log_metrics_called_directly(tmp_path):
     t = make_trainer(tmp_path, callbacks=[rec])
     path = t._save_checkpoint(val_loss=1.5, is_best=True)
     assert path == str(tmp_path / "ckpt" / "model-step=00000000.ckpt")  # before training: nothing to resume
-    ckpt = load_checkpoint_file(path)
+    ckpt = read_checkpoint(path)
     assert ckpt["val_loss"] == 1.5 and ckpt["step"] == 0 and ckpt["model_config"] == t.model.config.to_dict()
     assert (tmp_path / "ckpt" / "model-best.ckpt").exists()
     assert [e[2] for e in rec.events if e[0] == "on_checkpoint_end"][0] == path

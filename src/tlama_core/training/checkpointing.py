@@ -28,11 +28,10 @@ from tlama_core.checkpoints import (
     step_checkpoint_name,
     step_of,
 )
-from tlama_core.checkpoints import read_checkpoint as load_checkpoint_file
 from tlama_core.models import TlamaConfig, check_weights
+from tlama_core.models.loading import checkpoint_config
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "load_checkpoint_file",
-           "step_checkpoint_name"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "step_checkpoint_name"]
 
 BEST_NAME = "best.ckpt"
 MODEL_BEST_NAME = "model-best.ckpt"  # `Trainer._save_checkpoint(is_best=True)` outside training
@@ -190,10 +189,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "training writes such files); it cannot resume a run. Resume from a step=N.ckpt file, or load the "
                 "model with tlama_core.models.load_model, or start a run from it with init_from."
             )
-        try:
-            config = TlamaConfig.from_dict(checkpoint["model_config"])
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: its model_config is not a TlamaConfig ({e}).") from e
+        config = checkpoint_config(checkpoint, path)
         if self.expected_config is not None:
             diff = config_mismatch(config, self.expected_config)
             if diff:
