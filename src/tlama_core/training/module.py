@@ -194,7 +194,8 @@ class TlamaLightningModule(L.LightningModule):
             # A tensor, not prog_bar: Lightning reads it on the host only when a logger writes (log_every_n_steps).
             to_loggers = self.log_to_loggers and bool(self.loggers)
             self.log("train_loss", self.last_step.loss, logger=to_loggers)
-            self.log("learning_rate", self.last_step.lr, logger=to_loggers)
+            if to_loggers:  # a float: Lightning copies it to the device, a sync each step on a GPU; the facade's
+                self.log("learning_rate", self.last_step.lr)  # metrics row carries it to its loggers instead
 
     # ---- validation ---------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
