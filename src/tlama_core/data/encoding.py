@@ -77,11 +77,10 @@ class Encoder:
     """Turns a `text.Piece` or a `documents.Unit` into ids; a separator id goes before every document but the
     first of a text source (records: before every one; the stream's first is dropped by the caller)."""
 
-    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype, separator: int | None, text_field: str = "text",
-                 dataset: Any = None, chunking: str | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype, separator: int | None, text_field: str, dataset: Any,
+                 chunking: str) -> None:
         self.tokenizer, self.dtype, self.separator = tokenizer, dtype, separator
-        self.text_field, self.dataset = text_field, dataset
-        self.chunking = chunking or chunking_of(tokenizer)
+        self.text_field, self.dataset, self.chunking = text_field, dataset, chunking
         self.newline = tokenizer.encode("\n")
 
     def __call__(self, work: text.Piece | documents.Unit) -> Encoded:

@@ -22,12 +22,11 @@ from tlama_core.data.sources import TRAIN_FRACTION, Source
 Work = text.Piece | documents.Unit
 
 
-def plan(source: Source, chunking: str, piece_bytes: int | None = None) -> list[Work]:
+def plan(source: Source, chunking: str) -> list[Work]:
     """The units of work that make up `source`, in order (pieces of text, units of records)."""
     if source.kind == "records":
-        return documents.plan(source.files, source.dataset, source.fraction, piece_bytes or text.PIECE_BYTES,
-                              TRAIN_FRACTION)
-    return text.pieces(text.segments(source.files, source.fraction), 0 if chunking == "whole" else piece_bytes)
+        return documents.plan(source.files, source.dataset, source.fraction, text.PIECE_BYTES, TRAIN_FRACTION)
+    return text.pieces(text.segments(source.files, source.fraction), 0 if chunking == "whole" else None)
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:

@@ -94,11 +94,6 @@ def check_data_fits_model(loader: Any, seq_length: int, config: TlamaConfig, nam
         )
 
 
-def len_or_none(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
 
 
 def split_callbacks(callbacks: Any, extra: list[Any] | None, loggers: list[Any],

@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tlama_core.atomic import remove_stale_temporaries
@@ -118,7 +119,7 @@ class Trainer:
         # ---- the step arithmetic (the world size is known only to a built lightning.Trainer: a probe tells it)
         with quiet_lightning(verbose):
             probe = L.Trainer(**{**self._lightning_kwargs, "logger": False, "enable_progress_bar": False})
-        self.plan: StepPlan = plan_steps(batch_size, seq_length, arguments.len_or_none(train_data_loader),
+        self.plan: StepPlan = plan_steps(batch_size, seq_length, sized_len(train_data_loader),
                                          total_batch_size, gradient_accumulation, steps, epochs, probe.world_size,
                                          max_steps)
         self.grad_accum_steps = self.plan.grad_accum
