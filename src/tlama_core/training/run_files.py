@@ -24,13 +24,9 @@ TOKENIZER_KEY = "tokenizer"
 _BESIDE = ("tokenizer_config.json",)  # a tokenizer.json's BOS/EOS are named there
 
 
-def keep_tokenizer(tokenizer_path: str | os.PathLike | None, checkpoints_dir: str | os.PathLike,
-                   write: bool = True) -> dict[str, str] | None:
-    """Copy the tokenizer file (and a tokenizer_config.json beside a tokenizer.json) into `checkpoints_dir`
-    unless the same bytes are there already; return the record checkpoints carry (None without a tokenizer).
-    `write` False (processes that are not the master) only computes the record."""
-    if tokenizer_path is None:
-        return None
+def tokenizer_files(tokenizer_path: str | os.PathLike) -> tuple[list[Path], dict[str, str]]:
+    """The tokenizer file (and a tokenizer_config.json beside a tokenizer.json) and the record checkpoints carry:
+    its copy's directory, named by the files' hash."""
     source = Path(tokenizer_path)
     files = [source] + [source.with_name(n) for n in _BESIDE if source.suffix == ".json"
                         and source.with_name(n).is_file()]
@@ -38,37 +34,50 @@ def keep_tokenizer(tokenizer_path: str | os.PathLike | None, checkpoints_dir: st
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     digest = h.hexdigest()
-    record = {"dir": f"tokenizer-{digest[:16]}", "file": source.name, "sha256": digest}
+    return files, {"dir": f"tokenizer-{digest[:16]}", "file": source.name, "sha256": digest}
+
+
+def copy_tokenizer(files: list[Path], record: dict[str, str], checkpoints_dir: str | os.PathLike) -> None:
+    """Copy `files` into `checkpoints_dir/record["dir"]` atomically, unless that copy is there already."""
     target = Path(checkpoints_dir) / record["dir"]
-    if write and not target.is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(".tokenizer-*.tmp"):  # left by a run killed while copying
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", suffix=".tmp", dir=target.parent))
-        try:
-            for f in files:
-                shutil.copyfile(f, staging / f.name)
-            os.rename(staging, target)  # atomic; fails if another writer got there first, with the same bytes
-        except OSError:
-            if not target.is_dir():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        fsync_dir(target.parent)
+    if target.is_dir():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(".tokenizer-*.tmp"):  # left by a run killed while copying
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", suffix=".tmp", dir=target.parent))
+    try:
+        for f in files:
+            shutil.copyfile(f, staging / f.name)
+        os.rename(staging, target)  # atomic; fails if another writer got there first, with the same bytes
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(target.parent)
+
+
+def keep_tokenizer(tokenizer_path: str | os.PathLike, checkpoints_dir: str | os.PathLike) -> dict[str, str]:
+    """Copy the tokenizer into `checkpoints_dir` unless the same bytes are there already; return its record."""
+    files, record = tokenizer_files(tokenizer_path)
+    copy_tokenizer(files, record, checkpoints_dir)
     return record
 
 
 class RunTokenizer:
     """The tokenizer of one run: its record, known when the run is built, and its copy, written by `keep` once the
-    run is accepted (a Trainer that is built and never trained, or a refused resume, writes nothing)."""
+    run is accepted (a Trainer that is built and never trained, or a refused resume, writes nothing). The files
+    are hashed once, here: the copy goes to the directory every checkpoint records."""
 
     def __init__(self, tokenizer_path: str | os.PathLike | None, checkpoints_dir: str | os.PathLike) -> None:
-        self.tokenizer_path, self.checkpoints_dir = tokenizer_path, checkpoints_dir
-        record = keep_tokenizer(tokenizer_path, checkpoints_dir, write=False)
+        self.checkpoints_dir = checkpoints_dir
+        self._files, record = tokenizer_files(tokenizer_path) if tokenizer_path is not None else ([], None)
         self.annotations: dict[str, Any] = {TOKENIZER_KEY: record} if record else {}  # for every checkpoint
 
     def keep(self) -> None:
-        keep_tokenizer(self.tokenizer_path, self.checkpoints_dir)
+        if self.annotations:
+            copy_tokenizer(self._files, self.annotations[TOKENIZER_KEY], self.checkpoints_dir)
 
 
 def run_tokenizer(checkpoint: str | os.PathLike) -> Path | None:
