@@ -41,8 +41,9 @@ def find_last_checkpoint(directory: str | Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """A training checkpoint's dict, loaded with weights_only=True (nothing in it is executed).
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A training checkpoint's dict, loaded with weights_only=True (nothing in it is executed); `mmap` maps the
+    tensors instead of reading them (for a caller that wants the config alone).
 
     Every failure is a CheckpointError that names the file and what is wrong, never an unpickling trace.
     """
@@ -50,7 +51,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     # Bytes that are not a checkpoint reach torch's unpickler, which fails with whatever its opcodes trip on
     # (IndexError, KeyError, UnicodeDecodeError, ...): any exception here means the file is unreadable.
     except Exception as e:

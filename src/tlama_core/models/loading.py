@@ -36,7 +36,7 @@ class Weights:
     def config(self) -> TlamaConfig:
         """The model's config alone, read from the config file (a checkpoint: its `model_config`)."""
         if self.kind == CHECKPOINT:
-            return checkpoint_config(read_checkpoint(self.path), self.path)
+            return checkpoint_config(read_checkpoint(self.path, mmap=True), self.path)  # tensors left on disk
         values = read_json(self.path / CONFIG_FILE)
         if self.kind == HUGGING_FACE:
             return config_from_hf(values, str(self.path / CONFIG_FILE))
