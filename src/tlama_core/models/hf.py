@@ -108,9 +108,7 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) ->
             padding = config.padded_vocab_size - tensor.size(0)
             tensor = torch.cat((tensor, tensor.new_zeros(padding, tensor.size(1))))  # (V_padded, C)
         state[mine] = tensor
-    if config.tie_embeddings:
-        state["output.weight"] = state["tok_embeddings.weight"]
-    return state
+    return state  # a tied model's output layer is the embedding: Transformer.from_state_dict ties it
 
 
 def hf_config(config: TlamaConfig, dtype: torch.dtype, bos_id: int | None = None,
