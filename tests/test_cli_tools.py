@@ -15,6 +15,7 @@ from tlama_core.cli import main
 from tlama_core.cli.generate import configured_tokenizer, resolve_tokenizer
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
 from tlama_core.models import load_model
+from tlama_core.models.loading import CHECKPOINT, Weights
 
 TINY = ["--model.config.d_model", "32", "--model.config.n_layers", "2", "--model.config.n_heads", "4",
         "--model.config.n_kv_heads", "2", "--model.config.max_seq_len", "64", "--model.scheduler.warmup_steps", "1",
@@ -78,12 +79,13 @@ def test_generate_without_a_checkpoint_exits_2_naming_it(tmp_path, capsys):
 
 def test_tokenizer_defaults_to_the_one_the_run_used(tmp_path):
     ckpt = tmp_path / "step=00000001.ckpt"
-    assert resolve_tokenizer(ckpt) == builtin_tokenizer_path()  # no config.yaml: the built-in one
+    weights = Weights(CHECKPOINT, ckpt)
+    assert resolve_tokenizer(weights) == builtin_tokenizer_path()  # no config.yaml: the built-in one
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"tokenizer_path": None}}))
-    assert resolve_tokenizer(ckpt) == builtin_tokenizer_path()  # the run used the built-in one
+    assert resolve_tokenizer(weights) == builtin_tokenizer_path()  # the run used the built-in one
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"tokenizer_path": "my.model"}}))
-    assert resolve_tokenizer(ckpt) == Path("my.model")
-    assert resolve_tokenizer(ckpt, "given.model") == Path("given.model")
+    assert resolve_tokenizer(weights) == Path("my.model")
+    assert resolve_tokenizer(weights, "given.model") == Path("given.model")
 
 
 def test_a_run_on_token_ids_names_no_tokenizer_so_none_is_guessed(tmp_path):
@@ -105,7 +107,7 @@ def test_fit_keeps_the_run_tokenizer_beside_its_checkpoints(run):
     (copy,) = (run / "checkpoints").glob("tokenizer-*")
     assert (copy / builtin_tokenizer_path().name).read_bytes() == builtin_tokenizer_path().read_bytes()
     for ckpt in (run / "checkpoints").glob("step=*.ckpt"):
-        assert resolve_tokenizer(ckpt) == copy / builtin_tokenizer_path().name
+        assert resolve_tokenizer(Weights(CHECKPOINT, ckpt)) == copy / builtin_tokenizer_path().name
 
 
 def test_tokenizer_train_writes_a_model_of_the_requested_size(data_text, tmp_path, capsys):

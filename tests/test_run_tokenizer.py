@@ -13,6 +13,7 @@ from tlama_core.cli.convert import convert_to_hf
 from tlama_core.cli.generate import generate, resolve_tokenizer
 from tlama_core.data import builtin_corpus_path, create_dataloader, load_tokenizer
 from tlama_core.models import TlamaConfig, Transformer, load_model
+from tlama_core.models.loading import CHECKPOINT, Weights
 from tlama_core.training import Trainer
 from tlama_core.training.run_files import TOKENIZER_KEY, keep_tokenizer
 
@@ -62,7 +63,7 @@ def test_trainer_copies_the_tokenizer_once_and_records_it_in_checkpoints(python_
     assert json.loads((copy_dir / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
     checkpoint = torch.load(ckpt_dir / "step=00000002.ckpt", weights_only=True)
     assert checkpoint[TOKENIZER_KEY]["dir"] == copy_dir.name
-    assert resolve_tokenizer(ckpt_dir / "step=00000002.ckpt") == copy_dir / "tokenizer.json"
+    assert resolve_tokenizer(Weights(CHECKPOINT, ckpt_dir / "step=00000002.ckpt")) == copy_dir / "tokenizer.json"
 
 
 def test_generate_samples_with_the_run_tokenizer(python_run):
@@ -108,7 +109,7 @@ def test_a_recorded_tokenizer_that_is_gone_is_an_error_not_a_guess(python_run):
     ckpt_dir, _ = python_run
     shutil.rmtree(next(ckpt_dir.glob("tokenizer-*")))
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
-        resolve_tokenizer(ckpt_dir / "step=00000002.ckpt")
+        resolve_tokenizer(Weights(CHECKPOINT, ckpt_dir / "step=00000002.ckpt"))
 
 
 def test_a_refused_resume_copies_no_tokenizer(python_run, tmp_path):

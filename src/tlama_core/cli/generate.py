@@ -15,14 +15,6 @@ from tlama_core.models.loading import CHECKPOINT, Weights
 from tlama_core.training.run_files import run_tokenizer
 
 
-def resolve_tokenizer(checkpoint: Path, tokenizer: str | os.PathLike | None = None) -> Path:
-    """The tokenizer given; else the run's copy that the checkpoint records (see `run_files.py`); else the one its
-    run's config.yaml names (`configured_tokenizer`); else the built-in one (a checkpoint of an early run)."""
-    if tokenizer is not None:
-        return Path(tokenizer)
-    return run_tokenizer(checkpoint) or configured_tokenizer(checkpoint) or builtin_tokenizer_path()
-
-
 def configured_tokenizer(checkpoint: Path) -> Path | None:
     """The tokenizer of the `tlama fit` run whose config.yaml lies beside `checkpoint`: its `data.tokenizer_path`,
     or the built-in one where that is null and the run read text (the DataModule's default); None for a run on
@@ -54,6 +46,16 @@ def known_tokenizer(weights: Weights, tokenizer: str | os.PathLike | None = None
                 None)
 
 
+def resolve_tokenizer(weights: Weights, tokenizer: str | os.PathLike | None = None) -> Path:
+    """The tokenizer `tlama generate` samples with: `known_tokenizer`'s; else, for a checkpoint, the built-in one
+    (a checkpoint of an early run); for other weights none is guessed."""
+    known = known_tokenizer(weights, tokenizer)
+    if known is None and weights.kind != CHECKPOINT:
+        raise ValueError(f"{weights.path}: these weights hold no tokenizer and none is known for them; pass the one "
+                         "the model was trained with (--tokenizer).")
+    return known or builtin_tokenizer_path()
+
+
 def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int) -> None:
     """A tokenizer with more pieces than the model's vocab_size is not the one it was trained with."""
     if tokenizer.vocab_size > vocab_size:
@@ -77,11 +79,7 @@ def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 2
     from tlama_core.models import find_weights
 
     weights = find_weights(checkpoint)
-    tokenizer_path = known_tokenizer(weights, tokenizer)
-    if tokenizer_path is None and weights.kind != CHECKPOINT:
-        raise ValueError(f"{weights.path}: these weights hold no tokenizer and none is known for them; pass the one "
-                         "the model was trained with (--tokenizer).")
-    sp = load_tokenizer(tokenizer_path or builtin_tokenizer_path())  # a checkpoint of an early run: the built-in
+    sp = load_tokenizer(resolve_tokenizer(weights, tokenizer))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = weights.load().to(device)
