@@ -97,6 +97,18 @@ def test_parallel_build_of_records_equals_serial(tmp_path, monkeypatch):
     assert np.fromfile(entry.path, dtype=entry.dtype).tolist() == serial
 
 
+def test_a_datasets_texts_are_hashed_once_per_fingerprint(monkeypatch):
+    from tlama_core.data import documents
+
+    walked = []
+    monkeypatch.setattr(documents, "_hash_texts", lambda d, field: walked.append(d._fingerprint) or bytes(32))
+    data = datasets.Dataset.from_dict({"text": DOCS[:20]})
+    documents.dataset_digest(data, "text")
+    documents.dataset_digest(data, "text")  # the val loader's call: no second walk
+    documents.dataset_digest(data.select(range(5)), "text")  # another selection: another fingerprint
+    assert len(walked) == 2 and walked[0] == data._fingerprint
+
+
 def test_cache_is_keyed_by_text_field(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps({"a": d, "b": d.upper()}) + "\n" for d in DOCS[:20]))

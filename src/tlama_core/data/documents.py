@@ -90,8 +90,22 @@ def open_dataset(data_path: Any, split: str | None, text_field: str) -> tuple[An
     return data, named
 
 
+_DIGESTS: dict[tuple[str, str], bytes] = {}  # by (fingerprint, text_field): the train and val loaders ask alike
+
+
 def dataset_digest(dataset: Any, text_field: str) -> bytes:
-    """Hash of the dataset's texts in order (a dataset's files do not say which rows a select or shuffle kept)."""
+    """Hash of the dataset's texts in order (a dataset's files do not say which rows a select or shuffle kept).
+    Walking every row is slow, so it is done once per process for a dataset `datasets` fingerprints the same
+    (its fingerprint changes with every transform)."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint is None:
+        return _hash_texts(dataset, text_field)
+    if (fingerprint, text_field) not in _DIGESTS:
+        _DIGESTS[fingerprint, text_field] = _hash_texts(dataset, text_field)
+    return _DIGESTS[fingerprint, text_field]
+
+
+def _hash_texts(dataset: Any, text_field: str) -> bytes:
     h = hashlib.blake2b(digest_size=32)
     column = dataset.select_columns([text_field]).with_format("arrow")
     for batch in column.iter(batch_size=DATASET_ROWS):
