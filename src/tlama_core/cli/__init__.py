@@ -146,7 +146,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
                        help="Sentencepiece .model or tokenizer.json to include; default: the one known for the "
                             "weights (the run's, or a Hugging Face directory's own), else none.")
     add("convert to-hf", conv_commands, to_hf, "Weights -> Hugging Face Llama directory.", _to_hf)
-    from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory.")
+    from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory with "
+                                         "its tokenizer (tokenizer.model / tokenizer.json).")
     from_hf.add_argument("--model", type=str, required=True, help="Hugging Face Llama directory (safetensors).")
     from_hf.add_argument("--out", type=str, required=True, help="Output directory.")
     add("convert from-hf", conv_commands, from_hf, "Hugging Face Llama directory -> our safetensors.", _from_hf)
@@ -218,4 +219,8 @@ def _to_hf(cfg: Namespace) -> None:
 def _from_hf(cfg: Namespace) -> None:
     from tlama_core.cli.convert import convert_from_hf
 
-    print(f"safetensors directory written to {convert_from_hf(cfg.model, cfg.out)}")
+    out, tokenizer = convert_from_hf(cfg.model, cfg.out)
+    if tokenizer is None:
+        print(f"{cfg.model} holds no tokenizer (tokenizer.model or tokenizer.json): wrote the weights alone; pass "
+              "--tokenizer to the commands that read them.", file=sys.stderr)
+    print(f"safetensors directory written to {out}" + (f" with the tokenizer {tokenizer.name}" if tokenizer else ""))

@@ -25,6 +25,7 @@ from tlama_core.atomic import atomic_write
 from tlama_core.data.training_text import training_lines, training_sources
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # a directory's tokenizer, the first found
 
 # Trainer options behind the lossless, deterministic defaults described above; any can be overridden.
 DEFAULT_TRAINER_OPTIONS: dict[str, Any] = {
@@ -102,7 +103,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """
     path = Path(path)
     if path.is_dir():
-        path = next((path / n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()), path)
+        path = next((path / n for n in TOKENIZER_FILES if (path / n).is_file()), path)
     if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer_path={str(path)!r}: no such file; pass a sentencepiece .model file or a Hugging Face "
