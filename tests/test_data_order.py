@@ -34,6 +34,35 @@ def test_the_order_at_any_positions_is_the_whole_order_at_them():
     assert np.array_equal(epoch_order(10_007, 2, 11, True)(positions), whole[positions])
 
 
+def feistel_by_hand(n: int, seed: int, epoch: int, position: int) -> int:
+    """Order 3 at one position, in plain Python integers: the construction permutation.py documents (states
+    saved with order 3 resume only while this stays what the sampler computes)."""
+    mask = (1 << 64) - 1
+    keys = [int(k) for k in np.random.SeedSequence([seed, epoch]).generate_state(8, np.uint64)]
+    bits = max(2, (n - 1).bit_length())
+    x = position
+    while True:
+        left_bits, right_bits = bits - bits // 2, bits // 2
+        left, right = x >> right_bits, x & ((1 << right_bits) - 1)
+        for key in keys:
+            z = (right * 0x9E3779B97F4A7C15 + key) & mask
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+            z ^= z >> 31
+            left, right = right, left ^ (z >> (64 - left_bits))
+            left_bits, right_bits = right_bits, left_bits
+        x = (left << right_bits) | right
+        if x < n:
+            return x
+
+
+@pytest.mark.parametrize("n", [2, 97, 1025, 10**12 // 2048])
+def test_order_3_is_the_documented_feistel_network(n):
+    positions = np.array(sorted({0, 1, n // 2, n - 1}), dtype=np.int64)
+    expected = [feistel_by_hand(n, 1337, 4, int(p)) for p in positions]
+    assert epoch_order(n, 4, 1337, True, version=3)(positions).tolist() == expected
+
+
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
 

@@ -36,7 +36,7 @@ def epoch_order(num_windows: int, epoch: int, seed: int, shuffle: bool, version:
     if not shuffle:
         return lambda positions: positions
     entropy = np.random.SeedSequence([seed, epoch])
-    if version == ORDER_VERSION:
+    if version == 3:
         return SeededPermutation(num_windows, entropy.generate_state(ROUNDS, np.uint64))
     mixed = seed + epoch if version == 1 else int(entropy.generate_state(1, np.uint64)[0])
     return torch.randperm(num_windows, generator=torch.Generator().manual_seed(mixed % 2**63)).numpy().__getitem__
