@@ -53,3 +53,22 @@ def reference_ids(data_sp: spm.SentencePieceProcessor) -> Callable[..., list[int
         return out
 
     return ids
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_left() -> Iterator[None]:
+    """A strategy that starts torch.distributed in the test process (DDP or FSDP2 on one device) leaves its group
+    running and MASTER_ADDR/MASTER_PORT in the environment, which multi-process runs launched later would inherit
+    (a port still bound): both are undone after each test."""
+    import torch.distributed as dist
+
+    keys = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+    before = {k: os.environ.get(k) for k in keys}
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,4 +1,4 @@
-"""AtomicCheckpointIO: torch.save in the caller, fsync and rename in the background, announced in the caller."""
+"""AtomicCheckpointIO: a copy in the caller; torch.save, fsync and rename in the background; announced in the caller."""
 
 from __future__ import annotations
 
@@ -40,7 +40,12 @@ def test_a_save_is_announced_on_the_callers_thread_once_it_is_in_place(tmp_path,
     calls = announced(io)
     path = tmp_path / step_checkpoint_name(1)
     io.save_checkpoint({"step": 1}, path)
-    assert not path.exists() and (tmp_path / (path.name + ".tmp")).exists()
+    tmp = tmp_path / (path.name + ".tmp")
+    for _ in range(1000):  # written on the writer's thread, which then waits at the held commit
+        if tmp.exists():
+            break
+        threading.Event().wait(0.01)
+    assert not path.exists() and tmp.exists()
     io.poll()
     assert calls == []  # not committed yet: nothing to announce
     held.release()
@@ -99,6 +104,7 @@ class Unpicklable:
 
 def test_a_failed_serialisation_leaves_no_temporary(tmp_path):
     io = AtomicCheckpointIO()
-    with pytest.raises(RuntimeError, match="cannot pickle"):
+    with pytest.raises(RuntimeError, match="cannot pickle"):  # written in the background: raised when joined
         io.save_checkpoint({"unpicklable": Unpicklable()}, tmp_path / step_checkpoint_name(1))
+        io.wait()
     assert list(tmp_path.iterdir()) == []

@@ -142,14 +142,14 @@ def fill_disk_at(monkeypatch, name: str, how: str) -> None:
 
         monkeypatch.setattr(torch, "save", full_save)
     else:
-        fsync = tlama_core.atomic._fsync
+        fsync = tlama_core.atomic.fsync_file
 
         def full_fsync(path):
             if Path(path).name == name + ".tmp":
                 raise OSError(errno.ENOSPC, "No space left on device")
             fsync(path)
 
-        monkeypatch.setattr(tlama_core.atomic, "_fsync", full_fsync)
+        monkeypatch.setattr(tlama_core.atomic, "fsync_file", full_fsync)
 
 
 @pytest.mark.parametrize("how", ["torch.save", "fsync"])

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from trainer_utils import WindowLoader, tiny_model
 
@@ -24,14 +23,6 @@ from tlama_core.training.csv_log import read_rows
 from tlama_core.training.sharding import check_tensor_parallel
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(autouse=True)
-def _no_process_group_left():
-    """A strategy that starts torch.distributed in this process (DDP or FSDP2 on one device) leaves it running."""
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def make(tmp_path: Path, **kwargs) -> Trainer:

@@ -17,7 +17,8 @@ from typing import BinaryIO
 TMP_SUFFIX = ".tmp"
 
 
-def _fsync(path: str | os.PathLike) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Make a file's contents durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -28,7 +29,7 @@ def _fsync(path: str | os.PathLike) -> None:
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make a rename inside `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
     try:
-        _fsync(directory)
+        fsync_file(directory)
     except OSError:
         return
 
@@ -68,7 +69,7 @@ def temporary_path(path: str | os.PathLike) -> Path:
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make the fully written `tmp` durable and rename it onto `path` (then durable too); on failure remove it."""
     try:
-        _fsync(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -90,14 +91,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 
 
 def remove_stale_temporaries(directory: str | os.PathLike, pattern: str) -> list[Path]:
-    """Delete the temporaries `pattern + .tmp` (e.g. "*.ckpt") that an interrupted writer left in `directory`;
-    return what was removed. Other `.tmp` files there are the user's and stay."""
+    """Delete the temporaries `pattern + .tmp` (e.g. "*.ckpt": files, or a sharded checkpoint's directories) that
+    an interrupted writer left in `directory`; return what was removed. Other `.tmp` files there are the user's."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     stale = sorted(directory.glob(pattern + TMP_SUFFIX))
     for p in stale:
-        p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return stale
 
 

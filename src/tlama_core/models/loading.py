@@ -1,6 +1,7 @@
 """One way in for weights of every kind: `load_model(PATH)`.
 
-PATH may be a training checkpoint (`.ckpt`), a checkpoints directory (its newest `step=N.ckpt`), our safetensors
+PATH may be a training checkpoint (`.ckpt`: a file, or a sharded run's directory), a checkpoints directory (its
+newest `step=N.ckpt`), our safetensors
 directory (`save_safetensors`, `tlama convert from-hf`) or a Hugging Face Llama directory. `find_weights` says
 which, from what is on disk, and lists what it found when it is none of them.
 """
@@ -12,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlama_core.checkpoints import CheckpointError, find_last_checkpoint, model_state, read_checkpoint
+from tlama_core.checkpoints import (
+    CheckpointError,
+    find_last_checkpoint,
+    is_sharded_checkpoint,
+    model_state,
+    read_checkpoint,
+)
 from tlama_core.models.config import TlamaConfig
 from tlama_core.models.hf import config_from_hf, from_hf
 from tlama_core.models.transformer import Transformer
@@ -36,7 +43,7 @@ class Weights:
     def config(self) -> TlamaConfig:
         """The model's config alone, read from the config file (a checkpoint: its `model_config`)."""
         if self.kind == CHECKPOINT:
-            return checkpoint_config(read_checkpoint(self.path, mmap=True), self.path)  # tensors left on disk
+            return checkpoint_config(read_checkpoint(self.path, tensors=False), self.path)  # tensors left on disk
         values = read_json(self.path / CONFIG_FILE)
         if self.kind == HUGGING_FACE:
             return config_from_hf(values, str(self.path / CONFIG_FILE))
@@ -51,7 +58,7 @@ def find_weights(path: str | os.PathLike) -> Weights:
     path = Path(path)
     if path.is_file() and (path.suffix == ".safetensors" or path.name == CONFIG_FILE):
         path = path.parent  # a file of a weights directory: the directory
-    elif path.is_file():
+    elif path.is_file() or is_sharded_checkpoint(path):
         return Weights(CHECKPOINT, path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory (expected weights: a .ckpt file, a checkpoints "

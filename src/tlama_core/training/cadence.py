@@ -13,7 +13,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,13 +20,14 @@ from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training import lightning_internals
 from tlama_core.training.batching import StepPlan, ends_step
-from tlama_core.training.checkpointing import BEST_NAME, set_aside_later_checkpoints, step_checkpoint_name
+from tlama_core.training.checkpointing import set_aside_later_checkpoints
 from tlama_core.training.finite import check_weights_finite
 from tlama_core.training.metrics import MetricSinks, metrics_row
+from tlama_core.training.run_checkpoints import RunCheckpoints
 from tlama_core.training.run_files import RunTokenizer
 from tlama_core.training.throughput import Throughput
 
-STOP_CODES = (None, "request", "signal")  # agreed across processes as their maximum: a signal wins
+STOP_CODES = (None, "request", "signal", "preempt")  # agreed across processes as their maximum: a signal wins
 
 
 @dataclass
@@ -44,17 +44,18 @@ class StepCadence(Callback):
     checkpoint. Rows and files are written on global rank 0 only, and not at all when `sinks` is None (a
     process the user said is not the master). The run's step plan is the module's (`pl_module.plan`)."""
 
-    def __init__(self, log_steps: int, validation_steps: int, checkpoint_steps: int,
-                 checkpoints_dir: str | Path, sinks: MetricSinks | None, has_validation: bool,
-                 tokenizer: RunTokenizer | None = None) -> None:
+    def __init__(self, log_steps: int, validation_steps: int, checkpoint_steps: int, checkpoints: RunCheckpoints,
+                 sinks: MetricSinks | None, has_validation: bool, tokenizer: RunTokenizer | None = None) -> None:
         self.plan: StepPlan | None = None  # the module's, from setup on
+        self.checkpoints = checkpoints
         self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
         self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
-        self.checkpoints_dir = Path(checkpoints_dir)
+        self.checkpoints_dir = checkpoints.directory
         self.sinks = sinks
         self.has_validation = has_validation
         self.best_val_loss = math.inf
-        # Set: finish this step, checkpoint it, stop. "signal" (SIGINT/SIGTERM) or "request" (Trainer.request_stop)
+        # Set: finish this step, checkpoint it, stop. "request" (Trainer.request_stop), "signal" (SIGINT/SIGTERM) or
+        # "preempt" (SIGUSR1: SLURM's warning; the job is requeued after)
         self.stop_reason: str | None = None
         # Set by `Trainer._save_checkpoint` from a hook: save this step's checkpoint when the step is finished.
         self.save_request: SaveRequest | None = None
@@ -66,6 +67,10 @@ class StepCadence(Callback):
         self._validation_started = 0.0
         self.start_step: int | None = None  # the step this fit's training started from (None: it never started)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self.tokenizer is not None:  # every save (a ModelCheckpoint's too) names the run's tokenizer
+            checkpoint.update(self.tokenizer.annotations)
+
     # Lightning saves and restores this with every checkpoint (callback state).
     def state_dict(self) -> dict[str, Any]:
         return {"best_val_loss": self.best_val_loss}
@@ -76,7 +81,7 @@ class StepCadence(Callback):
     def stepping_copy(self) -> StepCadence:
         """A disabled cadence for `Trainer.train_step()` (no rows, no periodic checkpoints) keeping this one's
         best val loss; it still measures throughput and saves on request."""
-        cadence = StepCadence(1, 1, 1, self.checkpoints_dir, None, has_validation=False)
+        cadence = StepCadence(1, 1, 1, self.checkpoints, None, has_validation=False)
         cadence.enabled = False
         cadence.load_state_dict(self.state_dict())
         return cadence
@@ -102,7 +107,7 @@ class StepCadence(Callback):
                               "ckpt_path='last' finds this run's.", stacklevel=2)
 
     def request_stop(self, reason: str) -> None:
-        self.stop_reason = self.stop_reason or reason
+        self.stop_reason = max(self.stop_reason, reason, key=STOP_CODES.index)
 
     def request_save(self, val_loss: float | None, is_best: bool) -> None:
         self.save_request = SaveRequest(val_loss, is_best)
@@ -204,17 +209,15 @@ class StepCadence(Callback):
             self.best_val_loss = min(self.best_val_loss, request.val_loss)
         saving = time.perf_counter()
         pl_module.saving_val_loss = request.val_loss if request is not None else None
-        saves_step = step % self.checkpoint_steps == 0 or final or request is not None
-        if saves_step or improved or (request is not None and request.is_best):
+        kept = step % self.checkpoint_steps == 0 or final or request is not None
+        best = improved or (request is not None and request.is_best)
+        if kept or best:  # one save of the step: best.ckpt links to it
             check_weights_finite(trainer, pl_module, step, self.checkpoints_dir)
             pl_module.weights_checked_step = step
-        try:
-            if saves_step:
-                trainer.save_checkpoint(self.checkpoints_dir / step_checkpoint_name(step), weights_only=False)
-            if improved or (request is not None and request.is_best):
-                trainer.save_checkpoint(self.checkpoints_dir / BEST_NAME, weights_only=False)
-        finally:
-            pl_module.saving_val_loss = None
+            try:
+                self.checkpoints.save(trainer, step, kept=kept, best=best)
+            finally:
+                pl_module.saving_val_loss = None
         pl_module.exclude_time(time.perf_counter() - saving)
 
     def _write_row(self, trainer, pl_module, val: dict[str, float] | None) -> None:

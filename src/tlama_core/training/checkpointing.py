@@ -7,6 +7,7 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import warnings
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tlama_core.atomic import commit, disk_full_error, fsync_dir, staged
+from tlama_core.atomic import commit, disk_full_error, fsync_dir, temporary_path
 from tlama_core.checkpoints import (
     CheckpointError,
     find_last_checkpoint,
@@ -44,12 +45,26 @@ def model_checkpoint_name(step: int) -> str:
 
 def model_checkpoint(module: Any, optimizer: Any, epoch: int, step: int, val_loss: float | None) -> dict[str, Any]:
     """The contents SPEC.md documents, for a save outside a fit (Lightning's own saving needs a running fit):
-    the model, its config and the optimizer; no loop state, so it cannot resume a run."""
+    the model, its config and the optimizer; no loop state, so it cannot resume a run. A sharded model's full
+    weights and optimizer state are gathered onto global rank 0 (a collective: every process calls this)."""
     import lightning as L
+    from torch.distributed.tensor import DTensor
 
-    return {"state_dict": module.state_dict(), "model_config": module.config.to_dict(),
-            "optimizer_states": [optimizer.state_dict()] if optimizer else [], "epoch": epoch,
-            "global_step": step, "step": step, "val_loss": val_loss, "pytorch-lightning_version": L.__version__}
+    if any(isinstance(p, DTensor) for p in module.parameters()):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(module, options=full)
+        optimizers = [get_optimizer_state_dict(module, optimizer, options=full)] if optimizer else []
+    else:
+        state, optimizers = module.state_dict(), [optimizer.state_dict()] if optimizer else []
+    return {"state_dict": state, "model_config": module.config.to_dict(), "optimizer_states": optimizers,
+            "epoch": epoch, "global_step": step, "step": step, "val_loss": val_loss,
+            "pytorch-lightning_version": L.__version__}
 
 
 def resolve_ckpt_path(ckpt_path: str | None, directory: str | Path) -> str | None:
@@ -64,20 +79,29 @@ def resolve_ckpt_path(ckpt_path: str | None, directory: str | Path) -> str | Non
     return str(last)
 
 
+def best_only_name(step: int) -> str:
+    """A step's checkpoint saved for the best alone (best.ckpt points at it)."""
+    return f"best-step={step:08d}.ckpt"
+
+
 def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) -> Path | None:
-    """Move the step checkpoints past `resume_step` (all of them, and best.ckpt, for a fresh start) into
-    a new `directory/superseded-<unix time>-<random>/`; return that folder, or None when nothing had to move.
+    """Move the checkpoints of steps past `resume_step` (all of them, with best.ckpt, for a fresh start) into a new
+    `directory/superseded-<unix time>-<random>/`; return that folder, or None when nothing had to move.
 
     They belong to a run this one does not continue (started over, or resumed from an earlier step): left in
-    place, "last" would later resume the abandoned run instead of this one. Moved, not deleted: nothing is lost.
+    place, "last" would later resume the abandoned run instead of this one. best.ckpt moves with the checkpoint it
+    points at (a link). Moved, not deleted: nothing is lost.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return None
     later = [p for p in directory.iterdir()
-             if (step := step_of(p)) is not None and (resume_step is None or step > resume_step)]
-    if resume_step is None and (directory / BEST_NAME).exists():
-        later.append(directory / BEST_NAME)
+             if (step := step_of(p) or best_only_step(p)) is not None and (resume_step is None or step > resume_step)]
+    best = directory / BEST_NAME
+    if best.is_symlink() or best.exists():
+        target = directory / os.readlink(best) if best.is_symlink() else None
+        if resume_step is None or (target is not None and target in later):
+            later.append(best)
     if not later:
         return None
     aside = Path(tempfile.mkdtemp(prefix=f"superseded-{int(time.time())}-", dir=directory))  # a new folder
@@ -85,6 +109,32 @@ def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) 
         path.rename(aside / path.name)
     fsync_dir(directory)
     return aside
+
+
+def set_aside_hpc_checkpoints(directory: str | Path) -> Path | None:
+    """Move Lightning's SLURM checkpoints (`hpc_ckpt_N.ckpt`, saved mid-step by its own preemption handler) into a
+    new `superseded-*/` folder, with a warning: a run started without ckpt_path would otherwise resume from them
+    unasked (Lightning does under SLURM). Resume with ckpt_path="last", or name such a file to use it."""
+    directory = Path(directory)
+    stale = sorted(directory.glob("hpc_ckpt_*.ckpt")) if directory.is_dir() else []
+    if not stale:
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=f"superseded-{int(time.time())}-", dir=directory))
+    for path in stale:
+        path.rename(aside / path.name)
+    fsync_dir(directory)
+    warnings.warn(f"{', '.join(p.name for p in stale)} (Lightning's SLURM checkpoints) moved to {aside}/: a run "
+                  "started without ckpt_path starts fresh; resume with ckpt_path='last' (or name a file).",
+                  stacklevel=3)
+    return aside
+
+
+def best_only_step(path: Path) -> int | None:
+    """The step of a `best-step=N.ckpt` checkpoint (None for other files)."""
+    name = path.name
+    if name.startswith("best-step=") and name.endswith(".ckpt") and name[10:-5].isdigit():
+        return int(name[10:-5])
+    return None
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -112,62 +162,53 @@ def config_mismatch(saved: TlamaConfig, expected: dict[str, Any]) -> list[str]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves to `NAME.tmp` beside the target, then fsyncs and renames it in a background thread; loads safely and
-    checks the model config.
+    """Saves a checkpoint file in the background: the caller copies its tensors to host memory (training goes on
+    changing the originals), a thread writes `NAME.tmp` beside the target, fsyncs it and renames it; loads safely
+    and checks the model's weights.
 
-    Serialising must happen before training changes the weights, so `torch.save` runs in the caller; only the
-    fsync (most of an atomic save's extra cost over a plain `torch.save`) and the rename overlap the following
-    steps. Until the rename, "last" is the previous complete file, so a kill at any instant still leaves only
-    complete checkpoints. Commits run in order on one thread; `wait()` (also Lightning's `teardown`) joins them.
+    Until the rename, "last" is the previous complete file, so a kill at any instant still leaves only complete
+    checkpoints. Writes run in order on one thread; `wait()` (also Lightning's `teardown`) joins them. The copy
+    holds the checkpoint's tensors until it is written: host memory for one more checkpoint while a save runs.
 
-    `listeners` are called with the final path once a file is complete and durable (the `on_checkpoint_end`
-    hook), always on the caller's thread: from `poll()` (non-blocking, at step ends) or `wait()`.
-    `expected_config` (a TlamaConfig dict) makes loading a checkpoint of another model shape an error.
-    `writes` False (a process that is not the master) makes saving a no-op. `annotations` go into every
-    checkpoint saved (the run's tokenizer record, see `run_files.py`).
+    `listeners` are called with the final path once a file is complete and durable, always on the caller's thread:
+    from `poll()` (non-blocking, at step ends) or `wait()`. `writes` False (a process that is not the master)
+    makes saving a no-op.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected_config: dict[str, Any] | None = None) -> None:
         self.writes = True
         self.listeners: list[Callable[[Path], None]] = []
-        self.expected_config: dict[str, Any] | None = None
-        self.annotations: dict[str, Any] = {}
+        self.expected_config = expected_config  # a TlamaConfig dict: loading another model shape is an error
         self._committer: ThreadPoolExecutor | None = None  # created at the first save: the IO stays picklable
-        self._pending: deque[tuple[Path, Future]] = deque()
+        self._pending: deque[tuple[Path, int, Future]] = deque()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if not self.writes:
             return
         path = Path(path)
-        if any(pending == path for pending, _ in self._pending):
-            self.wait()  # the same file is still being committed: its temporary is about to be rewritten
-        with staged(path) as tmp:
-            try:
-                torch.save({**checkpoint, **self.annotations}, tmp)
-            except (OSError, RuntimeError) as err:
-                full = disk_full_error(err, path, tensor_bytes(checkpoint), _resume_hint(path))
-                if full is None:
-                    raise
-                raise full from err
+        if any(pending == path for pending, _, _ in self._pending):
+            self.wait()  # the same file is still being written: its temporary is about to be rewritten
+        snapshot = host_copy(checkpoint)
         if self._committer is None:
-            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlama-checkpoint-commit")
-        self._pending.append((path, self._committer.submit(commit, tmp, path)))
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlama-checkpoint-writer")
+        tmp = temporary_path(path)
+        self._pending.append((path, tensor_bytes(snapshot), self._committer.submit(_write, snapshot, tmp, path)))
 
     def poll(self) -> None:
-        """Tell the listeners about every checkpoint committed since the last call, without blocking."""
-        while self._pending and self._pending[0][1].done():
+        """Tell the listeners about every checkpoint written since the last call, without blocking."""
+        while self._pending and self._pending[0][2].done():
             self._finish(*self._pending.popleft())
 
     def wait(self) -> None:
-        """Block until every saved checkpoint is durable and in place; tell the listeners; raise a commit's error."""
+        """Block until every saved checkpoint is durable and in place; tell the listeners; raise a write's error."""
         while self._pending:
             self._finish(*self._pending.popleft())
 
-    def _finish(self, path: Path, commit_done: Future) -> None:
+    def _finish(self, path: Path, size: int, written: Future) -> None:
         try:
-            commit_done.result()
-        except OSError as err:  # the fsync of a file system that allocates late (NFS, XFS) can find the disk full
-            full = disk_full_error(err, path, then=_resume_hint(path))
+            written.result()
+        except (OSError, RuntimeError) as err:
+            full = disk_full_error(err, path, size, _resume_hint(path))
             if full is None:
                 raise
             raise full from err
@@ -183,19 +224,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         checkpoint = read_checkpoint(path, map_location or "cpu")
-        if "loops" not in checkpoint:
-            raise CheckpointError(
-                f"checkpoint {path} holds a model but no training state (Trainer._save_checkpoint() outside "
-                "training writes such files); it cannot resume a run. Resume from a step=N.ckpt file, or load the "
-                "model with tlama_core.models.load_model, or start a run from it with init_from."
-            )
-        config = checkpoint_config(checkpoint, path)
-        if self.expected_config is not None:
-            diff = config_mismatch(config, self.expected_config)
-            if diff:
-                raise CheckpointError(f"checkpoint {path} was made for another model shape: {'; '.join(diff)}.")
+        check_resumable(checkpoint, path, self.expected_config)
         try:  # here, not in Lightning's load_state_dict, whose error names no file
-            check_weights(config, model_state(checkpoint, path), str(path), "model_config")
+            check_weights(checkpoint_config(checkpoint, path), model_state(checkpoint, path), str(path),
+                          "model_config")
         except ValueError as e:
             raise CheckpointError(str(e)) from e
         return checkpoint
+
+
+def _write(checkpoint: dict[str, Any], tmp: Path, path: Path) -> None:
+    """torch.save to `tmp`, then fsync and rename it onto `path` (removed if anything fails)."""
+    try:
+        torch.save(checkpoint, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    commit(tmp, path)
+
+
+def host_copy(obj: Any) -> Any:
+    """The checkpoint dict with every tensor copied to host memory, so that it can be written while training
+    changes the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+def check_resumable(checkpoint: dict[str, Any], path: str | Path, expected_config: dict[str, Any] | None) -> None:
+    """A checkpoint a run can resume from: it holds a run's loop state, and a model of `expected_config`'s shape."""
+    if "loops" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} holds a model but no training state (Trainer._save_checkpoint() outside "
+            "training writes such files); it cannot resume a run. Resume from a step=N.ckpt checkpoint, or load "
+            "the model with tlama_core.models.load_model, or start a run from it with init_from."
+        )
+    if expected_config is not None:
+        diff = config_mismatch(checkpoint_config(checkpoint, path), expected_config)
+        if diff:
+            raise CheckpointError(f"checkpoint {path} was made for another model shape: {'; '.join(diff)}.")

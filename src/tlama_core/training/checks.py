@@ -74,4 +74,4 @@ def check_counts(**counts: int | None) -> None:
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"Trainer: {name}={value!r} must be an integer >= 1" + (
-                " (or None)." if name in ("steps", "validation_batches", "max_steps") else "."))
+                " (or None)." if name in ("steps", "validation_batches", "max_steps", "keep_checkpoints") else "."))

@@ -58,7 +58,7 @@ def check_weights_finite(trainer: Any, pl_module: Any, step: int, checkpoints_di
         )
 
 
-def check_model_finite(model: torch.nn.Module, path: Path) -> None:
-    """`Trainer._save_checkpoint` outside training: refuse to write `path` from non-finite weights."""
-    if not bool(weights_finite(model.parameters())):
+def check_model_finite(weights: Iterable[torch.Tensor], path: Path) -> None:
+    """`Trainer._save_checkpoint` outside training: refuse to write `path` from non-finite `weights`."""
+    if not bool(weights_finite(weights)):
         raise FloatingPointError(f"the model's weights hold non-finite values (nan/inf); {path} was not written.")

@@ -11,12 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training.batching import ends_step, starts_step
-from tlama_core.training.checkpointing import AtomicCheckpointIO
 from tlama_core.training.metrics import hook_metrics
 
 HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
@@ -47,7 +45,7 @@ class HookBridge(Callback):
             self.fire("on_train_start")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        _checkpoint_io(trainer).wait()  # every checkpoint of the run is on disk (and announced) before it ends
+        self.owner._checkpoints.wait()  # every checkpoint of the run is on disk (and announced) before it ends
         if self.run_hooks:
             self.fire("on_train_end")
 
@@ -82,7 +80,7 @@ class HookBridge(Callback):
             if any(hasattr(cb, "on_step_end") for cb in self.callbacks):
                 rec = pl_module.reduce_step_loss()
                 self.fire("on_step_end", hook_metrics(rec))
-            _checkpoint_io(trainer).poll()  # on_checkpoint_end for files whose background commit has finished
+            self.owner._checkpoints.poll()  # on_checkpoint_end for checkpoints whose background write has finished
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -98,8 +96,3 @@ class HookBridge(Callback):
         Commits finish in the background, so this runs at a later step end (or the end of the run) than the
         save: `trainer.current_step` may be past the checkpoint's own step, which its file name carries."""
         self.fire("on_checkpoint_end", str(path))
-
-
-def _checkpoint_io(trainer: L.Trainer) -> AtomicCheckpointIO:
-    return trainer.strategy.checkpoint_io
-

@@ -56,6 +56,16 @@ def allow_one_more_step(trainer: L.Trainer) -> None:
     trainer.fit_loop.epoch_loop.max_steps = trainer.global_step + 1
 
 
+# A run resumed on another number of processes keeps its steps' tokens with another accumulation: the fit loop's
+# micro-batch counters (its layout is Lightning's) are rescaled to it; optimizer-step counters stay.
+def rescale_batch_progress(checkpoint: dict[str, Any], saved_accum: int, accum: int) -> None:
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if progress:
+        for counts in (progress["total"], progress["current"]):
+            for key, value in counts.items():
+                counts[key] = value * accum // saved_accum
+
+
 # The fit loop's saved progress (its layout is Lightning's own) does not know that this run may give an epoch
 # another length than the run that saved it, nor where a run that ended on an epoch's last batch stands.
 def restore_epoch_position(checkpoint: dict[str, Any], epoch_batches: int) -> None:
@@ -104,3 +114,15 @@ def model_parallel_sizes(strategy: Any, world_size: int) -> tuple[int, int]:
 
 def set_model_parallel_sizes(strategy: Any, data_parallel_size: int, tensor_parallel_size: int) -> None:
     strategy._data_parallel_size, strategy._tensor_parallel_size = data_parallel_size, tensor_parallel_size
+
+
+# A sharded save of the run's own checkpoints is staged and written in the background by the facade
+# (sharded_saves.py), in the layout Lightning's ModelParallelStrategy reads: the checkpoint dict comes from
+# Lightning's own dump (every on_save_checkpoint hook runs, as for trainer.save_checkpoint).
+def dump_checkpoint(trainer: L.Trainer) -> dict[str, Any]:
+    return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+
+def saves_distributed(strategy: Any) -> bool:
+    """Whether a ModelParallelStrategy writes sharded checkpoints (its default) rather than one gathered file."""
+    return bool(strategy._save_distributed_checkpoint)

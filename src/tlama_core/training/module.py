@@ -19,7 +19,14 @@ from tlama_core.training import lightning_internals
 from tlama_core.training.batching import StepPlan, ends_step, starts_step
 from tlama_core.training.checks import check_rate
 from tlama_core.training.finite import check_weights_finite
-from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
+from tlama_core.training.optim import (
+    MuonAdamW,
+    build_optimizer,
+    by_index,
+    by_name,
+    check_muon_strategy,
+    keyed_by_name,
+)
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule, fit_schedule_to_run
 from tlama_core.training.sharding import (
     compile_blocks,
@@ -279,6 +286,9 @@ class TlamaLightningModule(L.LightningModule):
             check_weights_finite(self.trainer, self, int(self.global_step))
             self.weights_checked_step = int(self.global_step)
         checkpoint["model_config"] = self.config.to_dict()
+        states = checkpoint.get("optimizer_states") or []
+        if len(states) == 1 and "state" in states[0] and not keyed_by_name(states[0]) and self.optimizer is not None:
+            checkpoint["optimizer_states"] = [by_name(states[0], self, self.optimizer)]
         checkpoint["step"] = int(self.global_step)
         latest = self.last_val["val_loss"] if self.last_val else None
         checkpoint["val_loss"] = self.saving_val_loss if self.saving_val_loss is not None else latest
@@ -286,27 +296,40 @@ class TlamaLightningModule(L.LightningModule):
             checkpoint["step_shape"] = self._step_shape()
 
     def _step_shape(self) -> dict[str, int]:
-        """What one optimizer step is made of. Lightning counts the run's position in micro-batches, so a resume
-        with another shape would split steps wrongly (a step of half its micro-batches, divided by the full
-        count) and count tokens never seen."""
+        """What one optimizer step is made of. Lightning counts the run's position in micro-batches: a resume
+        with another accumulation has its counters rescaled, and one whose steps hold other tokens is refused."""
         p = self.plan
         return {"batch_size": p.batch_size, "seq_length": p.seq_length, "grad_accum": p.grad_accum,
-                "world_size": p.world_size}
+                "world_size": p.world_size, "data_parallel": p.readers}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved_shape = checkpoint.get("step_shape")
-        if saved_shape and self.plan is not None and saved_shape != self._step_shape():
-            diff = ", ".join(f"{k} {v} (this run {self._step_shape()[k]})" for k, v in saved_shape.items()
-                             if v != self._step_shape()[k])
-            raise CheckpointError(
-                f"the checkpoint's optimizer steps were made of another shape: {diff}. Resume with the "
-                "total_batch_size, micro-batch size, seq_length and number of processes the run started with."
-            )
-        saved = checkpoint.get("optimizer_states") or [{}]
-        saved_muon, muon = MuonAdamW.saved_this(saved[0]), isinstance(self.optimizer, MuonAdamW)
-        if self.optimizer is not None and saved[0] and saved_muon != muon:  # else torch fails with a KeyError
+        if saved_shape and self.plan is not None:
+            self._check_step_shape(saved_shape, checkpoint)
+        states = checkpoint.get("optimizer_states") or [{}]
+        saved_muon, muon = MuonAdamW.saved_this(states[0]), isinstance(self.optimizer, MuonAdamW)
+        if self.optimizer is not None and states[0] and saved_muon != muon:  # else torch fails with a KeyError
             raise CheckpointError(f"the checkpoint's optimizer state is {'Muon' if saved_muon else 'AdamW'}'s, this "
                                   f"run's optimizer is {'Muon' if muon else 'AdamW'}'s: resume with model.muon="
                                   f"{str(saved_muon).lower()} (muon={saved_muon}), the setting the run started with.")
+        if self.optimizer is not None and states[0] and keyed_by_name(states[0]):  # written by a sharded run
+            checkpoint["optimizer_states"] = [by_index(states[0], self, self.optimizer)]
         epoch_batches = self.plan.steps_per_epoch * self.plan.grad_accum if self.plan else 0
         lightning_internals.restore_epoch_position(checkpoint, epoch_batches)
+
+    def _check_step_shape(self, saved: dict[str, int], checkpoint: dict) -> None:
+        """A resume may change the number of processes when its steps keep their tokens: the accumulation is then
+        another, and Lightning's micro-batch counters are rescaled to it (the loader's position counts windows)."""
+        shape, p = self._step_shape(), self.plan
+        saved_readers = saved.get("data_parallel", saved["world_size"])
+        saved_tokens = saved["batch_size"] * saved["seq_length"] * saved["grad_accum"] * saved_readers
+        same_micro = (saved["batch_size"], saved["seq_length"]) == (p.batch_size, p.seq_length)
+        if same_micro and saved_tokens == p.tokens_per_step:
+            if saved["grad_accum"] != p.grad_accum:
+                lightning_internals.rescale_batch_progress(checkpoint, saved["grad_accum"], p.grad_accum)
+            return
+        diff = ", ".join(f"{k} {v} (this run {shape[k]})" for k, v in saved.items() if v != shape.get(k, v))
+        raise CheckpointError(
+            f"the checkpoint's optimizer steps were made of another shape: {diff}; {saved_tokens} tokens a step "
+            f"against this run's {p.tokens_per_step}. Resume with the micro-batch size and seq_length the run "
+            f"started with and total_batch_size={saved_tokens} (any number of processes that divides it).")

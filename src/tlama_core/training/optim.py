@@ -52,6 +52,36 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
                                       adjust_lr_fn="match_rms_adamw"), adamw)
 
 
+def keyed_by_name(state_dict: dict[str, Any]) -> bool:
+    """Whether an optimizer state dict names its parameters (torch.distributed.checkpoint's form, which sharded runs
+    save) rather than numbering them (torch's `Optimizer.state_dict`)."""
+    groups = state_dict.get("param_groups") or [{}]
+    return any(isinstance(p, str) for g in groups for p in g.get("params", []))
+
+
+def by_name(state_dict: dict[str, Any], module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()` (numbered) with each parameter named as `module.named_parameters()` names it: the
+    form sharded runs save, so that one checkpoint resumes on any number of processes, sharded or not (Lightning
+    numbers parameters in module order when it names them, which is not the order of our optimizer's groups)."""
+    name_of = {id(p): name.replace("_orig_mod.", "") for name, p in module.named_parameters()}
+    names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    return {"state": {names[i]: value for i, value in state_dict["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state_dict["param_groups"]]}
+
+
+def by_index(state_dict: dict[str, Any], module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A state dict keyed by parameter names (as `module.named_parameters()` names them) in the numbered form
+    `optimizer.load_state_dict` takes, numbered in the order of `optimizer`'s groups."""
+    name_of = {id(p): name.replace("_orig_mod.", "") for name, p in module.named_parameters()}
+    order = {name_of[id(p)]: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    unknown = sorted(set(state_dict["state"]) - set(order))
+    if unknown:
+        raise ValueError(f"the checkpoint's optimizer state names parameters this model lacks: {unknown[:5]}.")
+    return {"state": {order[name]: value for name, value in state_dict["state"].items()},
+            "param_groups": [{**g, "params": [order[name] for name in g["params"]]}
+                             for g in state_dict["param_groups"]]}
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """torch's Muon and AdamW stepped as one optimizer, so Lightning's automatic optimisation can drive both.
 

@@ -56,6 +56,8 @@ def print_end(result: dict[str, Any], start_step: int | None, checkpoints_dir: A
     if result["interrupted"]:
         print(f"tlama-core: interrupted; checkpoint of step {result['steps_completed']} saved in "
               f"{checkpoints_dir}/. Resume with train(ckpt_path='last') (CLI: --ckpt_path last).")
+    if result.get("requeued"):
+        print(f"tlama-core: SLURM job {result['requeued']} requeued; it resumes with --ckpt_path last.")
     if not verbose:
         return
     run_steps = result["steps_completed"] - start_step if start_step is not None else 0

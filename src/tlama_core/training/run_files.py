@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tlama_core.atomic import fsync_dir
+from tlama_core.checkpoints import CheckpointError, read_checkpoint
 
 TOKENIZER_KEY = "tokenizer"
 _BESIDE = ("tokenizer_config.json",)  # a tokenizer.json's BOS/EOS are named there
@@ -86,10 +85,10 @@ def run_tokenizer(checkpoint: str | os.PathLike) -> Path | None:
     A recorded tokenizer that is missing is a FileNotFoundError: another one would silently give other ids."""
     checkpoint = Path(checkpoint)
     try:
-        saved: Any = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError):
+        saved: Any = read_checkpoint(checkpoint, tensors=False)
+    except (CheckpointError, OSError):
         return None  # not a readable checkpoint: the weights loader names the problem
-    record = saved.get(TOKENIZER_KEY) if isinstance(saved, dict) else None
+    record = saved.get(TOKENIZER_KEY)
     if not record:
         return None
     for directory in (checkpoint.parent, checkpoint.parent.parent):

@@ -1,22 +1,30 @@
-"""SIGINT/SIGTERM during `train()`: finish the current optimizer step, checkpoint it, stop, return normally.
+"""SIGINT/SIGTERM/SIGUSR1 during `train()`: finish the current optimizer step, checkpoint it, stop, return normally;
+after SIGUSR1 under SLURM (its warning before a preemption or the time limit), requeue the job.
 
 Lightning has its own SIGTERM handler, but it broadcasts from inside the signal handler: a collective on the
 signalled process alone, which misaligns every later collective when processes are signalled a step apart (srun
-signals each task). The facade's handler only asks the step cadence to stop; the cadence agrees on the stop step
-across processes.
+signals each task). Under SLURM its SIGUSR1 handler saves `hpc_ckpt_N.ckpt` from inside the handler, mid-step
+(a resume from it is not exact), then requeues. The facade's handler only asks the step cadence to stop; the
+cadence agrees on the stop step across processes and writes that step's checkpoint; the job is requeued after.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 
 Handler = Callable[[int, Any], None]
+PREEMPTION = signal.SIGUSR1  # `#SBATCH --signal=USR1@120`: SLURM's warning, 120 s before it stops the job
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, PREEMPTION)
 
 
 class TakeBackSigterm(Callback):
@@ -33,13 +41,39 @@ class TakeBackSigterm(Callback):
 
 @contextmanager
 def stop_on_signals(handler: Handler) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to `handler` for the block (main thread only: elsewhere signals cannot be set)."""
+    """Route SIGINT, SIGTERM and SIGUSR1 to `handler` for the block (main thread only: elsewhere signals cannot be
+    set). Lightning then leaves SIGUSR1 alone (it sets its own only where none is set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+def take_over_requeue(trainer: Any) -> bool:
+    """Turn Lightning's SLURM auto-requeue off (its handler saves mid-step) and return whether the job is to be
+    requeued after a preemption signal: SLURMEnvironment's `auto_requeue`, True unless the user set it False."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if not isinstance(environment, SLURMEnvironment):
+        return False
+    requeue, environment.auto_requeue = environment.auto_requeue, False
+    return requeue
+
+
+def requeue_slurm_job() -> str | None:
+    """`scontrol requeue` this SLURM job (an array task by its own id), as Lightning's auto-requeue does: the job
+    goes back to the queue and its script runs again. Returns the job id, or None (with a warning) if it failed."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID", "")
+    try:
+        subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", None) or err
+        warnings.warn(f"could not requeue SLURM job {job!r} ({detail}); its checkpoint is saved: requeue or resubmit "
+                      "it yourself, with --ckpt_path last.", stacklevel=2)
+        return None
+    return job

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import Strategy
 
 from tlama_core.atomic import remove_stale_temporaries
+from tlama_core.checkpoints import read_checkpoint
 from tlama_core.data.workers import shield_workers
 from tlama_core.models import Transformer
 from tlama_core.training import arguments, checks, lightning_internals
@@ -29,9 +30,11 @@ from tlama_core.training.cadence import StepCadence
 from tlama_core.training.checkpointing import (
     MODEL_BEST_NAME,
     AtomicCheckpointIO,
+    check_resumable,
     model_checkpoint,
     model_checkpoint_name,
     resolve_ckpt_path,
+    set_aside_hpc_checkpoints,
     step_checkpoint_name,
 )
 from tlama_core.training.csv_log import CsvLog
@@ -43,11 +46,18 @@ from tlama_core.training.module import TlamaLightningModule
 from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
 from tlama_core.training.precision import allow_tf32, device_type, resolve_precision
 from tlama_core.training.progress import StepProgressBar, print_end, print_start, quiet_lightning
+from tlama_core.training.run_checkpoints import RunCheckpoints
 from tlama_core.training.run_files import RunTokenizer
 from tlama_core.training.run_lock import RunLock
 from tlama_core.training.scheduler import fit_schedule_to_run
 from tlama_core.training.sharding import check_tensor_parallel, data_parallel, shard_loaders
-from tlama_core.training.signals import TakeBackSigterm, stop_on_signals
+from tlama_core.training.signals import (
+    PREEMPTION,
+    TakeBackSigterm,
+    requeue_slurm_job,
+    stop_on_signals,
+    take_over_requeue,
+)
 from tlama_core.training.stepping import StepLoader
 
 LOG_NAME = "train_log.csv"
@@ -57,7 +67,7 @@ class Trainer:
     """Trains a Tlama model on Lightning; every documented parameter keeps its documented default.
 
     Keyword-only extras (README, "Parameters"): compile, activation_checkpointing, validation_batches,
-    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision and max_steps.
+    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision, max_steps and keep_checkpoints.
     """
 
     def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
@@ -71,11 +81,12 @@ class Trainer:
                  validation_batches: int | None = None, accelerator: str = "auto",
                  devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
                  trainer_kwargs: dict[str, Any] | None = None, logger: Any = None, precision: str | None = None,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, keep_checkpoints: int | None = None) -> None:
         # ---- arguments, checked before anything runs
         checks.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
                             validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
-                            validation_batches=validation_batches, max_steps=max_steps)
+                            validation_batches=validation_batches, max_steps=max_steps,
+                            keep_checkpoints=keep_checkpoints)
         checks.check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
                                          "weight_decay": weight_decay}, seed=seed, devices=devices,
                                   directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
@@ -103,8 +114,8 @@ class Trainer:
         allow_tf32(self.device_type)
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
-        self._checkpoint_io = AtomicCheckpointIO()
-        self._checkpoint_io.expected_config = self.model.config.to_dict()
+        self._checkpoint_io = AtomicCheckpointIO(expected_config=self.model.config.to_dict())
+        self._checkpoints = RunCheckpoints(checkpoints_dir, self._checkpoint_io, keep=keep_checkpoints)
         loggers = build_loggers(logger, logs_dir)
         hooks, self._lightning_callbacks = arguments.split_callbacks(callbacks, overrides.pop("callbacks", None),
                                                                      loggers, checkpoints_dir)
@@ -124,15 +135,15 @@ class Trainer:
 
         # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the one Lightning trainer
         self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir)
-        self._checkpoint_io.annotations.update(self._tokenizer.annotations)  # generate/convert find the run's
         csv_log = CsvLog(self.log_file) if master_process else None
         sinks = MetricSinks(csv_log) if master_process else None
         self._bridge = HookBridge(self, hooks)
-        self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
-        self._cadence = StepCadence(log_steps, validation_steps, checkpoint_steps, checkpoints_dir, sinks,
+        self._checkpoints.listeners.append(self._bridge.checkpoint_written)
+        self._cadence = StepCadence(log_steps, validation_steps, checkpoint_steps, self._checkpoints, sinks,
                                     has_validation=val_data_loader is not None, tokenizer=self._tokenizer)
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and master_process)
         self.master_process = master_process and self._trainer.is_global_zero
+        self._requeue = take_over_requeue(self._trainer)  # SLURM: requeue the job after a preemption signal
         self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
         self._csv = csv_log if self.master_process else None
         self.device: torch.device = self._trainer.strategy.root_device
@@ -233,8 +244,9 @@ class Trainer:
             return str(path) if self.master_process else None
         path = self.checkpoints_dir / model_checkpoint_name(self.current_step)
         checkpoint = model_checkpoint(self._module, self.optimizer, self.current_epoch, self.current_step, val_loss)
-        check_model_finite(self.model, path)
+        checkpoint.update(self._tokenizer.annotations)
         if self.master_process:
+            check_model_finite(checkpoint["state_dict"].values(), path)
             self._tokenizer.keep()
             self._checkpoint_io.save_checkpoint(checkpoint, path)
             if is_best:
@@ -265,7 +277,7 @@ class Trainer:
         if self._stepper is None:  # quiet run-level hooks, no rows or periodic checkpoints: a step at a time
             bridge = HookBridge(self, self._bridge.callbacks)
             bridge.run_hooks = False
-            self._checkpoint_io.listeners = [bridge.checkpoint_written]
+            self._checkpoints.listeners = [bridge.checkpoint_written]
             self._cadence = self._cadence.stepping_copy()
             self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False,
                                                     strategy=self._stepper_strategy, limit_val_batches=0)
@@ -289,6 +301,10 @@ class Trainer:
         self._run_lock = RunLock(self.checkpoints_dir, self.logs_dir).acquire() if self.master_process else None
         try:  # the run owns its directories from here: nothing of another run's is moved before
             ckpt = resolve_ckpt_path(ckpt_path, self.checkpoints_dir)
+            if ckpt is None and self.master_process:  # Lightning would resume from these unasked under SLURM
+                set_aside_hpc_checkpoints(self.checkpoints_dir)
+            if ckpt is not None:  # here, for every kind: a sharded run's strategy loads without our checkpoint IO
+                check_resumable(read_checkpoint(ckpt, tensors=False), ckpt, self.model.config.to_dict())
             if self.master_process:
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()
@@ -309,13 +325,16 @@ class Trainer:
         result = {"best_val_loss": self.best_val_loss, "train_loss": float(last.loss) if last else math.nan,
                   "steps_completed": self.current_step, "epochs_completed": self.current_epoch,
                   "tokens": self.current_step * self.plan.tokens_per_step, "total_training_time": elapsed,
-                  "interrupted": stop == "signal", "stopped_early": stop == "request"}
+                  "interrupted": stop in ("signal", "preempt"), "stopped_early": stop == "request",
+                  "requeued": None}
+        if stop == "preempt" and self._requeue and self.master_process:
+            result["requeued"] = requeue_slurm_job()
         if self.master_process:
             print_end(result, self._cadence.start_step, self.checkpoints_dir, self.verbose)
         return result
 
     def _on_stop_signal(self, signum, frame) -> None:
-        self._cadence.request_stop("signal")
+        self._cadence.request_stop("preempt" if signum == PREEMPTION else "signal")
         lightning_internals.clear_sigterm_flag(self._trainer)
 
 
