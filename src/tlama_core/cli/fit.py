@@ -10,7 +10,6 @@ run and a Python run with the same values write the same CSV log and checkpoints
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tlama_core import __version__
 from tlama_core.atomic import atomic_write
+from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, one_line
 from tlama_core.data import TlamaDataModule
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
@@ -90,7 +90,7 @@ class RunSettings:
     logs_dir: str = "logs"
     seed: int = 1337
     verbose: bool = True
-    callbacks: list[object] | None = None
+    callbacks: list[CallbackSlot] | None = None
     master_process: bool = True
     compile: bool = False
     activation_checkpointing: bool = False
@@ -98,9 +98,9 @@ class RunSettings:
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     num_nodes: int = 1
-    strategy: str = "auto"
-    trainer_kwargs: dict[str, Any] | None = None
-    logger: str | dict | list[str | dict] | None = None
+    strategy: StrategySlot = "auto"
+    trainer_kwargs: dict | None = None
+    logger: LoggerSlot | None = None
     precision: str | None = None
     max_steps: int | None = None
 
@@ -138,7 +138,7 @@ class TlamaCLI(LightningCLI):
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             super().__init__(
                 TlamaLightningModule, TlamaDataModule, save_config_callback=None, args=args, run=False,
-                auto_configure_optimizers=False, load_from_checkpoint_support=False,
+                auto_configure_optimizers=False, load_from_checkpoint_support=False, parser_class=_Parser,
                 parser_kwargs={"prog": "tlama fit", "description": "Train a Tlama model (a LightningCLI run).",
                                "dump_header": [f"tlama-core {__version__}: tlama fit --config THIS_FILE"]},
             )
@@ -177,11 +177,16 @@ class TlamaCLI(LightningCLI):
         if init_from or name:
             parser.set_defaults({"model.config": fields})
         super().parse_arguments(parser, args)
-        # LightningCLI seeds from trainer.seed before it builds anything: check the seed first.
+        # LightningCLI seeds from trainer.seed before it builds anything: check the seed (and what
+        # trainer_kwargs would build) first.
         try:
             check_seed("Trainer", self.config.get("trainer.seed"))
         except ValueError as err:
             parser.error(f'Parser key "trainer.seed": {err}')
+        try:
+            self._lightning_keywords = LightningKeywords(self.config.get("trainer.trainer_kwargs"))
+        except ValueError as err:
+            parser.error(str(err))
 
     # ---- building -------------------------------------------------------------------------------------
     def instantiate_classes(self) -> None:
@@ -195,12 +200,11 @@ class TlamaCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         settings: RunSettings = self.config_init.trainer
         values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-        values["callbacks"] = [self._build(entry, f"trainer.callbacks[{i}]")
-                               for i, entry in enumerate(settings.callbacks or [])]
-        if isinstance(settings.logger, list):
-            values["logger"] = [self._build(entry, f"trainer.logger[{i}]") for i, entry in enumerate(settings.logger)]
-        elif isinstance(settings.logger, dict):
-            values["logger"] = self._build(settings.logger, "trainer.logger")
+        values["callbacks"] = list(settings.callbacks or [])
+        try:
+            values["trainer_kwargs"] = self._lightning_keywords.build()
+        except ValueError as err:
+            self.parser.error(str(err))
         ckpt_path = self.config.ckpt_path
         if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
             self.parser.error(f'Parser key "ckpt_path": no checkpoint file {ckpt_path!r} (or give "last").')
@@ -211,24 +215,6 @@ class TlamaCLI(LightningCLI):
         has_val = type(data).val_dataloader is not LightningDataModule.val_dataloader
         return Trainer(model=self.model, train_data_loader=data.train_dataloader(),
                        val_data_loader=data.val_dataloader() if has_val else None, **values, **kwargs)
-
-    def _build(self, entry: Any, name: str) -> Any:
-        """Build a `{class_path, init_args}` entry (a callback or a logger); a callback's bare class path (a str)
-        too, while a logger's str is a name the facade knows. Errors name the key."""
-        if isinstance(entry, str) and name.startswith("trainer.callbacks"):
-            entry = {"class_path": entry}
-        if not (isinstance(entry, dict) and "class_path" in entry):
-            return entry
-        key, path = f'Parser key "{name}"', entry["class_path"]
-        module_name, _, name = path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError) as err:
-            self.parser.error(f"{key}: cannot import {path!r} ({err}).")
-        try:
-            return cls(**entry.get("init_args", {}))
-        except TypeError as err:
-            self.parser.error(f"{key}: {path}({entry.get('init_args', {})}) failed: {err}.")
 
     # ---- running --------------------------------------------------------------------------------------
     def save_config(self) -> Path | None:
@@ -259,6 +245,13 @@ class TlamaCLI(LightningCLI):
         if self.trainer.verbose and self.trainer.master_process:
             print(f'Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "ROMEO:"')
         return result
+
+
+class _Parser(LightningArgumentParser):
+    """LightningArgumentParser whose errors about a config's slots are one line (see slots.one_line)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(one_line(message), ex)
 
 
 class _SaveConfigOnceAccepted(Callback):

@@ -1,0 +1,106 @@
+"""`tlama fit`'s class slots: LightningCLI's shorthand for callbacks, loggers and strategies, and a config that
+builds only classes of each slot's type (a config naming `subprocess.run` runs nothing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from test_cli import TINY_RUN, StepFile, write_yaml
+
+from tlama_core.cli import main
+from tlama_core.cli.fit import TlamaCLI
+from tlama_core.training.csv_log import read_rows
+
+SHORTHAND = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val_loss",
+             "--trainer.callbacks.save_top_k=2", "--trainer.callbacks.filename=best-{step}",
+             "--trainer.callbacks+=test_cli.StepFile", "--trainer.callbacks.path=steps.jsonl",
+             "--trainer.logger+=csv", "--trainer.logger+=TensorBoardLogger", "--trainer.logger.save_dir=tb"]
+
+
+def test_callback_and_logger_shorthand_flags_build_what_they_name_and_the_saved_config_builds_them_again(
+        tmp_path, monkeypatch):
+    write_yaml(tmp_path / "run.yaml", TINY_RUN)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # test_cli.StepFile, importable by the run
+    done = subprocess.run(["tlama", "fit", "--config", "run.yaml", "--trainer.validation_steps", "1", *SHORTHAND],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(tmp_path / "logs/train_log.csv")
+    best_two = sorted(sorted(rows, key=lambda r: float(r["val_loss"]))[:2], key=lambda r: int(r["step"]))
+    assert len(rows) == 4 and sorted(p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")) == [
+        f"best-step={r['step']}.ckpt" for r in best_two]  # the ModelCheckpoint kept the 2 lowest val_loss of 4
+    assert len((tmp_path / "steps.jsonl").read_text().splitlines()) == 4  # the hook object ran every step
+    assert len(list((tmp_path / "tb/lightning_logs/version_0").glob("events.out.tfevents.*"))) == 1
+    assert (tmp_path / "logs/csv/version_0/metrics.csv").is_file()
+
+    monkeypatch.chdir(tmp_path)
+    settings = TlamaCLI(["--config", "checkpoints/config.yaml"]).config_init.trainer
+    checkpoint, steps = settings.callbacks
+    assert isinstance(checkpoint, ModelCheckpoint) and isinstance(steps, StepFile)
+    assert (checkpoint.monitor, checkpoint.save_top_k, checkpoint.filename) == ("val_loss", 2, "best-{step}")
+    assert steps.path == "steps.jsonl"
+    assert settings.logger[0] == "csv" and isinstance(settings.logger[1], TensorBoardLogger)
+    assert settings.logger[1].save_dir == "tb"
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--trainer.callbacks.monitor=val_loss"], "--trainer.callbacks.monitor='val_loss' applies to no class"),
+    (["--trainer.logger", "tensorboard", "--trainer.logger.save_dir=x"],
+     "--trainer.logger.save_dir='x' applies to no class"),
+    (["--trainer.strategy.find_unused_parameters=true"],
+     "--trainer.strategy.find_unused_parameters='true' applies to no class"),
+    (["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitr=val_loss"],
+     "lightning.pytorch.callbacks.ModelCheckpoint takes no argument 'monitr'"),
+    (["--trainer.callbacks+=ModelCheckpointt"], "'ModelCheckpointt' is neither a class name known here"),
+    (["--trainer.logger", "tensorbord"], "'tensorbord' is neither one of 'tensorboard', 'csv'"),
+])
+def test_a_shorthand_argument_that_applies_to_nothing_exits_2_in_one_line(flags, says, tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), *flags])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("error: Parser key") and says in error
+    assert not Path("checkpoints").exists()
+
+
+def run_command(path: str) -> dict:
+    """A class_path entry that would create `path` if it were called."""
+    return {"class_path": "subprocess.run", "init_args": {"args": [sys.executable, "-c", f"open({path!r}, 'w')"]}}
+
+
+@pytest.mark.parametrize("section, slot, key, expected", [
+    ("trainer", {"callbacks": [run_command("PWNED")]}, "trainer.callbacks", "a Lightning Callback or a class with"),
+    ("trainer", {"logger": {**run_command("PWNED"), "class_path": "subprocess.Popen"}}, "trainer.logger",
+     "a Lightning Logger"),
+    ("trainer", {"strategy": run_command("PWNED")}, "trainer.strategy", "a Lightning Strategy"),
+    ("trainer", {"trainer_kwargs": {"plugins": [run_command("PWNED")]}}, "trainer.trainer_kwargs.plugins",
+     "a Precision or a ClusterEnvironment"),
+    ("data", run_command("PWNED"), "data", "a LightningDataModule"),
+    ("model", {"scheduler": run_command("PWNED")}, "model.scheduler", "a LRSchedule"),
+    ("model", {"config": run_command("PWNED")}, "model.config", "a TlamaConfig"),
+])
+def test_a_config_builds_only_classes_of_each_slots_type(section, slot, key, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    value = {**TINY_RUN[section], **slot} if section != "data" else slot
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", {**TINY_RUN, section: value}))])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f'error: Parser key "{key}": subprocess.') and f"is not {expected}" in error
+    assert not Path("PWNED").exists() and not Path("checkpoints").exists()
+
+
+def test_a_class_without_hooks_is_not_a_callback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)),
+              "--trainer.callbacks+=collections.OrderedDict"])
+    assert exit_.value.code == 2
+    assert "collections.OrderedDict is not a Lightning Callback" in capsys.readouterr().err
