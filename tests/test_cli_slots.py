@@ -3,18 +3,23 @@ builds only classes of each slot's type (a config naming `subprocess.run` runs n
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from test_cli import TINY_RUN, StepFile, write_yaml
 
 from tlama_core.cli import main
 from tlama_core.cli.fit import TlamaCLI
+from tlama_core.data import TlamaDataModule
 from tlama_core.training.csv_log import read_rows
 
 SHORTHAND = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val_loss",
@@ -104,3 +109,52 @@ def test_a_class_without_hooks_is_not_a_callback(tmp_path, monkeypatch, capsys):
               "--trainer.callbacks+=collections.OrderedDict"])
     assert exit_.value.code == 2
     assert "collections.OrderedDict is not a Lightning Callback" in capsys.readouterr().err
+
+
+# ---- finding the data options, and a data path that is not there ----------------------------------------------
+def test_help_lists_the_data_options_with_the_values_fit_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    used = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # wrapped lines joined
+    shown = dict(re.findall(r"--data\.(\w+) [A-Z_{},a-z]+ .*?\(type: [^,]+, default: ([^)]+)\)", help_text))
+    assert set(shown) == set(inspect.signature(TlamaDataModule).parameters)
+    assert {k: int(shown[k]) for k in ("batch_size", "seq_length", "num_workers", "seed")} == {
+        k: used[k] for k in ("batch_size", "seq_length", "num_workers", "seed")}
+    assert used["batch_size"] != inspect.signature(TlamaDataModule).parameters["batch_size"].default
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--data.train_path", "nope.txt"], "--data.train_path='nope.txt': no such file or directory."),
+    (["--data.train_path", "corpus.txt", "--data.val_path", "nope.txt"],
+     "--data.val_path='nope.txt': no such file or directory."),
+    (["--data.train_path", "nope/*.txt"], "--data.train_path='nope/*.txt': the pattern matches no file."),
+    (["--data.tokenizer_path", "nope.model"], "--data.tokenizer_path='nope.model': no such file;"),
+])
+def test_a_missing_data_file_is_one_line_naming_the_flag_and_path(flags, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("corpus.txt").write_text("To be, or not to be, that is the question. " * 200)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"error: {says}")
+    assert "Union" not in err and "Namespace" not in err
+
+
+def test_an_unreadable_data_file_is_one_line_naming_the_flag_and_path(tmp_path):
+    (tmp_path / "secret.txt").write_text("To be, or not to be. " * 500)
+    (tmp_path / "secret.txt").chmod(0)
+    write_yaml(tmp_path / "run.yaml", TINY_RUN)
+    command = ["tlama", "fit", "--config", "run.yaml", "--data.train_path", "secret.txt"]
+    if os.geteuid() == 0:  # root reads any file: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"error: --data.train_path='secret.txt': {tmp_path.resolve() / 'secret.txt'}: permission denied; make it "
+        "readable (and the token cache writable) by this user.")

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tlama_core import __version__
 from tlama_core.atomic import atomic_write
-from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, one_line
+from tlama_core.cli.errors import build_error, one_line, unreadable_error
+from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot
 from tlama_core.data import TlamaDataModule
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
@@ -195,7 +197,13 @@ class TlamaCLI(LightningCLI):
         except (ValueError, FileNotFoundError, ImportError) as err:  # raised by the classes, naming parameter and value
             if os.environ.get("JSONARGPARSE_DEBUG"):
                 raise
-            self.parser.error(str(err))
+            self.parser.error(build_error(str(err), self._data_args()))
+        except PermissionError as err:  # a data file (or the token cache) this user may not read (or write)
+            self.parser.error(unreadable_error(err, self._data_args()))
+
+    def _data_args(self) -> dict[str, Any]:
+        data = self.config.get("data")
+        return dict(data.get("init_args") or {}) if data else {}
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         settings: RunSettings = self.config_init.trainer
@@ -248,10 +256,25 @@ class TlamaCLI(LightningCLI):
 
 
 class _Parser(LightningArgumentParser):
-    """LightningArgumentParser whose errors about a config's slots are one line (see slots.one_line)."""
+    """LightningArgumentParser whose errors about a config's slots are one line (see errors.one_line), and whose
+    --help lists the default `data:` class's options with the values `tlama fit` gives them (the `data:` slot
+    takes any LightningDataModule, so jsonargparse itself lists none)."""
 
     def error(self, message: str, ex: Exception | None = None):
         super().error(one_line(message), ex)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.prog != "tlama fit":  # a parser LightningCLI builds for a part (--data.help, ...)
+            return text
+        data = ArgumentParser(prog=self.prog, usage="-", add_help=False)
+        data.add_class_arguments(TlamaDataModule, "data", help=(
+            "Data and tokenizer (TlamaDataModule, the default data: section), with the values tlama fit uses"))
+        data.set_defaults({f"data.{k}": v for k, v in BUILTIN_RUN["data"]["init_args"].items()})
+        section = "".join(line for line in data.format_help().split("\n\n", 1)[1].splitlines(keepends=True)
+                          if not line.startswith("  --data CONFIG"))  # without its usage and --data (shown above)
+        at = text.find("\nLinked arguments:")
+        return text + "\n" + section if at < 0 else text[:at + 1] + section + text[at:]
 
 
 class _SaveConfigOnceAccepted(Callback):
