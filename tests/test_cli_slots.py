@@ -9,8 +9,10 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -158,3 +160,31 @@ def test_an_unreadable_data_file_is_one_line_naming_the_flag_and_path(tmp_path):
     assert done.stderr.splitlines()[-1] == (
         f"error: --data.train_path='secret.txt': {tmp_path.resolve() / 'secret.txt'}: permission denied; make it "
         "readable (and the token cache writable) by this user.")
+
+
+# ---- after the run --------------------------------------------------------------------------------------------
+def test_the_sample_hint_suggests_the_opening_words_of_the_runs_text_and_no_words_for_token_ids(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    text = "Call me Ishmael said the sailor.\n" + "Some years ago, never mind how long precisely. " * 300
+    Path("moby.txt").write_text(text)
+    config = str(write_yaml(tmp_path / "run.yaml", TINY_RUN))
+    main(["fit", "--config", config, "--data.train_path", "moby.txt", "--trainer.verbose", "true"])
+    expected = " ".join(text.splitlines()[0].split()[:4])  # the first line's first four words
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"Sample from it: tlama generate --checkpoint checkpoints --prompt '{expected}'")
+
+    np.random.default_rng(0).integers(0, 1000, 20_000, dtype=np.uint16).tofile("ids.bin")
+    main(["fit", "--config", config, "--data.train_path", "ids.bin", "--trainer.verbose", "true",
+          "--trainer.checkpoints_dir", "ids-checkpoints"])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "Sample from it: tlama generate --checkpoint ids-checkpoints --prompt TEXT")
+
+
+def test_a_run_prints_no_pytree_deprecation_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN))])
+    assert Path("checkpoints/step=00000004.ckpt").is_file()
+    assert [str(w.message) for w in caught if "LeafSpec" in str(w.message)] == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -27,7 +28,7 @@ from tlama_core import __version__
 from tlama_core.atomic import atomic_write
 from tlama_core.cli.errors import build_error, one_line, unreadable_error
 from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot
-from tlama_core.data import TlamaDataModule
+from tlama_core.data import TlamaDataModule, load_tokenizer
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
@@ -251,8 +252,22 @@ class TlamaCLI(LightningCLI):
         except (CheckpointError, RunLockError) as err:  # a refused checkpoint, or another run's directory
             self.parser.error(str(err))
         if self.trainer.verbose and self.trainer.master_process:
-            print(f'Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "ROMEO:"')
+            prompt = opening_words(self.trainer.train_data_loader)
+            print(f"Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "
+                  + (shlex.quote(prompt) if prompt else "TEXT"))
         return result
+
+
+def opening_words(loader: Any, words: int = 4) -> str | None:
+    """The first words of a run's training text (its first line, at most `words`): a prompt in the corpus's own
+    style for the sample hint. None for token ids (no text behind them) or a loader that is not ours."""
+    dataset = getattr(loader, "dataset", None)
+    if getattr(loader, "text_chars", None) is None or loader.tokenizer_path is None or not hasattr(dataset, "window"):
+        return None
+    text = load_tokenizer(loader.tokenizer_path).decode(dataset.window(0)[:32].tolist()).lstrip()
+    line, newline, _ = text.partition("\n")
+    found = line.split()[:words] if newline else line.split()[:-1][:words]  # a line cut by the 32 tokens: drop
+    return " ".join(found) or None                                         # its last (maybe partial) word
 
 
 class _Parser(LightningArgumentParser):
