@@ -17,6 +17,7 @@ import pytest
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from test_cli import TINY_RUN, StepFile, write_yaml
 
 from tlama_core.cli import main
@@ -188,3 +189,39 @@ def test_a_run_prints_no_pytree_deprecation_warning(tmp_path, monkeypatch):
         main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN))])
     assert Path("checkpoints/step=00000004.ckpt").is_file()
     assert [str(w.message) for w in caught if "LeafSpec" in str(w.message)] == []
+
+
+# ---- --trainer.strategy: names and Lightning Strategy objects ------------------------------------------------
+@pytest.mark.parametrize("flags, kind, fields", [
+    (["--trainer.strategy", "DDPStrategy", "--trainer.strategy.find_unused_parameters=true"], DDPStrategy,
+     lambda s: s._ddp_kwargs["find_unused_parameters"]),
+    (["--trainer.strategy", "{class_path: lightning.pytorch.strategies.ModelParallelStrategy, init_args: "
+                            "{data_parallel_size: 1, tensor_parallel_size: 1}}", "--model.muon", "false"],
+     ModelParallelStrategy, lambda s: (s._data_parallel_size, s._tensor_parallel_size) == (1, 1)),
+    (["--trainer.strategy", "ddp"], DDPStrategy, lambda s: not s._ddp_kwargs.get("find_unused_parameters")),
+    (["--trainer.strategy", "fsdp2", "--model.muon", "false"], ModelParallelStrategy, lambda s: True),
+])
+def test_the_strategy_flag_hands_the_trainer_the_strategy_it_names(flags, kind, fields, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = TlamaCLI(["--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), "--trainer.accelerator", "cpu",
+                    "--trainer.devices", "1", *flags])
+    strategy = cli.trainer._trainer.strategy  # the one lightning.Trainer of the run
+    assert isinstance(strategy, kind) and fields(strategy)
+    if not isinstance(cli.config_init.trainer.strategy, str):
+        assert strategy is cli.config_init.trainer.strategy  # the object the flags built, not a copy or a name
+
+
+def test_a_strategy_object_from_the_command_line_trains_as_the_default_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = str(write_yaml(tmp_path / "run.yaml", {**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "steps": 2}}))
+    single = "{class_path: lightning.pytorch.strategies.SingleDeviceStrategy, init_args: {device: cpu}}"
+    main(["fit", "--config", config, "--trainer.accelerator", "cpu", "--trainer.strategy", single,
+          "--trainer.checkpoints_dir", "single/checkpoints", "--trainer.logs_dir", "single/logs"])
+    main(["fit", "--config", config, "--trainer.accelerator", "cpu",
+          "--trainer.checkpoints_dir", "auto/checkpoints", "--trainer.logs_dir", "auto/logs"])
+    rows = [[(r["step"], r["train_loss"], r["val_loss"]) for r in read_rows(f"{run}/logs/train_log.csv")]
+            for run in ("single", "auto")]
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
+    saved = yaml.safe_load(Path("single/checkpoints/config.yaml").read_text())["trainer"]["strategy"]
+    assert (saved["class_path"], saved["init_args"]["device"]) == (
+        "lightning.pytorch.strategies.SingleDeviceStrategy", "cpu")
