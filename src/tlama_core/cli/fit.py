@@ -61,9 +61,10 @@ class RunSettings:
         logs_dir: Directory of `train_log.csv`.
         seed: Seeds Python, NumPy and torch before the model is built, so a run is reproducible.
         verbose: Print the run summary and a progress bar.
-        callbacks: Objects with any of the Trainer's hook methods (on_step_end, on_validate_end, ...) and
+        callbacks: Classes with any of the Trainer's hook methods (on_step_end, on_validate_end, ...) and
             Lightning callbacks (ModelCheckpoint, EarlyStopping, LearningRateMonitor, ...), each given as
-            `{class_path: package.module.Class, init_args: {...}}`.
+            `{class_path: package.module.Class, init_args: {...}}`, or by flags: `--trainer.callbacks+=CLASS`
+            then `--trainer.callbacks.ARG=VALUE` (CLASS: a Lightning callback's name or an import path).
         master_process: Whether this process writes logs and checkpoints (false on non-zero ranks).
         compile: torch.compile the model.
         activation_checkpointing: Recompute each block in the backward pass instead of storing its activations
@@ -72,10 +73,14 @@ class RunSettings:
         accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps.
         devices: Devices per node: auto, a count, or a list of device indices.
         num_nodes: Machines taking part in the run.
-        strategy: Lightning strategy: auto, ddp, fsdp, ...
-        trainer_kwargs: Any other `lightning.Trainer` keyword arguments (they override the facade's defaults).
+        strategy: Lightning strategy: a name (auto, ddp, fsdp, fsdp2, ...) or a Lightning Strategy as
+            `{class_path: ..., init_args: {...}}`, or by flags: `--trainer.strategy DDPStrategy
+            --trainer.strategy.find_unused_parameters=true`.
+        trainer_kwargs: Any other `lightning.Trainer` keyword arguments (they override the facade's defaults),
+            typed as lightning.Trainer's own parameters (a class_path builds only what that parameter takes).
         logger: Lightning loggers: tensorboard, csv, mlflow or wandb (built under logs_dir), a list of them, or
-            `{class_path: lightning.pytorch.loggers.X, init_args: {...}}` entries; null: the CSV log only.
+            `{class_path: lightning.pytorch.loggers.X, init_args: {...}}` entries, or by flags:
+            `--trainer.logger+=NAME_OR_CLASS` then `--trainer.logger.ARG=VALUE`; null: the CSV log only.
         precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
         max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
     """
@@ -280,7 +285,7 @@ class _Parser(LightningArgumentParser):
 
     def format_help(self) -> str:
         text = super().format_help()
-        if self.prog != "tlama fit":  # a parser LightningCLI builds for a part (--data.help, ...)
+        if self.prog != "tlama fit":  # not the command's own parser
             return text
         data = ArgumentParser(prog=self.prog, usage="-", add_help=False)
         data.add_class_arguments(TlamaDataModule, "data", help=(
