@@ -105,6 +105,27 @@ def test_a_config_builds_only_classes_of_each_slots_type(section, slot, key, exp
     assert not Path("PWNED").exists() and not Path("checkpoints").exists()
 
 
+class Untyped:
+    """A hook object whose arguments carry no type hints: any value passes, as plain data."""
+
+    def __init__(self, path, every=1) -> None:
+        self.path, self.every = path, every
+
+    def on_step_end(self, trainer, metrics) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.current_step} {self.every!r}\n")
+
+
+def test_an_untyped_argument_takes_a_class_path_as_data_and_builds_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    untyped = {"path": "steps.txt", "every": run_command("PWNED")}
+    callbacks = [{"class_path": f"{__name__}.Untyped", "init_args": untyped}]
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), "--trainer.steps", "2",
+          "--config", str(write_yaml(tmp_path / "hooks.yaml", {"trainer": {"callbacks": callbacks}}))])
+    assert not Path("PWNED").exists()
+    assert Path("steps.txt").read_text().splitlines() == [f"{step} {run_command('PWNED')!r}" for step in (1, 2)]
+
+
 def test_a_class_without_hooks_is_not_a_callback(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:

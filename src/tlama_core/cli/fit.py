@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from tlama_core import __version__
 from tlama_core.atomic import atomic_write
 from tlama_core.cli.errors import build_error, one_line, unreadable_error
-from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot
+from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, keep_untyped_values_as_data
 from tlama_core.data import TlamaDataModule, load_tokenizer
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
@@ -142,6 +142,7 @@ class TlamaCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None) -> None:
+        keep_untyped_values_as_data()
         with warnings.catch_warnings():  # `args` given while sys.argv holds `tlama fit ...`: intended here
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             super().__init__(
@@ -153,7 +154,8 @@ class TlamaCLI(LightningCLI):
 
     # ---- parser ---------------------------------------------------------------------------------------
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_class_arguments(RunSettings, "trainer", sub_configs=True)
+        # fail_untyped=False: a hook object's untyped arguments are taken as given (they build nothing, see slots).
+        parser.add_class_arguments(RunSettings, "trainer", sub_configs=True, fail_untyped=False)
         # `model` and `optimizer` are the facade's way in (an existing Transformer / optimizer): not YAML keys.
         parser.add_class_arguments(TlamaLightningModule, "model", skip={"model", "optimizer"}, sub_configs=True)
         # Any LightningDataModule (`data: {class_path: ..., init_args: ...}`); TlamaDataModule's arguments alone

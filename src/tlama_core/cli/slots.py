@@ -13,7 +13,7 @@ import abc
 from typing import Any, Literal
 
 import lightning as L
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, set_parsing_settings
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import Strategy
@@ -39,6 +39,13 @@ LoggerName = Literal[NAMES]  # built by the facade under logs_dir
 CallbackSlot = Callback | HookObject
 LoggerSlot = LoggerName | Logger | list[LoggerName | Logger]
 StrategySlot = Strategy | str  # a Lightning Strategy (its class name, path or class_path) or a name: auto, ddp, ...
+
+
+def keep_untyped_values_as_data() -> None:
+    """A `class_path` inside the value of an untyped or `Any` parameter (of a class a slot may build) stays a plain
+    dict: jsonargparse otherwise builds whatever it names, a way round every slot's type. A process-wide jsonargparse
+    setting; False is its default from v5 on."""
+    set_parsing_settings(instantiate_subclass_spec_in_any=False)
 
 
 class LightningKeywords:
