@@ -264,7 +264,9 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, start_pos: int = 0,
                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for tokens (B, T); with targets (B, T) also the mean cross-entropy."""
-        logits = self.output(self.hidden_states(tokens, start_pos))[..., :self.config.vocab_size]  # (B, T, V)
+        logits = self.output(self.hidden_states(tokens, start_pos))  # (B, T, padded V)
+        if logits.size(-1) != self.config.vocab_size:
+            logits = logits[..., :self.config.vocab_size]  # (B, T, V)
         loss = None
         if targets is not None:
             loss = cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -9,12 +9,14 @@ A model built on the meta device is materialised shard by shard (`materialize`).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy, StrategyRegistry
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
+from tlama_core.models.config import TlamaConfig
 from tlama_core.models.transformer import Transformer, init_parameter, rope_table
 from tlama_core.training import lightning_internals
 
@@ -76,6 +78,9 @@ def shard_model(model: Transformer, mesh: Any, *, mixed_precision: bool) -> None
     for block in model.layers:
         fully_shard(block, mesh=dp_mesh, mp_policy=policy)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy)
+    # The root returns its logits cut to the vocabulary (a view) where the output layer is padded; FSDP2 warns at
+    # every forward that an in-place op on such a view would skip its hooks. Nothing writes to the logits in place.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
 def tensor_parallel(model: Transformer, tp_mesh: Any) -> None:
@@ -91,16 +96,7 @@ def tensor_parallel(model: Transformer, tp_mesh: Any) -> None:
         parallelize_module,
     )
 
-    config, tp = model.config, tp_mesh.size()
-    problems = [f"{name}={value}" for name, value in (("n_heads", config.n_heads), ("n_kv_heads", config.n_kv_heads))
-                if value % tp]
-    if problems:
-        raise ValueError(f"tensor_parallel_size={tp}: {' and '.join(problems)} must be multiples of it (each process "
-                         "holds whole attention heads); choose a tensor_parallel_size that divides both.")
-    if config.tie_embeddings:
-        raise ValueError(f"tensor_parallel_size={tp} with tie_embeddings=True: tensor parallelism distributes the "
-                         "embedding and the output layer as parameters of their own, which would untie them; "
-                         "train untied (tie_embeddings=False) or with tensor_parallel_size=1 (FSDP2 alone).")
+    check_tensor_parallel(model.config, tp_mesh.size())
     parallelize_module(model, tp_mesh, {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
@@ -120,6 +116,19 @@ def tensor_parallel(model: Transformer, tp_mesh: Any) -> None:
         })
 
 
+def check_tensor_parallel(config: TlamaConfig, tp: int) -> None:
+    """A model `tensor_parallel_size=tp` can split: whole heads per process, and untied embeddings."""
+    problems = [f"{name}={value}" for name, value in (("n_heads", config.n_heads), ("n_kv_heads", config.n_kv_heads))
+                if value % tp]
+    if problems:
+        raise ValueError(f"tensor_parallel_size={tp}: {' and '.join(problems)} must be multiples of it (each process "
+                         "holds whole attention heads); choose a tensor_parallel_size that divides both.")
+    if config.tie_embeddings:
+        raise ValueError(f"tensor_parallel_size={tp} with tie_embeddings=True: tensor parallelism distributes the "
+                         "embedding and the output layer as parameters of their own, which would untie them; "
+                         "train untied (tie_embeddings=False) or with tensor_parallel_size=1 (FSDP2 alone).")
+
+
 def compile_blocks(model: Transformer) -> None:
     """torch.compile each block in place (under FSDP2 a whole-model graph would break at every block's hooks)."""
     for block in model.layers:
@@ -129,6 +138,19 @@ def compile_blocks(model: Transformer) -> None:
 
 def has_meta(model: torch.nn.Module) -> bool:
     return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
+def local_shard(full: torch.Tensor, mesh: Any, placements: tuple) -> torch.Tensor:
+    """This process's part of `full` under `placements`: a view where each mesh dimension shards a tensor dimension
+    of its own (as torch.chunk cuts it, DTensor's rule), else a copy by `distribute_tensor` (nested shards)."""
+    sharded = [p.dim for p in placements if type(p) is Shard]
+    if len(sharded) != len(set(sharded)) or not all(type(p) in (Shard, Replicate) for p in placements):
+        return distribute_tensor(full, mesh, placements, src_data_rank=None).to_local()
+    for size, index, placement in zip(mesh.shape, mesh.get_coordinate(), placements, strict=True):
+        if isinstance(placement, Shard):
+            chunks = full.chunk(size, dim=placement.dim)
+            full = chunks[index] if index < len(chunks) else full.narrow(placement.dim, 0, 0)
+    return full
 
 
 def materialize(model: Transformer, device: torch.device) -> None:
@@ -146,8 +168,7 @@ def materialize(model: Transformer, device: torch.device) -> None:
             full = torch.empty(p.shape, dtype=p.dtype)
             init_parameter(model.config, name, full)
             if isinstance(p, DTensor):
-                shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
-                p.to_local().copy_(shard)
+                p.to_local().copy_(local_shard(full, p.device_mesh, p.placements))
             else:
                 p.copy_(full)
     model.rope = rope_table(model.config).to(device)

@@ -46,7 +46,7 @@ from tlama_core.training.progress import StepProgressBar, print_end, print_start
 from tlama_core.training.run_files import RunTokenizer
 from tlama_core.training.run_lock import RunLock
 from tlama_core.training.scheduler import fit_schedule_to_run
-from tlama_core.training.sharding import data_parallel, shard_loaders
+from tlama_core.training.sharding import check_tensor_parallel, data_parallel, shard_loaders
 from tlama_core.training.signals import TakeBackSigterm, stop_on_signals
 from tlama_core.training.stepping import StepLoader
 
@@ -140,6 +140,8 @@ class Trainer:
         # ---- the step arithmetic: the built trainer knows the world size; the loaders read this process's share
         world, rank = self._trainer.world_size, self._trainer.global_rank
         reader, readers = data_parallel(self._trainer.strategy, rank, world)
+        if readers != world:
+            check_tensor_parallel(self.model.config, world // readers)
         if world > 1:
             shard_loaders(reader, readers, train_data_loader, val_data_loader)
         self.plan: StepPlan = plan_steps(batch_size, seq_length, sized_len(train_data_loader), total_batch_size,
