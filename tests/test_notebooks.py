@@ -33,6 +33,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()  # a failing cell raises
+    crowded = {i: len(c.outputs) for i, c in enumerate(notebook.cells) if c.cell_type == "code" and len(c.outputs) > 20}
+    assert not crowded, f"cells with more than 20 outputs (a progress bar's redraws?): {crowded}"
     out = printed(notebook)
     if path.stem == "01_quickstart":
         assert "the trained weights, reloaded: True" in out

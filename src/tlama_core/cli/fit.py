@@ -10,8 +10,8 @@ run and a Python run with the same values write the same CSV log and checkpoints
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tlama_core import __version__
 from tlama_core.atomic import atomic_write
-from tlama_core.data import TlamaDataModule
+from tlama_core.cli.errors import build_error, one_line, unreadable_error
+from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, keep_untyped_values_as_data
+from tlama_core.data import TlamaDataModule, load_tokenizer
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
@@ -58,9 +61,10 @@ class RunSettings:
         logs_dir: Directory of `train_log.csv`.
         seed: Seeds Python, NumPy and torch before the model is built, so a run is reproducible.
         verbose: Print the run summary and a progress bar.
-        callbacks: Objects with any of the Trainer's hook methods (on_step_end, on_validate_end, ...) and
+        callbacks: Classes with any of the Trainer's hook methods (on_step_end, on_validate_end, ...) and
             Lightning callbacks (ModelCheckpoint, EarlyStopping, LearningRateMonitor, ...), each given as
-            `{class_path: package.module.Class, init_args: {...}}`.
+            `{class_path: package.module.Class, init_args: {...}}`, or by flags: `--trainer.callbacks+=CLASS`
+            then `--trainer.callbacks.ARG=VALUE` (CLASS: a Lightning callback's name or an import path).
         master_process: Whether this process writes logs and checkpoints (false on non-zero ranks).
         compile: torch.compile the model.
         activation_checkpointing: Recompute each block in the backward pass instead of storing its activations
@@ -69,10 +73,14 @@ class RunSettings:
         accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps.
         devices: Devices per node: auto, a count, or a list of device indices.
         num_nodes: Machines taking part in the run.
-        strategy: Lightning strategy: auto, ddp, fsdp, ...
-        trainer_kwargs: Any other `lightning.Trainer` keyword arguments (they override the facade's defaults).
+        strategy: Lightning strategy: a name (auto, ddp, fsdp, fsdp2, ...) or a Lightning Strategy as
+            `{class_path: ..., init_args: {...}}`, or by flags: `--trainer.strategy DDPStrategy
+            --trainer.strategy.find_unused_parameters=true`.
+        trainer_kwargs: Any other `lightning.Trainer` keyword arguments (they override the facade's defaults),
+            typed as lightning.Trainer's own parameters (a class_path builds only what that parameter takes).
         logger: Lightning loggers: tensorboard, csv, mlflow or wandb (built under logs_dir), a list of them, or
-            `{class_path: lightning.pytorch.loggers.X, init_args: {...}}` entries; null: the CSV log only.
+            `{class_path: lightning.pytorch.loggers.X, init_args: {...}}` entries, or by flags:
+            `--trainer.logger+=NAME_OR_CLASS` then `--trainer.logger.ARG=VALUE`; null: the CSV log only.
         precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
         max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
     """
@@ -90,7 +98,7 @@ class RunSettings:
     logs_dir: str = "logs"
     seed: int = 1337
     verbose: bool = True
-    callbacks: list[object] | None = None
+    callbacks: list[CallbackSlot] | None = None
     master_process: bool = True
     compile: bool = False
     activation_checkpointing: bool = False
@@ -98,9 +106,9 @@ class RunSettings:
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     num_nodes: int = 1
-    strategy: str = "auto"
-    trainer_kwargs: dict[str, Any] | None = None
-    logger: str | dict | list[str | dict] | None = None
+    strategy: StrategySlot = "auto"
+    trainer_kwargs: dict | None = None
+    logger: LoggerSlot | None = None
     precision: str | None = None
     max_steps: int | None = None
 
@@ -134,18 +142,20 @@ class TlamaCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None) -> None:
+        keep_untyped_values_as_data()
         with warnings.catch_warnings():  # `args` given while sys.argv holds `tlama fit ...`: intended here
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             super().__init__(
                 TlamaLightningModule, TlamaDataModule, save_config_callback=None, args=args, run=False,
-                auto_configure_optimizers=False, load_from_checkpoint_support=False,
+                auto_configure_optimizers=False, load_from_checkpoint_support=False, parser_class=_Parser,
                 parser_kwargs={"prog": "tlama fit", "description": "Train a Tlama model (a LightningCLI run).",
                                "dump_header": [f"tlama-core {__version__}: tlama fit --config THIS_FILE"]},
             )
 
     # ---- parser ---------------------------------------------------------------------------------------
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_class_arguments(RunSettings, "trainer", sub_configs=True)
+        # fail_untyped=False: a hook object's untyped arguments are taken as given (they build nothing, see slots).
+        parser.add_class_arguments(RunSettings, "trainer", sub_configs=True, fail_untyped=False)
         # `model` and `optimizer` are the facade's way in (an existing Transformer / optimizer): not YAML keys.
         parser.add_class_arguments(TlamaLightningModule, "model", skip={"model", "optimizer"}, sub_configs=True)
         # Any LightningDataModule (`data: {class_path: ..., init_args: ...}`); TlamaDataModule's arguments alone
@@ -177,11 +187,16 @@ class TlamaCLI(LightningCLI):
         if init_from or name:
             parser.set_defaults({"model.config": fields})
         super().parse_arguments(parser, args)
-        # LightningCLI seeds from trainer.seed before it builds anything: check the seed first.
+        # LightningCLI seeds from trainer.seed before it builds anything: check the seed (and what
+        # trainer_kwargs would build) first.
         try:
             check_seed("Trainer", self.config.get("trainer.seed"))
         except ValueError as err:
             parser.error(f'Parser key "trainer.seed": {err}')
+        try:
+            self._lightning_keywords = LightningKeywords(self.config.get("trainer.trainer_kwargs"))
+        except ValueError as err:
+            parser.error(str(err))
 
     # ---- building -------------------------------------------------------------------------------------
     def instantiate_classes(self) -> None:
@@ -190,17 +205,22 @@ class TlamaCLI(LightningCLI):
         except (ValueError, FileNotFoundError, ImportError) as err:  # raised by the classes, naming parameter and value
             if os.environ.get("JSONARGPARSE_DEBUG"):
                 raise
-            self.parser.error(str(err))
+            self.parser.error(build_error(str(err), self._data_args()))
+        except PermissionError as err:  # a data file (or the token cache) this user may not read (or write)
+            self.parser.error(unreadable_error(err, self._data_args()))
+
+    def _data_args(self) -> dict[str, Any]:
+        data = self.config.get("data")
+        return dict(data.get("init_args") or {}) if data else {}
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         settings: RunSettings = self.config_init.trainer
         values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-        values["callbacks"] = [self._build(entry, f"trainer.callbacks[{i}]")
-                               for i, entry in enumerate(settings.callbacks or [])]
-        if isinstance(settings.logger, list):
-            values["logger"] = [self._build(entry, f"trainer.logger[{i}]") for i, entry in enumerate(settings.logger)]
-        elif isinstance(settings.logger, dict):
-            values["logger"] = self._build(settings.logger, "trainer.logger")
+        values["callbacks"] = list(settings.callbacks or [])
+        try:
+            values["trainer_kwargs"] = self._lightning_keywords.build()
+        except ValueError as err:
+            self.parser.error(str(err))
         ckpt_path = self.config.ckpt_path
         if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
             self.parser.error(f'Parser key "ckpt_path": no checkpoint file {ckpt_path!r} (or give "last").')
@@ -211,24 +231,6 @@ class TlamaCLI(LightningCLI):
         has_val = type(data).val_dataloader is not LightningDataModule.val_dataloader
         return Trainer(model=self.model, train_data_loader=data.train_dataloader(),
                        val_data_loader=data.val_dataloader() if has_val else None, **values, **kwargs)
-
-    def _build(self, entry: Any, name: str) -> Any:
-        """Build a `{class_path, init_args}` entry (a callback or a logger); a callback's bare class path (a str)
-        too, while a logger's str is a name the facade knows. Errors name the key."""
-        if isinstance(entry, str) and name.startswith("trainer.callbacks"):
-            entry = {"class_path": entry}
-        if not (isinstance(entry, dict) and "class_path" in entry):
-            return entry
-        key, path = f'Parser key "{name}"', entry["class_path"]
-        module_name, _, name = path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError) as err:
-            self.parser.error(f"{key}: cannot import {path!r} ({err}).")
-        try:
-            return cls(**entry.get("init_args", {}))
-        except TypeError as err:
-            self.parser.error(f"{key}: {path}({entry.get('init_args', {})}) failed: {err}.")
 
     # ---- running --------------------------------------------------------------------------------------
     def save_config(self) -> Path | None:
@@ -257,8 +259,44 @@ class TlamaCLI(LightningCLI):
         except (CheckpointError, RunLockError) as err:  # a refused checkpoint, or another run's directory
             self.parser.error(str(err))
         if self.trainer.verbose and self.trainer.master_process:
-            print(f'Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "ROMEO:"')
+            prompt = opening_words(self.trainer.train_data_loader)
+            print(f"Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "
+                  + (shlex.quote(prompt) if prompt else "TEXT"))
         return result
+
+
+def opening_words(loader: Any, words: int = 4) -> str | None:
+    """The first words of a run's training text (its first line, at most `words`): a prompt in the corpus's own
+    style for the sample hint. None for token ids (no text behind them) or a loader that is not ours."""
+    dataset = getattr(loader, "dataset", None)
+    if getattr(loader, "text_chars", None) is None or loader.tokenizer_path is None or not hasattr(dataset, "window"):
+        return None
+    text = load_tokenizer(loader.tokenizer_path).decode(dataset.window(0)[:32].tolist()).lstrip()
+    line, newline, _ = text.partition("\n")
+    found = line.split()[:words] if newline else line.split()[:-1][:words]  # a line cut by the 32 tokens: drop
+    return " ".join(found) or None                                         # its last (maybe partial) word
+
+
+class _Parser(LightningArgumentParser):
+    """LightningArgumentParser whose errors about a config's slots are one line (see errors.one_line), and whose
+    --help lists the default `data:` class's options with the values `tlama fit` gives them (the `data:` slot
+    takes any LightningDataModule, so jsonargparse itself lists none)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(one_line(message), ex)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.prog != "tlama fit":  # not the command's own parser
+            return text
+        data = ArgumentParser(prog=self.prog, usage="-", add_help=False)
+        data.add_class_arguments(TlamaDataModule, "data", help=(
+            "Data and tokenizer (TlamaDataModule, the default data: section), with the values tlama fit uses"))
+        data.set_defaults({f"data.{k}": v for k, v in BUILTIN_RUN["data"]["init_args"].items()})
+        section = "".join(line for line in data.format_help().split("\n\n", 1)[1].splitlines(keepends=True)
+                          if not line.startswith("  --data CONFIG"))  # without its usage and --data (shown above)
+        at = text.find("\nLinked arguments:")
+        return text + "\n" + section if at < 0 else text[:at + 1] + section + text[at:]
 
 
 class _SaveConfigOnceAccepted(Callback):

@@ -81,6 +81,9 @@ def quiet_lightning(verbose: bool) -> Iterator[None]:
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             # The module always defines validation_step; a run without a val loader is the facade's normal case.
             warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+            # Lightning 2.6 wraps every loader in a CombinedLoader that builds a torch LeafSpec, deprecated in torch
+            # 2.13: printed at every fit, whatever the loader, and nothing a user can change.
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             yield
     finally:
         lightning_logger.setLevel(level)
