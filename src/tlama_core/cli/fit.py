@@ -10,6 +10,7 @@ run and a Python run with the same values write the same CSV log and checkpoints
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import shlex
 import sys
@@ -23,9 +24,11 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from tlama_core import __version__
 from tlama_core.atomic import atomic_write
+from tlama_core.checkpoints import is_sharded_checkpoint
 from tlama_core.cli.errors import build_error, one_line, unreadable_error
 from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, keep_untyped_values_as_data
 from tlama_core.data import TlamaDataModule, load_tokenizer
@@ -34,7 +37,9 @@ from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
 from tlama_core.training.checkpointing import CheckpointError
 from tlama_core.training.checks import check_seed
+from tlama_core.training.module import empty_init
 from tlama_core.training.run_lock import RunLockError
+from tlama_core.training.sharding import is_model_parallel
 
 CONFIG_NAME = "config.yaml"  # written into trainer.checkpoints_dir by every run
 
@@ -83,6 +88,7 @@ class RunSettings:
             `--trainer.logger+=NAME_OR_CLASS` then `--trainer.logger.ARG=VALUE`; null: the CSV log only.
         precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
         max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
+        keep_checkpoints: Keep only the newest N step checkpoints (and the best's); null: keep them all.
     """
 
     total_batch_size: int = 524288
@@ -111,6 +117,20 @@ class RunSettings:
     logger: LoggerSlot | None = None
     precision: str | None = None
     max_steps: int | None = None
+    keep_checkpoints: int | None = None
+
+
+def shards(strategy: Any) -> bool:
+    """Whether a `trainer.strategy` value (a name, or a class_path namespace) shards the model in configure_model."""
+    path = strategy.get("class_path") if hasattr(strategy, "get") else None
+    if path is None:
+        return is_model_parallel(strategy)
+    module, _, name = str(path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False  # the parser names the bad class_path
+    return isinstance(cls, type) and issubclass(cls, ModelParallelStrategy)
 
 
 # What `tlama fit` trains when the YAML leaves a key out: the run of configs/shakespeare-cpu.yaml (a ~3.5M
@@ -201,7 +221,8 @@ class TlamaCLI(LightningCLI):
     # ---- building -------------------------------------------------------------------------------------
     def instantiate_classes(self) -> None:
         try:
-            super().instantiate_classes()
+            with empty_init(shards(self.config.get("trainer.strategy"))):  # each process builds its shards only
+                super().instantiate_classes()
         except (ValueError, FileNotFoundError, ImportError) as err:  # raised by the classes, naming parameter and value
             if os.environ.get("JSONARGPARSE_DEBUG"):
                 raise
@@ -222,8 +243,9 @@ class TlamaCLI(LightningCLI):
         except ValueError as err:
             self.parser.error(str(err))
         ckpt_path = self.config.ckpt_path
-        if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
-            self.parser.error(f'Parser key "ckpt_path": no checkpoint file {ckpt_path!r} (or give "last").')
+        if ckpt_path not in (None, "last") and not (Path(ckpt_path).is_file() or is_sharded_checkpoint(ckpt_path)):
+            self.parser.error(f'Parser key "ckpt_path": no checkpoint file or sharded checkpoint directory '
+                              f'{ckpt_path!r} (or give "last").')
         values["callbacks"].append(_SaveConfigOnceAccepted(self))
         data: LightningDataModule = self.datamodule
         data.prepare_data()  # Lightning's order for a DataModule: prepare (download, tokenize), set up, then loaders

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import lightning as L
@@ -38,6 +40,20 @@ from tlama_core.training.sharding import (
     shard_loaders,
     shard_model,
 )
+
+_EMPTY_INIT: ContextVar[bool] = ContextVar("tlama_empty_init", default=False)
+
+
+@contextlib.contextmanager
+def empty_init(enabled: bool = True) -> Iterator[None]:
+    """Inside this block (when `enabled`), `TlamaLightningModule(config=...)` builds its Transformer on the meta
+    device: shapes only, no memory. A sharding strategy then gives each process its shards, drawn as
+    `Transformer(config)` draws them (`tlama fit` builds the model so under fsdp2 or ModelParallelStrategy)."""
+    token = _EMPTY_INIT.set(enabled)
+    try:
+        yield
+    finally:
+        _EMPTY_INIT.reset(token)
 
 
 @dataclass
@@ -89,7 +105,8 @@ class TlamaLightningModule(L.LightningModule):
                              "optimizer=..., e.g. optimizer=build_optimizer(model, lr, weight_decay, muon=True).")
         check_rate("TlamaLightningModule", "learning_rate", learning_rate)
         check_rate("TlamaLightningModule", "weight_decay", weight_decay)
-        self.model = model if model is not None else Transformer(config)
+        with torch.device("meta") if model is None and _EMPTY_INIT.get() else contextlib.nullcontext():
+            self.model = model if model is not None else Transformer(config)
         self.learning_rate, self.weight_decay, self.muon = learning_rate, weight_decay, muon
         self.schedule: Callable[[int], float] = scheduler or constant_schedule(learning_rate)
         self.optimizer = optimizer
