@@ -3,20 +3,20 @@ whole document.
 
 Documents (records, and text files, which may not fit in memory) are encoded in chunks of about CHUNK_CHARS
 characters, BATCH_CHARS of them per call: sentencepiece encodes such chunks faster than whole documents, and no
-call's ids (Python lists, ~40 bytes an id) grow with the document. A chunk ends after a line end followed by a
-printable ASCII character (where the pre-tokenizers of common tokenizers split anyway); in a line longer than
-LINE_REACH characters, after a printable ASCII character followed by one space and another (GPT-2's, Llama 3's
-and sentencepiece's pre-tokenizers start a word with the space before it). Chunked ids equal whole-document ids
-only for some tokenizers, so `chunking_of` checks each tokenizer's vocabulary (for tokens that span a cut) and
-probe text, and picks the cheapest exact way:
+call's memory grows with the document (a tokenizer holds tens of bytes per character of a call). A chunk is cut
+after a line end followed by a printable ASCII character (where the pre-tokenizers of common tokenizers split
+anyway), or, where no such line end comes within LINE_REACH characters, before a space between two printable ASCII
+characters (GPT-2's, Llama 3's and sentencepiece's pre-tokenizers start a word with the space before it). Chunked
+ids equal whole-document ids only for some tokenizers, so `chunking_of` checks, for each kind of cut, that no token
+of the vocabulary spans it and which way of encoding the chunk after it gives a probe text's own ids:
 
 - "plain": chunks encode on their own (the tokenizers trained here, byte-level BPE);
 - "after_newline": a chunk encodes as it does after a line end, i.e. `encode("\\n" + chunk)` without the ids of
   "\\n" (sentencepiece's dummy prefix, as in Llama 2 and Mistral, adds a space to every chunk encoded alone);
-- "whole": documents are encoded whole (a normalizer that cleans up whitespace across lines);
+- None: never cut there (a token spans a line end; a normalizer or prefix that differs at a call's start).
 
-and whether long lines may be cut at spaces. A stretch with no exact cut is encoded in one call, whatever its
-length: `Encoded.longest` reports it, for one warning.
+A stretch with no exact cut is encoded in one call, whatever its length: `Encoded.longest` reports it, for one
+warning.
 """
 
 from __future__ import annotations
