@@ -11,6 +11,8 @@ Parts, in order (`--parts` picks some, e.g. to rerun one after a fix; the one wi
                  TF32, the same model, batches and accumulation): the facade's reference.
   llama-1b       TinyLlama's shape (1.1B, 22 layers, 2048 wide, 32 query / 4 key-value heads), 8 x 2048 tokens per
                  micro-batch, 8 accumulated, compiled.
+  llama-1b-fsdp2 the same run under strategy="fsdp2" with one shard (built on the meta device, FSDP2 per block
+                 and at the root, bf16 compute weights): the code a multi-GPU sharded run runs, on one GPU.
   gpt2-eager     the GPT-2 run without compile.
 Trainer figures are the CSV log's own columns (tokens_per_sec_per_device, mfu), one row per step, over the steps
 after the warm-up (compilation included there); random token ids, since speed does not depend on the text.
@@ -57,7 +59,7 @@ from tlama_core.training.csv_log import read_rows
 from tlama_core.training.precision import has_fast_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("tests", "gpt2-compiled", "bare-loop", "llama-1b", "gpt2-eager")
+PARTS = ("tests", "gpt2-compiled", "bare-loop", "llama-1b", "llama-1b-fsdp2", "gpt2-eager")
 GOALS = {"mfu_124m": 0.50, "mfu_1b": 0.60, "facade_over_bare": 0.97}
 FIGURES_ENV = "TLAMA_GPU_CHECK_FIGURES"  # tests/test_cuda.py appends each test's figures (JSON lines) there
 
@@ -77,6 +79,7 @@ class RunShape:
     warmup: int
     measured: int
     profiled: int = 0
+    strategy: str = "auto"
 
     @property
     def steps(self) -> int:
@@ -98,6 +101,7 @@ SHAPES = {
     "gpt2-eager": RunShape(GPT2, 16, 1024, 32, compile=False, warmup=2, measured=5),
     "gpt2-compiled": RunShape(GPT2, 16, 1024, 32, compile=True, warmup=3, measured=6, profiled=2),
     "llama-1b": RunShape(TINYLLAMA, 8, 2048, 8, compile=True, warmup=2, measured=5, profiled=2),
+    "llama-1b-fsdp2": RunShape(TINYLLAMA, 8, 2048, 8, compile=True, warmup=2, measured=5, strategy="fsdp2"),
 }
 # --smoke: every line of the pipeline on a CPU in seconds. Compilation stays off there: it alone takes minutes on
 # a small CPU (bench/compile_cpu.py runs the facade's compile path on a CPU; tests/test_cuda.py on the GPU).
@@ -108,6 +112,7 @@ SMOKE_SHAPES = {
     "gpt2-eager": RunShape(SMOKE_GPT2, 4, 32, 2, compile=False, warmup=1, measured=2),
     "gpt2-compiled": RunShape(SMOKE_GPT2, 4, 32, 2, compile=False, warmup=1, measured=2, profiled=1),
     "llama-1b": RunShape(SMOKE_LLAMA, 4, 32, 2, compile=False, warmup=1, measured=2, profiled=1),
+    "llama-1b-fsdp2": RunShape(SMOKE_LLAMA, 4, 32, 2, compile=False, warmup=1, measured=2, strategy="fsdp2"),
 }
 
 
@@ -142,8 +147,10 @@ def peak_memory_gib(device_type: str) -> float | None:
 
 
 def build_model(shape: RunShape, device_type: str) -> Transformer:
+    """Built where it trains (a 1.1B model's initialisation on a CPU takes a while); for a sharded run on the meta
+    device, as a multi-GPU run builds it (each process then draws its shards)."""
     torch.manual_seed(0)
-    with torch.device(device_type):  # built where it trains: a 1.1B model's initialisation on a CPU takes a while
+    with torch.device("meta" if shape.strategy == "fsdp2" else device_type):
         return Transformer(TlamaConfig(**shape.model))
 
 
@@ -234,9 +241,11 @@ def trainer_run(shape: RunShape, device_type: str) -> dict[str, Any]:
                           total_batch_size=shape.tokens_per_step, steps=shape.steps, log_steps=1,
                           checkpoint_steps=10**9, checkpoints_dir=d, logs_dir=d, verbose=False,
                           compile=shape.compile, accelerator="gpu" if device_type == "cuda" else "cpu", devices=1,
-                          callbacks=[profiler] if profiler else None)
+                          strategy=shape.strategy, callbacks=[profiler] if profiler else None)
         result = trainer.train()
         rows = read_rows(trainer.log_file)
+    if torch.distributed.is_initialized():  # a sharded run's process group: the later parts run without one
+        torch.distributed.destroy_process_group()
     measured = [r for r in rows if shape.warmup < int(r["step"]) <= shape.warmup + shape.measured]
     rates = [float(r["tokens_per_sec_per_device"]) for r in measured]
     mfus = [float(r["mfu"]) for r in measured if r["mfu"]]
@@ -416,8 +425,10 @@ def evaluate(report: dict[str, Any]) -> None:
 
     rate = "tokens_per_sec_per_device"
     facade, bare, eager = figure("gpt2-compiled", rate), figure("bare-loop", rate), figure("gpt2-eager", rate)
+    single, sharded = figure("llama-1b", rate), figure("llama-1b-fsdp2", rate)
     report["ratios"] = {"facade_over_bare": facade / bare if facade and bare else None,
-                        "compiled_over_eager": facade / eager if facade and eager else None}
+                        "compiled_over_eager": facade / eager if facade and eager else None,
+                        "fsdp2_over_single": sharded / single if sharded and single else None}
     # The bare loop must do the facade's work: same initial weights, batches and updates give the same last loss
     # (exactly on a CPU; on a GPU up to the order of some kernels' sums).
     facade_loss, bare_loss = figure("gpt2-compiled", "train_loss"), figure("bare-loop", "train_loss")

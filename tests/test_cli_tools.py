@@ -165,7 +165,8 @@ def test_generate_and_convert_read_safetensors_and_hugging_face_directories(run,
     main(["convert", "to-hf", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "hf")])
     main(["convert", "from-hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")])
     main(["convert", "to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")])
-    assert "wrote the weights alone" in capsys.readouterr().err  # a safetensors directory names no tokenizer
+    assert "with the tokenizer" in capsys.readouterr().out  # the one from-hf carried into ours
+    assert (tmp_path / "hf2" / "tokenizer.model").read_bytes() == builtin_tokenizer_path().read_bytes()
     samples = []
     for weights in (run / "checkpoints", tmp_path / "ours", tmp_path / "hf", tmp_path / "hf2"):
         main(["generate", "--checkpoint", str(weights), "--prompt", "ROMEO:", "--max_new_tokens", "8",
@@ -223,7 +224,42 @@ def test_generate_reads_a_hugging_face_directory_with_its_own_tokenizer_and_refu
     main(["generate", "--checkpoint", str(tmp_path / "hf"), "--prompt", "ROMEO:", "--max_new_tokens", "8",
           "--temperature", "0"])  # its tokenizer.model, written by to-hf
     assert capsys.readouterr().out == expected
-    with pytest.raises(SystemExit) as exit_:  # our safetensors directory holds no tokenizer
+    bare = tmp_path / "hf-without-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((tmp_path / "hf" / name).read_bytes())
+    main(["convert", "from-hf", "--model", str(bare), "--out", str(tmp_path / "ours")])  # over the earlier one
+    assert "holds no tokenizer" in capsys.readouterr().err
+    assert not list((tmp_path / "ours").glob("tokenizer*"))  # the earlier model's tokenizer went with it
+    with pytest.raises(SystemExit) as exit_:
         main(["generate", "--checkpoint", str(tmp_path / "ours"), "--prompt", "ROMEO:"])
     assert exit_.value.code == 2
     assert "hold no tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["tokenizer.model", "tokenizer.json"])
+def test_from_hf_carries_the_tokenizer_so_generate_and_evaluate_need_no_flag(run, tmp_path, capsys, kind):
+    from tlama_core.data.hf_tokenizer import train_hf_bpe
+    from tlama_core.models import find_weights
+
+    corpus = tmp_path / "held_out.txt"
+    corpus.write_text("ROMEO:\nWhat light through yonder window breaks?\n" * 40, encoding="utf-8")
+    original = builtin_tokenizer_path() if kind == "tokenizer.model" else train_hf_bpe(corpus, tmp_path / "bpe", 300)
+    main(["convert", "to-hf", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "hf"),
+          "--tokenizer", str(original)])
+    main(["convert", "from-hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")])
+    assert f"with the tokenizer {kind}" in capsys.readouterr().out
+
+    carried, reference = load_tokenizer(resolve_tokenizer(find_weights(tmp_path / "ours"))), load_tokenizer(original)
+    text = corpus.read_text(encoding="utf-8")
+    assert carried.encode(text) == reference.encode(text)
+    assert (carried.vocab_size, carried.bos_id, carried.eos_id) == (reference.vocab_size, reference.bos_id,
+                                                                    reference.eos_id)
+    outputs = []
+    for weights, flags in ((tmp_path / "ours", []), (run / "checkpoints", ["--tokenizer", str(original)])):
+        main(["generate", "--checkpoint", str(weights), "--prompt", "ROMEO:", "--max_new_tokens", "8",
+              "--temperature", "0", *flags])
+        main(["evaluate", "--model", str(weights), "--data", str(corpus), "--seq_length", "16", *flags])
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    assert outputs[0].startswith("ROMEO:") and '"loss"' in outputs[0]

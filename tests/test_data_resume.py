@@ -77,7 +77,7 @@ def test_state_is_plain_ints(ids_path):
     loader = make(ids_path, True)
     next(iter(loader))
     state = loader.state_dict()
-    assert state == {"epoch": 0, "batch": 1, "seed": 11, "batch_size": B, "order": 2, "world_size": 1}
+    assert state == {"epoch": 0, "batch": 1, "seed": 11, "batch_size": B, "order": 3, "world_size": 1}
     assert all(type(v) is int for v in state.values())
 
 
@@ -112,7 +112,7 @@ def test_last_batch_of_an_epoch_moves_the_position_to_the_next_epoch(ids_path):
 
 def test_only_the_first_pass_after_a_restore_starts_mid_epoch(ids_path):
     loader = make(ids_path, False)
-    loader.load_state_dict({"epoch": 0, "batch": 10, "seed": 11, "order": 2})
+    loader.load_state_dict({"epoch": 0, "batch": 10, "seed": 11, "order": 3})
     assert len(list(loader)) == 52
     loader.sampler.set_epoch(0)
     assert len(list(loader)) == 62
@@ -127,7 +127,7 @@ def test_a_pass_cut_short_is_followed_by_a_whole_pass_with_workers(ids_path):
 
 def test_setting_another_epoch_drops_a_pending_position(ids_path):
     loader = make(ids_path, True)
-    loader.load_state_dict({"epoch": 1, "batch": 10, "seed": 11, "order": 2})
+    loader.load_state_dict({"epoch": 1, "batch": 10, "seed": 11, "order": 3})
     loader.sampler.set_epoch(2)
     reference = make(ids_path, True)
     reference.sampler.set_epoch(2)
@@ -137,7 +137,7 @@ def test_setting_another_epoch_drops_a_pending_position(ids_path):
 def test_state_with_another_seed_keeps_the_saved_order(ids_path):
     loader = create_dataloader(ids_path, None, B, T, True, seed=99)
     with pytest.warns(UserWarning, match="seed=11"):
-        loader.load_state_dict({"epoch": 0, "batch": 3, "seed": 11, "order": 2})
+        loader.load_state_dict({"epoch": 0, "batch": 3, "seed": 11, "order": 3})
     reference = make(ids_path, True)
     assert [windows(b) for b in loader] == [windows(b) for b in reference][3:]
 
@@ -170,5 +170,5 @@ def test_resume_with_more_processes_skips_exactly_the_windows_already_read(ids_p
 
 
 def test_a_state_from_an_unknown_order_version_is_refused(ids_path):
-    with pytest.raises(ValueError, match="order=3"):
-        make(ids_path, True).load_state_dict({"epoch": 0, "batch": 1, "seed": 11, "order": 3})
+    with pytest.raises(ValueError, match="order=4"):
+        make(ids_path, True).load_state_dict({"epoch": 0, "batch": 1, "seed": 11, "order": 4})

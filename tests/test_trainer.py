@@ -229,7 +229,7 @@ def test_mixed_precision_trains_in_bf16_on_a_cpu_with_bf16_units(tmp_path):
     t.train()
     bf16 = [float(r["train_loss"]) for r in read_csv(t.log_file)]
     assert bf16 == pytest.approx(fp32, rel=2e-2)  # the same training, at bf16's ~3 significant digits
-    assert bf16 != pytest.approx(fp32, rel=1e-5)  # ...but the matmuls did run in bf16
+    assert bf16 != pytest.approx(fp32, rel=1e-6)  # ...but the matmuls did run in bf16 (fp32 agrees to ~1e-7)
 
 
 def test_accumulated_gradient_equals_the_large_batch_gradient(tmp_path):
@@ -293,10 +293,11 @@ def test_hooks_fire_in_order_with_documented_counts_and_arguments(tmp_path):
             assert args[0].dim() == 0 and args[0] > 3.0  # the micro-batch's own loss, not divided by accum
         if name == "on_validate_end":
             assert set(args[0]) >= {"val_loss"}
-        if name == "on_checkpoint_end":  # the file is complete; announced once its background commit is done
+        if name == "on_checkpoint_end" and not args[0].endswith("best.ckpt"):  # best.ckpt is rewritten later on
+            # the file is complete; announced once its background commit is done
             saved_step = read_checkpoint(args[0])["step"]
             assert saved_step <= step
-            assert args[0].endswith("best.ckpt") or args[0].endswith(f"step={saved_step:08d}.ckpt")
+            assert args[0].endswith(f"step={saved_step:08d}.ckpt")
     saved = sorted(e[2].rsplit("/", 1)[1] for e in rec.events if e[0] == "on_checkpoint_end")
     assert saved.count("best.ckpt") >= 1 and "step=00000004.ckpt" in saved and "step=00000006.ckpt" in saved
 

@@ -5,7 +5,7 @@
     tlama evaluate --model PATH --data PATH               loss, perplexity, bits/char (JSON on stdout)
     tlama prepare --data PATH_OR_GLOB --tokenizer T --out DIR [--shard I --num_shards N]   tokenize ahead
     tlama prepare --verify DIR                             check shards against their sidecars' hashes
-    tlama tokenizer train --input FILES... --vocab_size N --output PATH [--kind sentencepiece|hf-bpe]
+    tlama tokenizer train --input DATA... --vocab_size N --output PATH [--kind sentencepiece|hf-bpe]
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
     tlama convert to-hf --checkpoint PATH --out DIR        any weights as a Hugging Face Llama directory
     tlama convert from-hf --model DIR --out DIR            Hugging Face weights as our safetensors
@@ -115,9 +115,15 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     tok = ArgumentParser(description="Sentencepiece and Hugging Face (byte-level BPE) tokenizers.")
     add("tokenizer", commands, tok, "Train a tokenizer.", None)
     tok_commands = tok.add_subcommands(dest="subcommand")
-    tok_train = ArgumentParser(description="Train a tokenizer on text files: sentencepiece BPE (the default) or a "
-                                           "byte-level BPE tokenizer.json (--kind hf-bpe).")
-    tok_train.add_argument("--input", type=str, nargs="+", required=True, help="Text files (one sentence per line).")
+    tok_train = ArgumentParser(description="Train a tokenizer on the text of a corpus, read as training reads it: "
+                                           "sentencepiece BPE (the default) or a byte-level BPE tokenizer.json "
+                                           "(--kind hf-bpe).")
+    tok_train.add_argument("--input", type=str, nargs="+", required=True,
+                           help="Text (.txt), records (.jsonl, .jsonl.gz, .parquet), directories or globs of them, "
+                                "or datasets save_to_disk directories; several may be given.")
+    tok_train.add_argument("--text_field", type=str, default="text", help="Field or column holding a record's text.")
+    tok_train.add_argument("--split", type=str | None, default=None,
+                           help="train or val: split-named files, else the first 90%% / last 10%%; null: all.")
     tok_train.add_argument("--vocab_size", type=int, required=True, help="Pieces in the vocabulary.")
     tok_train.add_argument("--output", type=str, required=True,
                            help="sentencepiece: the .model file to write (or its prefix); hf-bpe: the .json file, "
@@ -146,7 +152,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
                        help="Sentencepiece .model or tokenizer.json to include; default: the one known for the "
                             "weights (the run's, or a Hugging Face directory's own), else none.")
     add("convert to-hf", conv_commands, to_hf, "Weights -> Hugging Face Llama directory.", _to_hf)
-    from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory.")
+    from_hf = ArgumentParser(description="Read a Hugging Face Llama directory, write our safetensors directory with "
+                                         "its tokenizer (tokenizer.model / tokenizer.json).")
     from_hf.add_argument("--model", type=str, required=True, help="Hugging Face Llama directory (safetensors).")
     from_hf.add_argument("--out", type=str, required=True, help="Output directory.")
     add("convert from-hf", conv_commands, from_hf, "Hugging Face Llama directory -> our safetensors.", _from_hf)
@@ -202,10 +209,11 @@ def _tokenizer_train(cfg: Namespace) -> None:
     if cfg.kind == "hf-bpe":
         from tlama_core.data.hf_tokenizer import train_hf_bpe
 
-        print(f"tokenizer written to {train_hf_bpe(cfg.input, cfg.output, cfg.vocab_size)}")
+        path = train_hf_bpe(cfg.input, cfg.output, cfg.vocab_size, text_field=cfg.text_field, split=cfg.split)
+        print(f"tokenizer written to {path}")
         return
     path = train_tokenizer(cfg.input, cfg.output, cfg.vocab_size, character_coverage=cfg.character_coverage,
-                           model_type=cfg.model_type)
+                           model_type=cfg.model_type, text_field=cfg.text_field, split=cfg.split)
     print(f"tokenizer written to {path}")
 
 
@@ -228,4 +236,8 @@ def _to_hf(cfg: Namespace) -> None:
 def _from_hf(cfg: Namespace) -> None:
     from tlama_core.cli.convert import convert_from_hf
 
-    print(f"safetensors directory written to {convert_from_hf(cfg.model, cfg.out)}")
+    out, tokenizer = convert_from_hf(cfg.model, cfg.out)
+    if tokenizer is None:
+        print(f"{cfg.model} holds no tokenizer (tokenizer.model or tokenizer.json): wrote the weights alone; pass "
+              "--tokenizer to the commands that read them.", file=sys.stderr)
+    print(f"safetensors directory written to {out}" + (f" with the tokenizer {tokenizer.name}" if tokenizer else ""))

@@ -26,9 +26,13 @@ def convert_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike,
     return to_hf(model, out, tokenizer_path=tokenizer_path), tokenizer_path
 
 
-def convert_from_hf(model: str | os.PathLike, out: str | os.PathLike) -> Path:
+def convert_from_hf(model: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, Path | None]:
     """Read a Hugging Face Llama directory (safetensors) and write our safetensors directory
-    (`model.safetensors` + `config.json`, loaded by `load_model`)."""
+    (`model.safetensors` + `config.json`, loaded by `load_model`) with the directory's tokenizer, so that
+    `tlama generate` and `evaluate` find it there. Returns the directory and its tokenizer (None: the Hugging Face
+    directory held none)."""
+    from tlama_core.data.hf_export import carry_tokenizer
     from tlama_core.models import from_hf, save_safetensors
 
-    return save_safetensors(from_hf(model), out)
+    directory = save_safetensors(from_hf(model), out)
+    return directory, carry_tokenizer(model, directory)

@@ -1,5 +1,6 @@
-"""Writing a run's tokenizer into a Hugging Face model directory, so that `AutoTokenizer.from_pretrained(dir)`
-loads it and encodes as we do (`encode(text, add_special_tokens=False)` gives our ids), for either kind."""
+"""Tokenizers across Hugging Face model directories: a run's tokenizer written into one, so that
+`AutoTokenizer.from_pretrained(dir)` loads it and encodes as we do (`encode(text, add_special_tokens=False)` gives
+our ids), for either kind; and a Hugging Face directory's tokenizer carried into our weights directory."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tlama_core.atomic import atomic_write
-from tlama_core.data.tokenizer import SentencePieceTokenizer, load_tokenizer
+from tlama_core.data.tokenizer import TOKENIZER_FILES, SentencePieceTokenizer, load_tokenizer
 
 
 def write_hf_tokenizer(tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -44,3 +45,20 @@ def write_hf_tokenizer(tokenizer_path: str | os.PathLike, out_dir: str | os.Path
     atomic_write(out_dir / name, lambda f: f.write(tokenizer.path.read_bytes()))
     atomic_write(out_dir / "tokenizer_config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
     return tokenizer.bos_id, tokenizer.eos_id
+
+
+def carry_tokenizer(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path | None:
+    """Copy the tokenizer of the Hugging Face directory `model_dir` (`tokenizer.model`, `tokenizer.json`, and the
+    `tokenizer_config.json` that names a tokenizer.json's BOS and EOS) into `out_dir`, byte for byte, where
+    `load_tokenizer(out_dir)` and every command reading those weights find it. Those names that `model_dir` lacks
+    are removed from `out_dir`: left from another model, they would be read as this one's. Returns the tokenizer
+    that will be read (the first of TOKENIZER_FILES), or None when `model_dir` holds none."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    for name in (*TOKENIZER_FILES, "tokenizer_config.json"):
+        source, target = model_dir / name, out_dir / name
+        if source.is_file():
+            data = source.read_bytes()
+            atomic_write(target, lambda f, data=data: f.write(data))
+        else:
+            target.unlink(missing_ok=True)
+    return next((out_dir / n for n in TOKENIZER_FILES if (out_dir / n).is_file()), None)

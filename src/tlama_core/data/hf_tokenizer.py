@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tlama_core.atomic import atomic_write
-from tlama_core.data.tokenizer import input_text_files
+from tlama_core.data.training_text import training_lines, training_sources
 
 BOS_NAMES = ("<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>")
 EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
@@ -85,12 +85,13 @@ def hf_output_path(output: str | os.PathLike) -> Path:
     return path if path.suffix == ".json" else path / "tokenizer.json"
 
 
-def train_hf_bpe(input_files: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike,
-                 vocab_size: int) -> Path:
+def train_hf_bpe(input_files: Any, output: str | os.PathLike, vocab_size: int, *, text_field: str = "text",
+                 split: str | None = None) -> Path:
     """Train a byte-level BPE `tokenizer.json` (GPT-2 style: any byte is representable, so text round-trips
-    exactly; `<|endoftext|>` is id 0 and the EOS) on text files, and write it atomically. Returns its path."""
+    exactly; `<|endoftext|>` is id 0 and the EOS) on the text of `input_files` (any sources `train_tokenizer`
+    reads, line by line with their line ends), and write it atomically. Returns its path."""
     tokenizers = import_tokenizers()
-    files = input_text_files("train_hf_bpe", input_files)
+    sources = training_sources("train_hf_bpe", input_files, text_field, split)
     alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
     if not isinstance(vocab_size, int) or vocab_size <= len(alphabet) + 1:
         raise ValueError(f"train_hf_bpe: vocab_size={vocab_size!r} must be an integer > {len(alphabet) + 1} (the "
@@ -100,14 +101,9 @@ def train_hf_bpe(input_files: str | os.PathLike | Sequence[str | os.PathLike], o
     tok.decoder = tokenizers.decoders.ByteLevel()
     trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT],
                                              initial_alphabet=alphabet, show_progress=False)
-    tok.train_from_iterator(_lines(files), trainer)
+    tok.train_from_iterator(training_lines(sources, keep_ends=True), trainer)
     out = hf_output_path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: f.write(tok.to_str(pretty=True).encode()))
     return out
 
-
-def _lines(files: Sequence[str | os.PathLike]) -> Iterator[str]:
-    for f in files:
-        with open(f, encoding="utf-8", errors="replace", newline="") as text:
-            yield from text  # with their line ends: the tokenizer learns "\n" as text holds it

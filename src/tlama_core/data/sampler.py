@@ -2,13 +2,16 @@
 
 The order of an epoch depends only on (seed, epoch): a resumed run rebuilds it instead of storing it. Each of
 W processes takes every W-th window of that order, truncated so all get the same number of whole batches; the
-windows consumed after k batches on every rank are then exactly the first k * batch_size * W of the order.
+windows consumed after k batches on every rank are then exactly the first k * batch_size * W of the order. The
+order is a bijection computed at the positions a process reads (permutation.py), block by block, so a process
+holds a few blocks of indices whatever the corpus size; loader states saved with the older orders (1, 2: a
+stored `torch.randperm`) resume in those.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,19 +19,38 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-ORDER_VERSION = 2  # 1 seeded each epoch's permutation with seed + epoch: seeds s and s+1 shared orders, shifted
+from tlama_core.data.permutation import ROUNDS, SeededPermutation
+
+# 1: torch.randperm seeded with seed + epoch (seeds s and s+1 shared orders, shifted); 2: torch.randperm seeded
+# with (seed, epoch) mixed by NumPy's SeedSequence; 3: SeededPermutation keyed by that SeedSequence, never stored
+ORDER_VERSION = 3
+ORDER_VERSIONS = (1, 2, 3)
+BLOCK = 1 << 16  # positions evaluated at a time
+
+Order = Callable[[np.ndarray], np.ndarray]
+
+
+def epoch_order(num_windows: int, epoch: int, seed: int, shuffle: bool, version: int = ORDER_VERSION) -> Order:
+    """The order of `epoch` as a function from positions (an int64 array) to window indices: a permutation drawn
+    from (seed, epoch), or the identity when not shuffled. Versions 1 and 2 hold their whole permutation."""
+    if not shuffle:
+        return lambda positions: positions
+    entropy = np.random.SeedSequence([seed, epoch])
+    if version == 3:
+        return SeededPermutation(num_windows, entropy.generate_state(ROUNDS, np.uint64))
+    mixed = seed + epoch if version == 1 else int(entropy.generate_state(1, np.uint64)[0])
+    return torch.randperm(num_windows, generator=torch.Generator().manual_seed(mixed % 2**63)).numpy().__getitem__
 
 
 def window_order(num_windows: int, epoch: int, seed: int, shuffle: bool, version: int = ORDER_VERSION) -> torch.Tensor:
-    """All window indices in the order of `epoch`: a permutation drawn from (seed, epoch), or 0..n-1.
+    """All window indices in the order of `epoch`, held whole (for tests and inspection; the sampler never does)."""
+    return torch.from_numpy(epoch_order(num_windows, epoch, seed, shuffle, version)(np.arange(num_windows)))
 
-    The pair is mixed by NumPy's SeedSequence, so no two (seed, epoch) pairs share an order; `version` 1 is the
-    older seed + epoch, which a loader state saved before the change still resumes with.
-    """
-    if not shuffle:
-        return torch.arange(num_windows)
-    mixed = seed + epoch if version == 1 else int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
-    return torch.randperm(num_windows, generator=torch.Generator().manual_seed(mixed % 2**63))
+
+def order_slice(order: Order, first: int, stop: int, step: int) -> Iterator[int]:
+    """`order` at positions first, first + step, ... below `stop`, evaluated BLOCK positions at a time."""
+    for lo in range(first, stop, step * BLOCK):
+        yield from order(np.arange(lo, min(stop, lo + step * BLOCK), step, dtype=np.int64)).tolist()
 
 
 # A DistributedSampler subclass only so that Lightning under DDP keeps it: Lightning wraps any other sampler
@@ -49,7 +71,7 @@ class WindowSampler(DistributedSampler):
         self._override: tuple[int, int] | None = None
         self._pass_world: int | None = None  # processes of the pass the position counts in
         self._resume_windows: int | None = None  # windows consumed over all ranks, set by load_state_dict
-        self._plan: torch.Tensor | None = None
+        self._plan: Iterator[int] | None = None
 
     # ---- which processes share the windows ----------------------------------------------------------------
     def shard(self, rank: int, world_size: int) -> None:
@@ -113,15 +135,16 @@ class WindowSampler(DistributedSampler):
             if start >= n:
                 self.epoch, start = self.epoch + 1, 0
         self.batch, self._pass_world = start, world
-        order = window_order(self.num_windows, self.epoch, self.seed, self.shuffle, self.order_version)
-        self._plan = order[: n * self.batch_size * world][rank::world][start * self.batch_size:]
+        # rank's share of the first n * batch_size * world positions, from batch `start` on
+        order = epoch_order(self.num_windows, self.epoch, self.seed, self.shuffle, self.order_version)
+        self._plan = order_slice(order, rank + world * start * self.batch_size, n * self.batch_size * world, world)
         return self.epoch, start, n
 
     def __iter__(self) -> Iterator[int]:
         if self._plan is None:  # iterated directly rather than through the loader
             self.begin_pass()
         plan, self._plan = self._plan, None
-        return _ints(plan)
+        return plan
 
     def advance(self, epoch: int, consumed: int, num_batches: int) -> None:
         """Record that `consumed` batches of `epoch` have been handed out."""
@@ -144,14 +167,10 @@ class WindowSampler(DistributedSampler):
             self.seed = seed
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self.order_version = int(state.get("order", 1))  # states without it were saved by version 1
-        if self.order_version not in (1, ORDER_VERSION):
+        if self.order_version not in ORDER_VERSIONS:
             raise ValueError(f"loader state has order={self.order_version}, which this version of tlama-core does "
-                             f"not know (it draws orders 1 and {ORDER_VERSION}); resume with the version that saved "
-                             "it.")
+                             f"not know (it draws orders {', '.join(map(str, ORDER_VERSIONS))}); resume with the "
+                             "version that saved it.")
         self._pass_world = int(state.get("world_size", 1))
         self._resume_windows = self.batch * int(state.get("batch_size", self.batch_size)) * self._pass_world
 
-
-def _ints(indices: torch.Tensor) -> Iterator[int]:
-    for block in indices.split(1 << 16):
-        yield from block.tolist()

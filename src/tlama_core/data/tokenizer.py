@@ -22,8 +22,10 @@ from typing import Any, Protocol, runtime_checkable
 import sentencepiece as spm
 
 from tlama_core.atomic import atomic_write
+from tlama_core.data.training_text import training_lines, training_sources
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # a directory's tokenizer, the first found
 
 # Trainer options behind the lossless, deterministic defaults described above; any can be overridden.
 DEFAULT_TRAINER_OPTIONS: dict[str, Any] = {
@@ -101,7 +103,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """
     path = Path(path)
     if path.is_dir():
-        path = next((path / n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()), path)
+        path = next((path / n for n in TOKENIZER_FILES if (path / n).is_file()), path)
     if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer_path={str(path)!r}: no such file; pass a sentencepiece .model file or a Hugging Face "
@@ -126,32 +128,28 @@ def tokenizer_output_path(model_prefix_or_output_path: str | os.PathLike) -> Pat
 
 
 def train_tokenizer(
-    input_files: str | os.PathLike | Sequence[str | os.PathLike],
+    input_files: Any,
     model_prefix_or_output_path: str | os.PathLike,
     vocab_size: int,
     character_coverage: float = 1.0,
     model_type: str = "bpe",
+    *,
+    text_field: str = "text",
+    split: str | None = None,
     **trainer_options: Any,
 ) -> Path:
-    """Train a sentencepiece model on text files (one sentence per line) and write it atomically.
+    """Train a sentencepiece model on the text of `input_files` and write it atomically.
 
-    `trainer_options` are passed to `sentencepiece.SentencePieceTrainer.train` over DEFAULT_TRAINER_OPTIONS
-    (e.g. `input_sentence_size=2_000_000` to sample very large inputs). Returns the path of the `.model` file.
+    `input_files` is one source or a list of them, each any kind training reads (text files, `.jsonl`,
+    `.jsonl.gz`, `.parquet`, a directory or glob of them, a `datasets` directory or Dataset; records' text in
+    `text_field`); `split` ("train" or "val") keeps one part of each, as training splits it. Text is given to
+    sentencepiece line by line. `trainer_options` are passed to `sentencepiece.SentencePieceTrainer.train` over
+    DEFAULT_TRAINER_OPTIONS (e.g. `input_sentence_size=2_000_000` to sample very large inputs). Returns the path
+    of the `.model` file.
     """
-    files = input_text_files("train_tokenizer", input_files)
-    return train_tokenizer_from_lines(_lines_of(files), model_prefix_or_output_path, vocab_size,
-                                      character_coverage, model_type, **trainer_options)
-
-
-def input_text_files(owner: str, input_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list:
-    """`input_files` (one path or several) as a list, each an existing file; errors name `owner` and the file."""
-    files = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
-    if not files:
-        raise ValueError(f"{owner}: input_files is empty; pass one or more text files.")
-    for f in files:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"{owner}: input file {str(f)!r} does not exist.")
-    return files
+    sources = training_sources("train_tokenizer", input_files, text_field, split)
+    return train_tokenizer_from_lines(training_lines(sources, keep_ends=False), model_prefix_or_output_path,
+                                      vocab_size, character_coverage, model_type, **trainer_options)
 
 
 def train_tokenizer_from_lines(
@@ -178,9 +176,3 @@ def train_tokenizer_from_lines(
     atomic_write(out, lambda f: f.write(model.getvalue()))
     return out
 
-
-def _lines_of(files: Sequence[str | os.PathLike]) -> Iterable[str]:
-    for f in files:
-        with open(f, encoding="utf-8", errors="replace", newline="") as text:
-            for line in text:
-                yield line.rstrip("\n")  # a "\r" stays: it is a character the model will see

@@ -129,9 +129,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, turns: torch.Tensor, start_pos: int) -> torch.Tensor:
         b, t, _ = x.shape  # (B, T, C)
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        q = self.wq(x).view(b, t, -1, self.head_dim)  # (B, T, H, D)
+        k = self.wk(x).view(b, t, -1, self.head_dim)  # (B, T, K, D)
+        v = self.wv(x).view(b, t, -1, self.head_dim)
         q, k = apply_rope(q, turns), apply_rope(k, turns)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
         mask, causal = None, True
@@ -181,22 +181,52 @@ class Block(nn.Module):
         return x + dropout(self.feed_forward(self.ffn_norm(x)), self.dropout, self.training)
 
 
+def init_parameter(config: TlamaConfig, name: str, p: torch.Tensor) -> None:
+    """Draw parameter `name` of a `config` model in place: GPT-2's N(mean, std), residual projections (`wo`, `w2`)
+    scaled by 1/sqrt(2*n_layers) (or zero, with `zero_init_residual`), norm weights 1. Draws from torch's global
+    CPU generator (for a CUDA tensor, CUDA's)."""
+    std, mean = config.weight_init_std, config.weight_init_mean
+    if p.dim() < 2:
+        p.fill_(1.0)
+    elif name.endswith(("wo.weight", "w2.weight")) and config.zero_init_residual:
+        p.zero_()
+    elif name.endswith(("wo.weight", "w2.weight")):
+        p.normal_(mean=mean, std=std / math.sqrt(2 * config.n_layers))
+    else:
+        p.normal_(mean=mean, std=std)
+
+
 class Transformer(nn.Module):
-    """A Llama decoder. `logits, loss = model(tokens, start_pos=0, targets=None)`."""
+    """A Llama decoder. `logits, loss = model(tokens, start_pos=0, targets=None)`.
+
+    Built under `torch.device("meta")` (or a sharding strategy's empty init) it holds shapes only; its weights are
+    drawn later by whoever places them (`init_weights` here, or shard by shard, `training/sharding.py`), from the
+    random state recorded at construction, so they equal those of a model built on the CPU at that moment.
+    """
 
     def __init__(self, config: TlamaConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_embeddings = nn.Embedding(config.padded_vocab_size, config.d_model)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.output = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.output.weight = self.tok_embeddings.weight
-        self.register_buffer("rope", rope_table(config), persistent=False)
+        device = torch.get_default_device()
+        with torch.device("meta"):  # shapes first: every weight is drawn once, by init_weights
+            self.tok_embeddings = nn.Embedding(config.padded_vocab_size, config.d_model)
+            self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+            self.norm = RMSNorm(config.d_model, config.norm_eps)
+            self.output = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+            self.register_buffer("rope", rope_table(config), persistent=False)  # (max_seq_len, D/2, 2)
+        self.tie_weights()
         # Recompute each block in the backward pass instead of storing its activations (long sequences).
         self.activation_checkpointing = False
-        self.reset_parameters()
+        # The random state the weights are drawn from (torch's global CPU generator at construction).
+        self.init_rng_state: torch.Tensor = torch.get_rng_state()
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
+
+    def tie_weights(self) -> None:
+        """With `tie_embeddings`, make the output layer the embedding matrix (again: moving a model may part them)."""
+        if self.config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     @classmethod
     def from_state_dict(cls, config: TlamaConfig, state: dict[str, torch.Tensor], source: str = "weights",
@@ -211,24 +241,20 @@ class Transformer(nn.Module):
         with torch.device("meta"):  # the modules' shapes without their memory: the state supplies it
             model = cls(config)
         model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True, strict=False)
-        if config.tie_embeddings:
-            model.output.weight = model.tok_embeddings.weight
+        model.tie_weights()
         model.rope = rope_table(config)
         return model.eval()
 
-    def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(mean, std) everywhere, residual projections scaled by 1/sqrt(2*n_layers)
-        (or zero, with `zero_init_residual`)."""
-        std, mean = self.config.weight_init_std, self.config.weight_init_mean
-        for name, p in self.named_parameters():
-            if p.dim() < 2:
-                nn.init.ones_(p)  # norm weights
-            elif name.endswith(("wo.weight", "w2.weight")) and self.config.zero_init_residual:
-                nn.init.zeros_(p)
-            elif name.endswith(("wo.weight", "w2.weight")):
-                nn.init.normal_(p, mean=mean, std=std / math.sqrt(2 * self.config.n_layers))
-            else:
-                nn.init.normal_(p, mean=mean, std=std)
+    def init_weights(self) -> None:
+        """Draw every weight (`init_parameter`, in `named_parameters` order) from the random state recorded at
+        construction, and build the rotary table, on the device the model is on. torch's global generator then
+        continues from where the draws leave it, as after building a model on the CPU."""
+        self.tie_weights()  # moving a model (to_empty) may have parted the tied weights
+        torch.set_rng_state(self.init_rng_state)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                init_parameter(self.config, name, p)
+        self.rope = rope_table(self.config).to(self.output.weight.device)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameter count (each tied tensor once); optionally without the input embedding."""
@@ -238,7 +264,9 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, start_pos: int = 0,
                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for tokens (B, T); with targets (B, T) also the mean cross-entropy."""
-        logits = self.output(self.hidden_states(tokens, start_pos))[..., :self.config.vocab_size]  # (B, T, V)
+        logits = self.output(self.hidden_states(tokens, start_pos))  # (B, T, padded V)
+        if logits.size(-1) != self.config.vocab_size:
+            logits = logits[..., :self.config.vocab_size]  # (B, T, V)
         loss = None
         if targets is not None:
             loss = cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -83,7 +83,10 @@ def ends_step(batch_idx: int, accum: int) -> bool:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How one run is counted: micro-batches per optimizer step, optimizer steps per epoch and in all."""
+    """How one run is counted: micro-batches per optimizer step, optimizer steps per epoch and in all.
+
+    `world_size` counts every process (device); `data_parallel` those that read distinct batches (the processes
+    of one tensor-parallel group read the same ones)."""
 
     batch_size: int
     seq_length: int
@@ -92,15 +95,21 @@ class StepPlan:
     steps_per_epoch: int
     epochs: int
     total_steps: int | None = None  # the run's optimizer steps when given (`max_steps`), else epochs x steps
+    data_parallel: int | None = None  # None: world_size
 
     @property
     def micro_batch_tokens(self) -> int:
         return self.batch_size * self.seq_length
 
     @property
+    def readers(self) -> int:
+        """Processes that read distinct batches."""
+        return self.data_parallel or self.world_size
+
+    @property
     def tokens_per_step(self) -> int:
-        """Tokens of one optimizer step on all devices: every micro-batch of every process."""
-        return self.micro_batch_tokens * self.grad_accum * self.world_size
+        """Tokens of one optimizer step on all devices: every micro-batch of every data-parallel process."""
+        return self.micro_batch_tokens * self.grad_accum * self.readers
 
     @property
     def max_steps(self) -> int:
@@ -110,11 +119,13 @@ class StepPlan:
 
 def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, total_batch_size: int,
                gradient_accumulation: bool, steps: int | None, epochs: int, world_size: int = 1,
-               max_steps: int | None = None) -> StepPlan:
+               max_steps: int | None = None, data_parallel: int | None = None) -> StepPlan:
     """Count a run in optimizer steps. An epoch holds whole steps only: a short last window is dropped
     (its loss would be divided by the full accumulation count). `max_steps` is the whole run's length and
-    overrides epochs x steps: the run takes as many epochs as it needs, the last one cut short."""
-    accum = grad_accum_steps(total_batch_size, batch_size * seq_length, world_size, gradient_accumulation)
+    overrides epochs x steps: the run takes as many epochs as it needs, the last one cut short.
+    `batches_per_epoch` is one process's; `data_parallel` (None: world_size) processes read distinct batches."""
+    readers = data_parallel or world_size
+    accum = grad_accum_steps(total_batch_size, batch_size * seq_length, readers, gradient_accumulation)
     if steps is not None and batches_per_epoch is not None and steps * accum > batches_per_epoch:
         raise ValueError(
             f"steps={steps} optimizer steps per epoch need {steps * accum} micro-batches, but train_data_loader "
@@ -131,8 +142,9 @@ def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, 
                 f"({accum} micro-batches of {batch_size}x{seq_length} tokens); lower total_batch_size or add data."
             )
     if max_steps is not None:
-        return StepPlan(batch_size, seq_length, accum, world_size, steps, -(-max_steps // steps), max_steps)
-    return StepPlan(batch_size, seq_length, accum, world_size, steps, epochs)
+        return StepPlan(batch_size, seq_length, accum, world_size, steps, -(-max_steps // steps), max_steps,
+                        data_parallel)
+    return StepPlan(batch_size, seq_length, accum, world_size, steps, epochs, None, data_parallel)
 
 
 def flops_per_token(config: TlamaConfig, seq_length: int) -> int:

@@ -41,12 +41,13 @@ class SaveRequest:
 class StepCadence(Callback):
     """Every `log_steps` a metrics row (to `sinks`: the CSV log and the loggers), every `checkpoint_steps` a
     checkpoint, a `best.ckpt` when val_loss improves, and at the last step of the run: validation, a row and a
-    checkpoint. `sinks` is None on a process that writes no files."""
+    checkpoint. Rows and files are written on global rank 0 only, and not at all when `sinks` is None (a
+    process the user said is not the master). The run's step plan is the module's (`pl_module.plan`)."""
 
-    def __init__(self, plan: StepPlan, log_steps: int, validation_steps: int, checkpoint_steps: int,
+    def __init__(self, log_steps: int, validation_steps: int, checkpoint_steps: int,
                  checkpoints_dir: str | Path, sinks: MetricSinks | None, has_validation: bool,
                  tokenizer: RunTokenizer | None = None) -> None:
-        self.plan = plan
+        self.plan: StepPlan | None = None  # the module's, from setup on
         self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
         self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
         self.checkpoints_dir = Path(checkpoints_dir)
@@ -61,7 +62,7 @@ class StepCadence(Callback):
         self.enabled = True  # off while `Trainer.train_step()` drives single steps
         self.progress: dict[str, float] = {}
         self._pending_step: int | None = None  # a step whose row and checkpoint wait for its validation
-        self.throughput = Throughput(plan.world_size)
+        self.throughput: Throughput | None = None
         self._validation_started = 0.0
         self.start_step: int | None = None  # the step this fit's training started from (None: it never started)
 
@@ -75,10 +76,14 @@ class StepCadence(Callback):
     def stepping_copy(self) -> StepCadence:
         """A disabled cadence for `Trainer.train_step()` (no rows, no periodic checkpoints) keeping this one's
         best val loss; it still measures throughput and saves on request."""
-        cadence = StepCadence(self.plan, 1, 1, 1, self.checkpoints_dir, None, has_validation=False)
+        cadence = StepCadence(1, 1, 1, self.checkpoints_dir, None, has_validation=False)
         cadence.enabled = False
         cadence.load_state_dict(self.state_dict())
         return cadence
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.plan = pl_module.plan
+        self.throughput = Throughput(self.plan.world_size)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
@@ -178,7 +183,7 @@ class StepCadence(Callback):
         logs = step % self.log_steps == 0 or val is not None or final
         if logs or step % self.checkpoint_steps == 0:
             # The mean over processes (every rank reaches this point at the same step): the one sync of a step.
-            rec.loss = trainer.strategy.reduce(rec.loss, reduce_op="mean")
+            pl_module.reduce_step_loss()
             first_bad = pl_module.first_bad_step.float()
             if trainer.world_size > 1:  # a rank alone raising would leave the others waiting in a collective
                 first_bad = trainer.strategy.reduce(first_bad, reduce_op="max")

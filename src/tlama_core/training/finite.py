@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from tlama_core.training.checkpointing import find_last_checkpoint
 
@@ -21,7 +22,7 @@ def weights_finite(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
     fraction of what writing the checkpoint costs. A norm can also overflow from huge finite values; only then
     (never on the usual path) each tensor is checked element by element, so such weights still count as finite.
     """
-    tensors = [p.detach() for p in parameters if p.is_floating_point()]
+    tensors = [local(p.detach()) for p in parameters if p.is_floating_point()]
     if not tensors:
         return torch.tensor(True)
     finite = torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
@@ -30,9 +31,15 @@ def weights_finite(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (FSDP2, tensor parallel), the tensor itself otherwise: the check reduces
+    plain flags across processes (a DTensor norm has no all-reduce of its own for gloo/NCCL to run)."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def check_weights_finite(trainer: Any, pl_module: Any, step: int, checkpoints_dir: Path | None = None) -> None:
     """Raise before a checkpoint of non-finite weights is written; every process calls it at the same step and
-    they agree (with FSDP each holds a shard), so all stop together. `checkpoints_dir`: the run's own, whose
+    they agree (sharded, each checks its own shard), so all stop together. `checkpoints_dir`: the run's own, whose
     "last" the error names."""
     finite = weights_finite(pl_module.parameters())
     if trainer.world_size > 1:  # on the strategy's device: after fit Lightning has moved the module to the CPU

@@ -77,8 +77,11 @@ class HookBridge(Callback):
         if ends_step(batch_idx, trainer.accumulate_grad_batches):
             # No Lightning hook follows the optimizer step itself; nothing user-visible happens between it and here.
             self.fire("on_optimizer_step_end")
-            if self._receivers("on_step_end"):  # its metrics read device values: only for a listener
-                self.fire("on_step_end", hook_metrics(pl_module.last_step))
+            # Its metrics read device values and average the loss over processes (a collective, which every process
+            # joins whichever of them runs the hook): only when some callback listens.
+            if any(hasattr(cb, "on_step_end") for cb in self.callbacks):
+                rec = pl_module.reduce_step_loss()
+                self.fire("on_step_end", hook_metrics(rec))
             _checkpoint_io(trainer).poll()  # on_checkpoint_end for files whose background commit has finished
 
     def on_validation_start(self, trainer, pl_module) -> None:

@@ -39,6 +39,18 @@ def clear_sigterm_flag(trainer: L.Trainer) -> None:
     trainer._signal_connector.received_sigterm = False
 
 
+# The facade counts in optimizer steps; Lightning's counters are micro-batches, and the accumulation depends on the
+# world size, which only the built lightning.Trainer knows. The facade builds that one Trainer, then sets these from
+# its step plan before anything runs (each is what the same keyword of lightning.Trainer(...) would have set).
+def set_loop_counts(trainer: L.Trainer, *, max_epochs: int, max_steps: int, limit_train_batches: int | None,
+                    accumulate_grad_batches: int, val_check_interval: int | None) -> None:
+    trainer.fit_loop.max_epochs = max_epochs
+    trainer.fit_loop.epoch_loop.max_steps = max_steps
+    trainer.limit_train_batches = 1.0 if limit_train_batches is None else limit_train_batches
+    trainer.accumulate_grad_batches = accumulate_grad_batches
+    trainer.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
+
+
 # `Trainer.train_step()` re-enters fit for exactly one more optimizer step: the epoch loop's step budget.
 def allow_one_more_step(trainer: L.Trainer) -> None:
     trainer.fit_loop.epoch_loop.max_steps = trainer.global_step + 1
@@ -76,3 +88,19 @@ def restore_epoch_position(checkpoint: dict[str, Any], epoch_batches: int) -> No
                 counts["processed"] = counts["completed"] = counts["started"]
             progress["current"] = dict.fromkeys(progress["current"], 0)
             progress["is_last_batch"] = False
+
+
+# ModelParallelStrategy keeps its mesh sizes private until its processes start; the step arithmetic needs them when
+# the run is built (processes that share a tensor-parallel group read the same batches), and "fsdp2" sets them.
+def model_parallel_sizes(strategy: Any, world_size: int) -> tuple[int, int]:
+    """(data_parallel_size, tensor_parallel_size) a ModelParallelStrategy will build its mesh with."""
+    dp, tp = strategy._data_parallel_size, strategy._tensor_parallel_size
+    if dp == "auto":
+        dp = strategy.num_nodes
+    if tp == "auto":
+        tp = world_size // dp
+    return int(dp), int(tp)
+
+
+def set_model_parallel_sizes(strategy: Any, data_parallel_size: int, tensor_parallel_size: int) -> None:
+    strategy._data_parallel_size, strategy._tensor_parallel_size = data_parallel_size, tensor_parallel_size

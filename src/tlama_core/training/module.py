@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
+from torch.distributed.tensor import DTensor
 from torchmetrics import MeanMetric
 
 from tlama_core.checkpoints import CheckpointError
@@ -20,6 +21,16 @@ from tlama_core.training.checks import check_rate
 from tlama_core.training.finite import check_weights_finite
 from tlama_core.training.optim import MuonAdamW, build_optimizer, check_muon_strategy
 from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule, fit_schedule_to_run
+from tlama_core.training.sharding import (
+    compile_blocks,
+    data_parallel,
+    has_meta,
+    is_model_parallel,
+    is_sharded,
+    materialize,
+    shard_loaders,
+    shard_model,
+)
 
 
 @dataclass
@@ -32,6 +43,7 @@ class StepRecord:
     grad_norm: torch.Tensor | None  # before clipping
     seconds: float
     tokens: int  # on all devices
+    reduced: bool = False  # `loss` is the mean over processes (`TlamaLightningModule.reduce_step_loss`)
 
 
 class TlamaLightningModule(L.LightningModule):
@@ -117,6 +129,10 @@ class TlamaLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._restart_step_clock()  # the first step's time includes loading its first batch
+        rank, readers = data_parallel(self.trainer.strategy, self.global_rank, self.trainer.world_size)
+        if readers != self.trainer.world_size:  # a tensor-parallel group's processes read the same batches (the
+            val = self.trainer.val_dataloaders  # facade shards its loaders so; on a plain lightning.Trainer, here)
+            shard_loaders(rank, readers, self.trainer.train_dataloader, *(val if isinstance(val, list) else [val]))
         if self.log_to_loggers:
             for logger in self.loggers:
                 logger.log_hyperparams(self.hyperparameters())
@@ -132,10 +148,40 @@ class TlamaLightningModule(L.LightningModule):
                 "optimizer": type(self.optimizer).__name__ if self.optimizer is not None else "AdamW",
                 "scheduler": dataclasses.asdict(schedule) if isinstance(schedule, LRSchedule) else repr(schedule)}
 
-    # ---- optimisation -------------------------------------------------------------------------------
+    # ---- the model on the strategy's devices ------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
+        """Lightning calls this at every fit (and validate): under ModelParallelStrategy shard the model (tensor
+        parallel, then FSDP2, compiled per block); give a meta-device model its memory and weights; compile."""
+        strategy = self.trainer.strategy
+        if is_model_parallel(strategy) and not is_sharded(self.model):
+            if self.muon:
+                check_muon_strategy(strategy)
+            if self.compile_model:
+                compile_blocks(self.model)
+            shard_model(self.model, self.device_mesh, mixed_precision=str(self.trainer.precision) == "bf16-mixed")
+        if has_meta(self.model):
+            materialize(self.model, strategy.root_device)
+        if self.compile_model and not is_sharded(self.model) and getattr(self.model, "_compiled_call_impl",
+                                                                         None) is None:
             self.model.compile()
+
+    def on_fit_start(self) -> None:
+        # Lightning only checks that configure_model is overridden: one that shards nothing would train
+        # unsynchronised replicas (nothing all-reduces their gradients), without a word.
+        if is_model_parallel(self.trainer.strategy) and not is_sharded(self.model):
+            raise RuntimeError(
+                f"{type(self).__name__}: the strategy is {type(self.trainer.strategy).__name__}, which leaves "
+                "sharding to the module's configure_model, and the model was not sharded: its processes would "
+                "train unsynchronised copies. Call super().configure_model() in your configure_model, or use "
+                "strategy='ddp'.")
+
+    def readers(self) -> int:
+        """Processes reading distinct batches (every process, less tensor parallelism's duplicates)."""
+        if self.plan is not None:
+            return self.plan.readers
+        return data_parallel(self.trainer.strategy, self.global_rank, self.trainer.world_size)[1]
+
+    # ---- optimisation -------------------------------------------------------------------------------
 
     def configure_optimizers(self):
         if self.optimizer is None:
@@ -171,11 +217,12 @@ class TlamaLightningModule(L.LightningModule):
         # Lightning's own clipping discards the total norm; clip_grad_norm_ returns it, so the logged norm
         # (before clipping) costs no second pass over the gradients.
         max_norm = gradient_clip_val if gradient_clip_val else math.inf
-        strategy_clip = getattr(self.trainer.model, "clip_grad_norm_", None)  # FSDP shards need its own
+        strategy_clip = getattr(self.trainer.model, "clip_grad_norm_", None)  # FSDP1's shards need its own
         if callable(strategy_clip) and self.trainer.model is not self:
             self._grad_norm = strategy_clip(max_norm)
-        else:
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm, foreach=True)
+        else:  # FSDP2 and tensor-parallel gradients are DTensors: the norm comes out global (a replicated DTensor)
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm, foreach=True)
+            self._grad_norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         lr = optimizer.param_groups[0]["lr"]
@@ -184,10 +231,18 @@ class TlamaLightningModule(L.LightningModule):
         step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
         seconds = time.perf_counter() - self._step_clock - self._excluded_seconds
         self._restart_step_clock()
-        tokens = self._step_tokens * self.trainer.world_size  # the tokens read, not planned: a short batch counts short
+        tokens = self._step_tokens * self.readers()  # the tokens read, not planned: a short batch counts short
         self.last_step = StepRecord(step, loss, lr, self._grad_norm, seconds, tokens)
         bad_now = (self.first_bad_step == 0) & ~torch.isfinite(loss)
         self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
+
+    def reduce_step_loss(self) -> StepRecord:
+        """The latest step's record with its loss averaged over processes (once: a collective, so every process
+        calls this at the same step ends). The CSV row, the loggers and `on_step_end` all report this mean."""
+        rec = self.last_step
+        if not rec.reduced:
+            rec.loss, rec.reduced = self.trainer.strategy.reduce(rec.loss, reduce_op="mean"), True
+        return rec
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if ends_step(batch_idx, self.trainer.accumulate_grad_batches) and self.last_step is not None:

@@ -26,7 +26,7 @@ class StepProgressBar(TQDMProgressBar):
     @property
     def total_train_batches(self) -> int | float:
         total = super().total_train_batches
-        return total if math.isinf(total) else total // self.cadence.plan.grad_accum
+        return total if math.isinf(total) else total // self.trainer.accumulate_grad_batches
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if ends_step(batch_idx, trainer.accumulate_grad_batches):

@@ -10,10 +10,12 @@ from typing import Any
 class StepLoader:
     """`accum` micro-batches at a time from one iterator over the train loader, kept across `train_step()` calls."""
 
-    # The stepping lightning.Trainer's own loop bounds: no epochs, no limits, no validation (the steps are counted
-    # by `lightning_internals.allow_one_more_step`).
-    TRAINER_KWARGS = {"max_epochs": -1, "limit_train_batches": None, "val_check_interval": None,
-                      "limit_val_batches": 0}
+    @staticmethod
+    def loop_counts(accum: int) -> dict[str, Any]:
+        """The stepping lightning.Trainer's loop bounds: no epochs, no limits, no validation (the steps are counted
+        by `lightning_internals.allow_one_more_step`)."""
+        return {"max_epochs": -1, "max_steps": -1, "limit_train_batches": None, "accumulate_grad_batches": accum,
+                "val_check_interval": None}
 
     def __init__(self, loader: Any, accum: int) -> None:
         self.loader, self.accum = loader, accum

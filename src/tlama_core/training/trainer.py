@@ -7,6 +7,7 @@ sync; Lightning executes. Each mechanism it adds lives in a module named for it 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import time
@@ -17,6 +18,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import Strategy
 
 from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.data.workers import shield_workers
@@ -44,6 +46,7 @@ from tlama_core.training.progress import StepProgressBar, print_end, print_start
 from tlama_core.training.run_files import RunTokenizer
 from tlama_core.training.run_lock import RunLock
 from tlama_core.training.scheduler import fit_schedule_to_run
+from tlama_core.training.sharding import check_tensor_parallel, data_parallel, shard_loaders
 from tlama_core.training.signals import TakeBackSigterm, stop_on_signals
 from tlama_core.training.stepping import StepLoader
 
@@ -105,6 +108,9 @@ class Trainer:
         loggers = build_loggers(logger, logs_dir)
         hooks, self._lightning_callbacks = arguments.split_callbacks(callbacks, overrides.pop("callbacks", None),
                                                                      loggers, checkpoints_dir)
+        # train_step() builds a second lightning.Trainer, which needs a strategy object of its own: a Trainer
+        # configures the one it is given in place (accelerator, checkpoint IO), so keep an unused copy.
+        self._stepper_strategy = copy.deepcopy(strategy) if isinstance(strategy, Strategy) else strategy
         self._lightning_kwargs = {
             "accelerator": accelerator, "devices": devices, "num_nodes": num_nodes, "strategy": strategy,
             "precision": self.precision, "gradient_clip_val": gradient_clip_val or None,
@@ -116,31 +122,36 @@ class Trainer:
             **overrides, "plugins": [self._checkpoint_io, *overrides.get("plugins", [])],
         }
 
-        # ---- the step arithmetic (the world size is known only to a built lightning.Trainer: a probe tells it)
-        with quiet_lightning(verbose):
-            probe = L.Trainer(**{**self._lightning_kwargs, "logger": False, "enable_progress_bar": False})
-        self.plan: StepPlan = plan_steps(batch_size, seq_length, sized_len(train_data_loader),
-                                         total_batch_size, gradient_accumulation, steps, epochs, probe.world_size,
-                                         max_steps)
+        # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the one Lightning trainer
+        self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir)
+        self._checkpoint_io.annotations.update(self._tokenizer.annotations)  # generate/convert find the run's
+        csv_log = CsvLog(self.log_file) if master_process else None
+        sinks = MetricSinks(csv_log) if master_process else None
+        self._bridge = HookBridge(self, hooks)
+        self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
+        self._cadence = StepCadence(log_steps, validation_steps, checkpoint_steps, checkpoints_dir, sinks,
+                                    has_validation=val_data_loader is not None, tokenizer=self._tokenizer)
+        self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and master_process)
+        self.master_process = master_process and self._trainer.is_global_zero
+        self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
+        self._csv = csv_log if self.master_process else None
+        self.device: torch.device = self._trainer.strategy.root_device
+
+        # ---- the step arithmetic: the built trainer knows the world size; the loaders read this process's share
+        world, rank = self._trainer.world_size, self._trainer.global_rank
+        reader, readers = data_parallel(self._trainer.strategy, rank, world)
+        if readers != world:
+            check_tensor_parallel(self.model.config, world // readers)
+        if world > 1:
+            shard_loaders(reader, readers, train_data_loader, val_data_loader)
+        self.plan: StepPlan = plan_steps(batch_size, seq_length, sized_len(train_data_loader), total_batch_size,
+                                         gradient_accumulation, steps, epochs, world, max_steps, readers)
+        self._count_in_steps(self._trainer)
         self.grad_accum_steps = self.plan.grad_accum
         module.seed, module.plan, module.compile_model = seed, self.plan, compile
         module.schedule = fit_schedule_to_run(module.schedule, self.plan.max_steps)
         module.log_to_loggers = False  # the metrics row reaches the loggers (one producer, one x axis)
         self.model.activation_checkpointing = activation_checkpointing
-
-        # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the Lightning trainer
-        self.master_process = master_process and probe.is_global_zero
-        self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
-        self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir)
-        self._checkpoint_io.annotations.update(self._tokenizer.annotations)  # generate/convert find the run's
-        self._csv = CsvLog(self.log_file) if self.master_process else None
-        sinks = MetricSinks(self._csv) if self.master_process else None
-        self._bridge = HookBridge(self, hooks)
-        self._checkpoint_io.listeners.append(self._bridge.checkpoint_written)
-        self._cadence = StepCadence(self.plan, log_steps, validation_steps, checkpoint_steps, checkpoints_dir,
-                                    sinks, has_validation=val_data_loader is not None, tokenizer=self._tokenizer)
-        self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and self.master_process)
-        self.device: torch.device = self._trainer.strategy.root_device
         if module.optimizer is None and not shards_parameters(strategy):  # a module's own optimizer stays
             module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
                                                muon=module.muon)
@@ -162,14 +173,16 @@ class Trainer:
         if cadence.enabled:  # train(): the cadence stops at a step end; train_step() keeps Lightning's own handler
             callbacks.append(TakeBackSigterm(self._on_stop_signal))
         kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress,
-                  "callbacks": callbacks + ([StepProgressBar(cadence)] if progress else []),
-                  "max_epochs": self.plan.epochs, "max_steps": self.plan.max_steps,
-                  "limit_train_batches": self.plan.steps_per_epoch * self.plan.grad_accum,
-                  "accumulate_grad_batches": self.plan.grad_accum,
-                  "val_check_interval": self._cadence.validation_steps * self.plan.grad_accum,  # in micro-batches
-                  **overrides}
-        with quiet_lightning(self.verbose and self.master_process):
+                  "callbacks": callbacks + ([StepProgressBar(cadence)] if progress else []), **overrides}
+        with quiet_lightning(self.verbose and progress):
             return L.Trainer(**kwargs)
+
+    def _count_in_steps(self, trainer: L.Trainer) -> None:
+        """Set the trainer's loop counters (micro-batches) from the step plan (optimizer steps)."""
+        p = self.plan
+        lightning_internals.set_loop_counts(
+            trainer, max_epochs=p.epochs, max_steps=p.max_steps, limit_train_batches=p.steps_per_epoch * p.grad_accum,
+            accumulate_grad_batches=p.grad_accum, val_check_interval=self._cadence.validation_steps * p.grad_accum)
 
     # ---- documented attributes -----------------------------------------------------------------------
     @property
@@ -254,12 +267,14 @@ class Trainer:
             bridge.run_hooks = False
             self._checkpoint_io.listeners = [bridge.checkpoint_written]
             self._cadence = self._cadence.stepping_copy()
-            self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False, **StepLoader.TRAINER_KWARGS)
+            self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False,
+                                                    strategy=self._stepper_strategy, limit_val_batches=0)
+            lightning_internals.set_loop_counts(self._stepper, **StepLoader.loop_counts(self.plan.grad_accum))
             self._step_loader = StepLoader(self.train_data_loader, self.plan.grad_accum)
         lightning_internals.allow_one_more_step(self._stepper)
         with quiet_lightning(False):
             self._stepper.fit(self._module, train_dataloaders=self._step_loader)
-        return hook_metrics(self._module.last_step)
+        return hook_metrics(self._module.reduce_step_loss())
 
     def request_stop(self) -> None:
         """Stop `train()` after the current optimizer step (validated, logged and checkpointed); callable from

@@ -1,0 +1,206 @@
+"""Past one device: Lightning strategy objects through the facade, FSDP2 and tensor parallel on ModelParallelStrategy
+(CPU processes on gloo), compared with DDP and with one process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+from trainer_utils import WindowLoader, tiny_model
+
+from tlama_core.data import builtin_corpus_path
+from tlama_core.models import TlamaConfig
+from tlama_core.training import TlamaLightningModule, Trainer
+from tlama_core.training.csv_log import read_rows
+from tlama_core.training.sharding import check_tensor_parallel
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_left():
+    """A strategy that starts torch.distributed in this process (DDP or FSDP2 on one device) leaves it running."""
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def make(tmp_path: Path, **kwargs) -> Trainer:
+    defaults = dict(total_batch_size=4 * 16 * 2, steps=3, log_steps=1, checkpoint_steps=3, validation_steps=3,
+                    use_mixed_precision=False, checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"),
+                    verbose=False, accelerator="cpu", devices=1)
+    return Trainer(tiny_model(), WindowLoader(32, 4, 16), **{**defaults, **kwargs})
+
+
+def losses(directory: Path) -> list[float]:
+    return [float(r["train_loss"]) for r in read_rows(directory / "logs" / "train_log.csv")]
+
+
+# ---- one process ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", [SingleDeviceStrategy(device="cpu"), DDPStrategy()], ids=["single", "ddp"])
+def test_a_lightning_strategy_object_is_the_strategy_the_run_uses(tmp_path, strategy):
+    reference = make(tmp_path / "auto")
+    reference.train()
+    t = make(tmp_path / "object", strategy=strategy)
+    assert t._trainer.strategy is strategy
+    t.train()
+    assert losses(tmp_path / "object") == pytest.approx(losses(tmp_path / "auto"), rel=1e-6)
+
+
+def test_train_step_with_a_strategy_object_builds_its_own_lightning_trainer(tmp_path):
+    t = make(tmp_path, strategy=SingleDeviceStrategy(device="cpu"))
+    rows = [t.train_step() for _ in range(2)]
+    assert [r["step"] for r in rows] == [1, 2] and t.current_step == 2
+
+
+def test_fsdp2_on_one_process_trains_as_the_single_device_run(tmp_path):
+    reference = make(tmp_path / "auto")
+    reference.train()
+    t = make(tmp_path / "fsdp2", strategy="fsdp2")
+    assert t.optimizer is None  # built once the parameters are sharded
+    t.train()
+    assert losses(tmp_path / "fsdp2") == pytest.approx(losses(tmp_path / "auto"), rel=1e-5)
+    step3 = tmp_path / "fsdp2" / "ckpt" / "step=00000003.ckpt"
+    assert step3.is_dir() and (step3 / "__0_0.distcp").is_file()  # a distributed checkpoint
+
+
+def test_a_module_that_shards_nothing_under_model_parallel_is_an_error(tmp_path):
+    class Unsharded(TlamaLightningModule):
+        def configure_model(self) -> None:
+            pass
+
+    module = Unsharded(model=tiny_model())
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=ModelParallelStrategy(1, 1), max_steps=1,
+                        logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="was not sharded.*super\\(\\).configure_model"):
+        trainer.fit(module, train_dataloaders=WindowLoader(8, 4, 16))
+
+
+def test_muon_under_fsdp2_is_refused_naming_adamw(tmp_path):
+    module = TlamaLightningModule(model=tiny_model(), muon=True)
+    with pytest.raises(ValueError, match="muon=True with strategy='fsdp2'.*AdamW"):
+        Trainer(module, WindowLoader(32, 4, 16), strategy="fsdp2", accelerator="cpu", devices=1, verbose=False,
+                checkpoints_dir=str(tmp_path / "c"), logs_dir=str(tmp_path / "l"))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"n_heads": 3, "n_kv_heads": 3}, "n_heads=3 and n_kv_heads=3 must be multiples"),
+    ({"n_heads": 4, "n_kv_heads": 1}, "n_kv_heads=1 must be multiples"),
+    ({"n_heads": 4, "n_kv_heads": 2, "tie_embeddings": True}, "tie_embeddings=True"),
+])
+def test_tensor_parallel_refuses_a_model_it_cannot_split(fields, message):
+    config = TlamaConfig(vocab_size=64, d_model=48, n_layers=1, max_seq_len=8, **fields)
+    with pytest.raises(ValueError, match=message):
+        check_tensor_parallel(config, 2)
+
+
+def test_lightnings_device_banner_prints_once(tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        make(tmp_path, verbose=True).train()
+    assert sum("GPU available" in r.getMessage() for r in caplog.records) == 1
+
+
+# ---- several processes ----------------------------------------------------------------------------------------
+def launch(script: str, out: Path, *args: str, timeout: int = 300) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(Path(builtin_corpus_path()).read_text()[:40_000])
+    done = subprocess.run([sys.executable, str(HERE / script), str(out), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def column(out: Path, name: str) -> list[float]:
+    with open(out / "logs" / "train_log.csv", newline="") as f:
+        return [float(r[name]) for r in csv.DictReader(f) if r[name]]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    """The reference: 2 processes under DDP, 8 steps, fp32."""
+    out = tmp_path_factory.mktemp("ddp")
+    launch("shard_run.py", out, "ddp", "2")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp2")
+    launch("shard_run.py", out, "fsdp2", "2")
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_processes_trains_as_ddp_does(ddp_run, fsdp2_run):
+    assert column(fsdp2_run, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
+    assert column(fsdp2_run, "val_loss") == pytest.approx(column(ddp_run, "val_loss"), rel=1e-4)
+    assert len(column(fsdp2_run, "val_loss")) == 2 and len(column(fsdp2_run, "train_loss")) == 8
+    assert column(fsdp2_run, "grad_norm") == pytest.approx(column(ddp_run, "grad_norm"), rel=1e-3)  # global norm
+    # Each process saved its own shards; one CSV log, written once.
+    for step in (4, 8):
+        shards = sorted(p.name for p in (fsdp2_run / "ckpt" / f"step={step:08d}.ckpt").iterdir())
+        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    assert sorted(p.name for p in (fsdp2_run / "logs").iterdir()) == ["train_log.csv"]
+    # An all_ranks hook sees, on every process, the row the CSV gets (the loss averaged over processes).
+    for rank in (0, 1):
+        rows = json.loads((fsdp2_run / f"steps_rank{rank}.json").read_text())
+        assert [r["train_loss"] for r in rows] == column(fsdp2_run, "train_loss")
+        assert [r["grad_norm"] for r in rows] == column(fsdp2_run, "grad_norm")
+
+
+@pytest.mark.slow
+def test_a_meta_device_fsdp2_run_resumes_exactly_from_its_sharded_checkpoint(tmp_path, fsdp2_run):
+    """Built on the meta device (each process draws only its shards): the same weights, so the same losses as the
+    run built on the CPU; stopped at step 4 and resumed, it ends as the uninterrupted run."""
+    launch("shard_run.py", tmp_path, "fsdp2", "2", "--steps", "4", "--meta")
+    launch("shard_run.py", tmp_path, "fsdp2", "2", "--steps", "8", "--resume", "--meta")
+    assert column(tmp_path, "train_loss") == column(fsdp2_run, "train_loss")
+
+
+@pytest.mark.slow
+def test_two_by_two_fsdp2_and_tensor_parallel_train_as_ddp_does(tmp_path, ddp_run):
+    launch("shard_run.py", tmp_path, "2x2", "4", "--meta", timeout=600)  # each process draws its 2-D shards
+    assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
+    assert column(tmp_path, "val_loss") == pytest.approx(column(ddp_run, "val_loss"), rel=1e-4)
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "step=00000008.ckpt").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp", "meta.pt"]
+
+
+@pytest.mark.slow
+def test_a_plain_lightning_trainer_with_model_parallel_strategy_shards_and_synchronises(tmp_path, ddp_run):
+    """The module on lightning.Trainer(strategy=ModelParallelStrategy(2, 1)): it shards, so the gradients are
+    averaged and the loss is DDP's (unsharded replicas drift apart from the first update)."""
+    launch("shard_run.py", tmp_path, "2x1", "2", "--plain")
+    plain = [json.loads((tmp_path / f"plain_rank{r}.json").read_text()) for r in (0, 1)]
+    assert plain[0] == plain[1]
+    assert plain[0] == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_train_step_under_fsdp2_steps_as_train_does(tmp_path, fsdp2_run):
+    launch("shard_run.py", tmp_path, "fsdp2", "2", "--stepping", "3")
+    for rank in (0, 1):
+        rows = json.loads((tmp_path / f"stepping_rank{rank}.json").read_text())
+        assert [r["train_loss"] for r in rows] == pytest.approx(column(fsdp2_run, "train_loss")[:3], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_meta_device_model_gets_the_one_process_weights_shard_by_shard(tmp_path):
+    launch("shard_init.py", tmp_path, timeout=300)
+    for layout in ("2x1", "1x2"):
+        for rank in (0, 1):
+            report = json.loads((tmp_path / f"init_{layout}_rank{rank}.json").read_text())
+            assert report["differ"] == [] and report["names_equal"] and report["rope_equal"], (layout, report)
+            assert report["all_sharded"] and report["next_draw_equal"], (layout, report)
+            assert report["local_bytes"] < 0.55 * report["full_bytes"], (layout, report)  # about half on each
