@@ -17,7 +17,7 @@ from tlama_core.data import builtin_tokenizer_path, load_tokenizer, train_tokeni
 from tlama_core.data import cache as cache_module
 from tlama_core.data import text as text_module
 from tlama_core.data.cache import cached_tokens
-from tlama_core.data.encoding import chunking_of, cut
+from tlama_core.data.encoding import Chunking, chunking_of, cut
 from tlama_core.data.sources import resolve_source
 
 
@@ -64,9 +64,11 @@ def test_parallel_build_equals_serial_build(data_text, tmp_path, monkeypatch, re
 
 FOREIGN_TOKENIZERS = {  # options a tokenizer made elsewhere may have, and how the cache must then cut text
     "sentencepiece-defaults": ({"normalization_rule_name": "nmt_nfkc", "remove_extra_whitespaces": True,
-                                "add_dummy_prefix": True, "user_defined_symbols": []}, "plain"),
-    "piece-across-lines": ({"user_defined_symbols": ["\n", "\nThe"]}, "whole"),
-    "llama-like": ({"add_dummy_prefix": True, "user_defined_symbols": [], "byte_fallback": True}, "after_newline"),
+                                "add_dummy_prefix": True, "user_defined_symbols": []}, Chunking("plain", "plain")),
+    "piece-across-lines": ({"user_defined_symbols": ["\n", "\nThe"]}, Chunking(None, "plain")),
+    "llama-like": ({"add_dummy_prefix": True, "user_defined_symbols": [], "byte_fallback": True},
+                   Chunking("after_newline", "after_newline")),
+    "piece-across-spaces": ({"split_by_whitespace": False}, Chunking("plain", None)),
 }
 
 
@@ -76,7 +78,7 @@ def test_foreign_sentencepiece_ids_equal_the_whole_document_encoding(data_text, 
     tok = train_tokenizer(data_text, tmp_path / "other.model", vocab_size=400, **options)
     sp = load_tokenizer(tok).processor
     assert chunking_of(load_tokenizer(tok)) == chunking
-    assert chunking_of(load_tokenizer(builtin_tokenizer_path())) == "plain"
+    assert chunking_of(load_tokenizer(builtin_tokenizer_path())) == Chunking("plain", "plain")
     monkeypatch.setattr(text_module, "PIECE_BYTES", 512)  # many pieces: every cut must keep the ids
     entry = cached_tokens(resolve_source(data_text), tok, tmp_path / "cache")
     assert ids_of(entry).tolist() == reference_ids([data_text.read_text(encoding="utf-8")], sp)

@@ -124,6 +124,26 @@ def test_empty_records_are_skipped_and_counted_in_one_warning(tmp_path, referenc
     assert all_ids(loader) == reference_ids(DOCS[:20])
 
 
+@pytest.mark.parametrize("block", [64, 1 << 20])
+def test_jsonl_lines_longer_than_a_read_block_are_read_whole(tmp_path, block, monkeypatch):
+    """JSONL is read a block at a time, a longer line in one read of its own: every record, blank line, line
+    number and a last line without its "\n" come out as `json.loads` of each line says."""
+    from tlama_core.data import documents
+
+    monkeypatch.setattr(documents, "LINE_BLOCK", block)
+    records = [{"text": DOCS[0] * 3}, {"text": "short"}, None, {"text": DOCS[1]}, None, None, {"text": "x" * 200},
+               {"text": "caf\u00e9 " * 40}, {"text": "last, without its line end"}]
+    lines = ["   " if r is None else json.dumps(r, ensure_ascii=False) for r in records]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    (unit,) = documents.plan((path,), None, None, 1 << 20, 0.9)
+    assert list(documents.read(unit, "text")) == ["" if r is None else r["text"] for r in records]
+    path.write_text("\n".join(lines[:-1]) + "\n" + json.dumps({"title": "no text"}) + "\n", encoding="utf-8")
+    (unit,) = documents.plan((path,), None, None, 1 << 20, 0.9)
+    with pytest.raises(ValueError, match=r"c\.jsonl, line 9: no field text_field='text'"):
+        list(documents.read(unit, "text"))
+
+
 def test_record_without_the_field_names_file_line_and_fields(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", DOCS[:5], field="content")
     with pytest.raises(ValueError, match=r"c\.jsonl, line 1: no field text_field='text'.*\['content', 'id'\]"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,22 +36,23 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, unique: bool = False) -> Iterator[Path]:
     """Yield `PATH.tmp` in the same directory for a writer that wants a path (torch.save's own writer is faster
-    than a file object); once it is written, fsync it and rename it onto `path`.
+    than a file object); once it is written, fsync it and rename it onto `path`. `unique`: a temporary of this
+    writer's own (see `temporary_path`).
 
     On any exception the temporary file is removed and `path` keeps its previous contents.
     """
-    with staged(path) as tmp:
+    with staged(path, unique) as tmp:
         yield tmp
     commit(tmp, path)
 
 
 @contextmanager
-def staged(path: str | os.PathLike) -> Iterator[Path]:
+def staged(path: str | os.PathLike, unique: bool = False) -> Iterator[Path]:
     """Yield `PATH.tmp` to write `path`'s new contents into, removed if the writing fails; the caller commits it
     (`commit`), now or later (a checkpoint's commit runs in the background)."""
-    tmp = temporary_path(path)
+    tmp = temporary_path(path, unique)
     try:
         yield tmp
     except BaseException:
@@ -58,12 +60,14 @@ def staged(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def temporary_path(path: str | os.PathLike) -> Path:
+def temporary_path(path: str | os.PathLike, unique: bool = False) -> Path:
     """Where a writer of `path` writes first: `PATH.tmp` in the same directory (created if missing), a name no
-    reader takes for a finished file and that `remove_stale_temporaries` cleans up."""
+    reader takes for a finished file and that `remove_stale_temporaries` cleans up. `unique`: `PATH.PID-RANDOM.tmp`,
+    which no other writer of `path` uses (found by `remove_stale_temporaries(dir, "PATH*")`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + TMP_SUFFIX)
+    own = f".{os.getpid()}-{secrets.token_hex(4)}" if unique else ""
+    return path.with_name(path.name + own + TMP_SUFFIX)
 
 
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -78,15 +82,15 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_open(path: str | os.PathLike, unique: bool = False) -> Iterator[BinaryIO]:
     """`atomic_path` for a writer that wants an open binary file."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, unique) as tmp, open(tmp, "wb") as f:
         yield f
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], unique: bool = False) -> None:
     """Call `write(f)` on a temporary file and move it onto `path` atomically."""
-    with atomic_open(path) as f:
+    with atomic_open(path, unique) as f:
         write(f)
 
 
@@ -105,10 +109,14 @@ def remove_stale_temporaries(directory: str | os.PathLike, pattern: str) -> list
     return stale
 
 
+class DiskFullError(OSError):
+    """The disk (or quota) filled up while writing a file; the message names it, the space left and the fix."""
+
+
 def disk_full_error(err: BaseException, path: str | os.PathLike, needed: int | None = None,
-                    then: str = "free space there (or choose another directory) and run again") -> OSError | None:
-    """An OSError saying the disk is full, naming the file and its directory, when `err` (raised writing `path`,
-    with `PATH.tmp` not yet removed) came of a full disk or quota; else None.
+                    then: str = "free space there (or choose another directory) and run again") -> DiskFullError | None:
+    """A DiskFullError saying the disk is full, naming the file and its directory, when `err` (raised writing
+    `path`, with `PATH.tmp` not yet removed) came of a full disk or quota; else None.
 
     Python's writes raise ENOSPC/EDQUOT; torch.save's C++ writer raises a bare RuntimeError ('basic_ios::clear:
     iostream error', 'unexpected pos'), judged here by the space left: less than the `needed` bytes still to go.
@@ -126,8 +134,8 @@ def disk_full_error(err: BaseException, path: str | os.PathLike, needed: int | N
         return None
     size = f"{needed / 2**20:.1f} MiB needed, " if needed else ""
     free = _free_bytes(path.parent) / 2**20
-    return OSError(errno.ENOSPC, f"disk full (No space left on device) writing {path.name} in {path.parent}/ "
-                                 f"({size}{free:.1f} MiB free); nothing was replaced: {then}", str(path))
+    return DiskFullError(errno.ENOSPC, f"disk full (No space left on device) writing {path.name} in {path.parent}/ "
+                                        f"({size}{free:.1f} MiB free); nothing was replaced: {then}", str(path))
 
 
 def _free_bytes(directory: Path) -> int:

@@ -4,6 +4,7 @@
     tlama generate --checkpoint PATH --prompt TEXT         sample text from any weights
     tlama evaluate --model PATH --data PATH               loss, perplexity, bits/char (JSON on stdout)
     tlama prepare --data PATH_OR_GLOB --tokenizer T --out DIR [--shard I --num_shards N]   tokenize ahead
+    tlama prepare --verify DIR                             check shards against their sidecars' hashes
     tlama tokenizer train --input DATA... --vocab_size N --output PATH [--kind sentencepiece|hf-bpe]
     tlama plot LOG.csv [-o loss.png]                       loss and learning rate against the step
     tlama convert to-hf --checkpoint PATH --out DIR        any weights as a Hugging Face Llama directory
@@ -22,6 +23,8 @@ from typing import Any
 from jsonargparse import ArgumentParser, Namespace
 
 from tlama_core import __version__
+from tlama_core.atomic import DiskFullError
+from tlama_core.locks import LockError
 
 WEIGHTS_HELP = ("Weights: a .ckpt file, a checkpoints directory (its newest step checkpoint), a safetensors "
                 "directory (convert from-hf) or a Hugging Face Llama directory.")
@@ -43,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub_parser, run = commands[" ".join(path)]
     try:
         run(cfg[".".join(path)])
-    except (ValueError, FileNotFoundError, ImportError) as err:  # user errors, each naming the flag or file
+    except (ValueError, FileNotFoundError, ImportError, LockError, DiskFullError) as err:  # user errors, named
         sub_parser.error(str(err))
 
 
@@ -92,11 +95,11 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
 
     prep = ArgumentParser(description="Tokenize a corpus into .bin shards that create_dataloader(DIR) reads as one "
                                       "stream; shard I of N takes a deterministic 1/N of the input.")
-    prep.add_argument("--data", type=str, required=True,
+    prep.add_argument("--data", type=str | None, default=None,
                       help="Text (.txt), records (.jsonl, .jsonl.gz, .parquet), a directory or glob of them, or a "
-                           "datasets save_to_disk directory.")
-    prep.add_argument("--tokenizer", type=str, required=True, help="Sentencepiece .model or tokenizer.json.")
-    prep.add_argument("--out", type=str, required=True, help="Directory of the shards.")
+                           "datasets save_to_disk directory. Required (as --tokenizer and --out) unless --verify.")
+    prep.add_argument("--tokenizer", type=str | None, default=None, help="Sentencepiece .model or tokenizer.json.")
+    prep.add_argument("--out", type=str | None, default=None, help="Directory of the shards.")
     prep.add_argument("--text_field", type=str, default="text", help="Field or column holding a record's text.")
     prep.add_argument("--split", type=str | None, default=None,
                       help="train or val: split-named files, else the first 90%% / last 10%%; null: all.")
@@ -104,6 +107,9 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Call
     prep.add_argument("--num_shards", type=int, default=1, help="Machines sharing the work.")
     prep.add_argument("--workers", type=int | None, default=None,
                       help="Encoding processes; null: one per core (sentencepiece), one (tokenizer.json).")
+    prep.add_argument("--verify", type=str | None, default=None,
+                      help="Instead of writing, check the .bin shards of this directory (or glob) against their "
+                           "sidecars: length and content hash (reads every byte).")
     add("prepare", commands, prep, "Tokenize a corpus into .bin shards.", _prepare)
 
     tok = ArgumentParser(description="Sentencepiece and Hugging Face (byte-level BPE) tokenizers.")
@@ -181,6 +187,17 @@ def _evaluate(cfg: Namespace) -> None:
 def _prepare(cfg: Namespace) -> None:
     from tlama_core.data.prepare import prepare
 
+    if cfg.verify is not None:
+        from tlama_core.data.integrity import verify
+
+        matched, unhashed = verify(cfg.verify)
+        print(f"{len(matched)} shard(s) match their sidecars' length and content hash"
+              + (f"; {len(unhashed)} have no content hash, only their length was checked: "
+                 f"{', '.join(str(p) for p in unhashed[:3])}" if unhashed else ""))
+        return
+    missing = [f"--{k}" for k in ("data", "tokenizer", "out") if cfg[k] is None]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: required to prepare a shard (or pass --verify DIR to check shards).")
     path = prepare(cfg.data, cfg.tokenizer, cfg.out, text_field=cfg.text_field, split=cfg.split, shard=cfg.shard,
                    num_shards=cfg.num_shards, workers=cfg.workers)
     print(f"shard {cfg.shard} of {cfg.num_shards} written to {path}")

@@ -27,7 +27,7 @@ import numpy as np
 
 from tlama_core.atomic import atomic_write, remove_stale_temporaries
 from tlama_core.data import documents, text
-from tlama_core.data.encoding import Encoder, chunking_of
+from tlama_core.data.encoding import Chunking, Encoder, chunking_of
 from tlama_core.data.hf_tokenizer import HFTokenizer
 from tlama_core.data.sources import TRAIN_FRACTION, Source
 from tlama_core.data.streaming import Totals, cpu_count, ids_dtype, plan, size_of, warn_about, write_ids
@@ -110,16 +110,18 @@ def build(source: Source, tokenizer: Tokenizer, path: Path, processes: int | Non
     name = source.files[0].name if source.files else "dataset"
     totals = write_ids(work, encoder, path, processes=processes, parallel=parallel, drop_first_separator=True,
                        desc=f"tokenizing {name}", progress=None if total >= PARALLEL_MIN_BYTES else False)
-    warn_about(totals, source)
+    warn_about(totals, source, chunking)
     return sidecar(tokenizer, dtype, totals, separator, chunking) | {"split": source.fraction}
 
 
 def sidecar(tokenizer: Tokenizer, dtype: np.dtype, totals: Totals, separator: int | None,
-            chunking: str) -> dict[str, Any]:
-    """Facts about a file of ids that its JSON sidecar holds (also `tlama prepare`'s shards)."""
+            chunking: Chunking) -> dict[str, Any]:
+    """Facts about a file of ids that its JSON sidecar holds (also `tlama prepare`'s shards), with the hash of
+    its bytes (`content_hash`, checked by `verify_ids`)."""
     return {"format": CACHE_FORMAT, "dtype": dtype.name, "num_tokens": totals.num_tokens,
-            "text_chars": totals.text_chars, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
-            "bos_id": tokenizer.bos_id, "separator_id": separator, "chunking": chunking}
+            "content_hash": totals.content_hash, "text_chars": totals.text_chars, "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id, "separator_id": separator,
+            "chunking": {"lines": chunking.lines, "spaces": chunking.spaces}}
 
 
 def _read_entry(path: Path) -> CacheEntry | None:

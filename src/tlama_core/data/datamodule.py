@@ -89,6 +89,11 @@ class TlamaDataModule(L.LightningDataModule):
         return self.batch_size * self.seq_length
 
     @property
+    def data_fingerprint(self) -> str:
+        """The training loader's `data_fingerprint` (builds the loader if needed): what a resume checks."""
+        return self.train_dataloader().data_fingerprint
+
+    @property
     def vocab_size(self) -> int:
         """The training loader's vocabulary size (builds the loader if needed)."""
         return self.train_dataloader().vocab_size

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tlama_core.data.sources import TRAIN_FRACTION, bin_dtype
+from tlama_core.data.sources import TRAIN_FRACTION, bin_dtype, bin_sidecar
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class TokenFile:
 
     @staticmethod
     def open(path: Path) -> TokenFile:
-        """Describe a whole `.npy` or `.bin` file, checking that it holds a 1-D array of integer ids."""
+        """Describe a whole `.npy` or `.bin` file, checking that it holds a 1-D array of integer ids (a `.bin`: as
+        many as its sidecar's `num_tokens`, when it has one)."""
         if path.suffix == ".npy":
             array = np.load(path, mmap_mode="r")
             if array.ndim != 1 or array.dtype.kind not in "ui":
@@ -37,6 +38,12 @@ class TokenFile:
             return TokenFile(path, array.dtype.name, 0, len(array))
         dtype = bin_dtype(path)
         size = path.stat().st_size
+        expected = bin_sidecar(path).get("num_tokens")
+        if isinstance(expected, int) and size != expected * dtype.itemsize:  # a cut copy, an interrupted rsync
+            raise ValueError(f"{path}: holds {size // dtype.itemsize:,} tokens ({size:,} bytes) but its sidecar "
+                             f"{path.name}.json says num_tokens={expected:,} ({expected * dtype.itemsize:,} bytes): "
+                             "the file changed after it was written (a cut or interrupted copy?); copy it again, or "
+                             "run `tlama prepare` for it again.")
         if size % dtype.itemsize:
             raise ValueError(f"{path}: {size} bytes is not a whole number of {dtype.name} ids; is the dtype right "
                              f"(a sidecar {path.name}.json with {{\"dtype\": \"uint32\"}} selects uint32)?")

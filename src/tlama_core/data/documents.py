@@ -20,6 +20,7 @@ from typing import Any
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 DATASET_ROWS = 4096
+LINE_BLOCK = 1 << 20  # JSONL is read a block at a time; a longer line on its own
 _SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation", "valid", "dev")}
 
 
@@ -241,14 +242,23 @@ def _texts(unit: Unit, text_field: str, dataset: Any) -> Iterator[str]:
         for i, text in enumerate(texts):
             yield _checked(text, f"the dataset's row {unit.first + i}", text_field)
     else:
-        for i, line in enumerate(_lines(unit)):
-            if line.strip():  # a blank line holds no record
-                yield _text_of_line(line, f"{unit.path}, line {unit.first + i + 1}", text_field)
-            else:
+        number = unit.first
+        for line in _lines(unit):  # not enumerate: its cached tuple would keep the last line alive
+            number += 1
+            where = f"{unit.path}, line {number}"
+            if line.isspace() or not line:  # a blank line holds no record
                 yield ""
+                continue
+            decoded = _decoded(line, where)
+            del line  # a long record is held as bytes, then as JSON text, then as its text: two at a time
+            text = _text_of_line(decoded, where, text_field)
+            del decoded
+            yield text
 
 
 def _lines(unit: Unit) -> Iterator[bytes]:
+    """The unit's lines, read LINE_BLOCK bytes at a time; a longer line in one read of its size (keeping its
+    "\n", which JSON ignores), so that a record of any length is held once."""
     if unit.kind == "jsonl.gz":
         with gzip.open(unit.path, "rb") as f:
             try:
@@ -257,16 +267,34 @@ def _lines(unit: Unit) -> Iterator[bytes]:
                 raise ValueError(f"{unit.path}: not a readable gzip file ({e}).") from e
         return
     with open(unit.path, "rb") as f:
-        f.seek(unit.start)
-        data = f.read(unit.end - unit.start)
-    lines = data.split(b"\n")  # "\n" only, as the line count and gzip's lines do
-    yield from lines[:-1] if lines[-1] == b"" else lines
+        pos = unit.start
+        while pos < unit.end:
+            f.seek(pos)
+            block = f.read(min(LINE_BLOCK, unit.end - pos))
+            whole = block.rfind(b"\n") + 1 if pos + len(block) < unit.end else len(block)
+            if whole:  # "\n" only ends a line, as the line count and gzip's lines do
+                lines = block[:whole].split(b"\n")
+                yield from lines[:-1] if lines[-1] == b"" else lines
+                pos += whole
+                continue
+            del block
+            stop = next_line_start(f, pos + LINE_BLOCK, unit.end)
+            f.seek(pos)
+            yield f.read(stop - pos)
+            pos = stop
 
 
-def _text_of_line(line: bytes, where: str, text_field: str) -> str:
+def _decoded(line: bytes, where: str) -> str:
+    try:
+        return line.decode("utf-8-sig", "surrogatepass")  # as json.loads decodes bytes
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not a JSON object ({e}); each line of a JSONL file must be one.") from e
+
+
+def _text_of_line(line: str, where: str, text_field: str) -> str:
     try:
         record = json.loads(line)
-    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+    except ValueError as e:
         raise ValueError(f"{where}: not a JSON object ({e}); each line of a JSONL file must be one.") from e
     if not isinstance(record, dict):
         raise ValueError(f"{where}: a JSON {type(record).__name__}, not an object with a {text_field!r} field.")

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from tlama_core.data.cache import cached_tokens
 from tlama_core.data.dataset import CorpusInfo, TokenFile, TokenStream, TokenWindows, batch_as_is
+from tlama_core.data.integrity import fingerprint
 from tlama_core.data.sampler import WindowSampler
 from tlama_core.data.sources import Source, bin_sidecar, resolve_source
 from tlama_core.data.tokenizer import load_tokenizer
@@ -22,7 +23,7 @@ class TokenDataLoader(DataLoader):
     """A DataLoader of (x, y) LongTensors (batch_size, seq_length) that carries its corpus facts and position.
 
     Attributes the trainer reads: `batch_size`, `seq_length`, `vocab_size`, `num_tokens`, `text_chars`,
-    `eos_id`, `bos_id`, `tokenizer_path`.
+    `eos_id`, `bos_id`, `tokenizer_path`, `data_fingerprint`.
     `state_dict()` / `load_state_dict()` save and restore the position to the batch
     (Lightning calls them on the loader); `shard(rank, world_size)` overrides torch.distributed's rank.
     """
@@ -40,6 +41,7 @@ class TokenDataLoader(DataLoader):
         self.eos_id: int | None = dataset.info.eos_id
         self.bos_id: int | None = dataset.info.bos_id
         self.tokenizer_path: Path | None = None  # the tokenizer file the ids were made with (create_dataloader)
+        self._fingerprint: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -48,6 +50,15 @@ class TokenDataLoader(DataLoader):
         if info.vocab_size is None:
             info.vocab_size = self.dataset.tokens.max_id() + 1
         return info.vocab_size
+
+    @property
+    def data_fingerprint(self) -> str:
+        """A hash of the ids this loader reads, for checking that a resumed run reads what it read before: it
+        changes when the text, records or shards change, and is computed from their sidecars (the content hash
+        written with the ids), not by reading the data (see `integrity.fingerprint`)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.dataset.tokens.files)
+        return self._fingerprint
 
     def shard(self, rank: int, world_size: int) -> TokenDataLoader:
         """Read only this process's share, as process `rank` of `world_size` (returns self)."""

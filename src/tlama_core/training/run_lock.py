@@ -2,148 +2,36 @@
 
 Without it a second run started in the same directory moves the first run's checkpoints aside, writes its step
 files over the names the first keeps writing and renames the first run's log while it is appended. The lock is
-created with O_EXCL (atomic on local filesystems and NFSv3+) before `train()` touches any file, and removed
-when it ends. A lock left by a run that died (SIGKILL, a lost node) cannot be told from a live one on another
-host, so only a lock of this host whose process is gone (or whose pid now belongs to a younger process) is
-taken over, with a warning; any other is an error naming its owner.
+taken before `train()` touches any file and removed when it ends; a lock of a dead run of this host is taken
+over with a warning, any other is an error naming its owner (see `tlama_core.locks`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from tlama_core.atomic import fsync_dir
+from tlama_core.locks import LockError, OwnerLock
 
 LOCK_NAME = "run.lock"
-_HELD: set[Path] = set()  # lock files this process holds: its own pid in a lock is not always a live run
 
 
-class RunLockError(RuntimeError):
+class RunLockError(LockError):
     """Another run is using the directory."""
 
 
-class RunLock:
+class RunLock(OwnerLock):
     """The lock files of `directories` (one per distinct directory); `acquire()` all of them or none."""
 
     def __init__(self, *directories: str | Path) -> None:
-        paths = [Path(os.path.abspath(d)) / LOCK_NAME for d in directories]
-        self.paths = list(dict.fromkeys(paths))
-        self._owner = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid())}
-        self._taken: list[Path] = []
+        super().__init__(*(Path(d) / LOCK_NAME for d in directories))
 
-    def acquire(self) -> RunLock:
-        """Take every lock or raise RunLockError naming the run that holds one (then none is kept)."""
-        try:
-            for path in self.paths:
-                _take(path, self._owner)
-                self._taken.append(path)
-                _HELD.add(path)
-        except BaseException:
-            self.release()
-            raise
-        return self
+    def busy(self, path: Path, holder: dict[str, Any]) -> RunLockError:
+        return RunLockError(
+            f"{path.parent} is in use by another run (pid {holder.get('pid')} on host {holder.get('host')}, lock "
+            f"file {path}). Wait for it to end or give this run other checkpoints_dir/logs_dir; if that run is "
+            "gone (its machine was lost), delete the lock file.")
 
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        """Remove the lock files this run still owns (one that another run took over stays)."""
-        for path in self._taken:
-            _HELD.discard(path)
-            if _read(path) == self._owner:
-                path.unlink(missing_ok=True)
-        self._taken = []
-
-
-def _take(path: Path, owner: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_settled(path)
-            if holder is None and not path.exists():  # released meanwhile
-                continue
-            if holder is not None and not _is_stale(path, holder):
-                raise RunLockError(
-                    f"{path.parent} is in use by another run (pid {holder.get('pid')} on host {holder.get('host')}, "
-                    f"lock file {path}). Wait for it to end or give this run other checkpoints_dir/logs_dir; if that "
-                    "run is gone (its machine was lost), delete the lock file.") from None
-            warnings.warn(f"{path}: taking over the lock of a run that is no longer running ("
-                          f"{_describe(holder)}); it was killed before it could remove the lock.", stacklevel=4)
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(owner, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(path.parent)
-        return
-
-
-def _is_stale(path: Path, holder: dict[str, Any]) -> bool:
-    """Whether the lock's run is certainly gone: this host, and its pid is dead or a younger process's."""
-    if holder.get("host") != socket.gethostname():
-        return False
-    pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return True
-    if pid == os.getpid():  # this very process: held by one of its runs, or left by an earlier life of the pid
-        return path not in _HELD
-    start = _start_time(pid)
-    if start is None:  # /proc unavailable (not Linux): ask the kernel whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    return start == "gone" or (holder.get("start") is not None and start != holder["start"])
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot ('gone' when it is dead or a zombie; None without
-    /proc): a pid reused by a later process has another."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return "gone" if Path("/proc/self/stat").exists() else None
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
-    return "gone" if fields[0] in ("Z", "X") else fields[19]
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def _read_settled(path: Path) -> dict[str, Any] | None:
-    """The holder in the lock file; None when it is gone or stays unreadable (a lock written half, long ago).
-    A lock just created by another run may be empty for an instant: read again before judging it."""
-    for _ in range(20):
-        holder = _read(path)
-        if holder is not None or not path.exists():
-            return holder
-        time.sleep(0.05)
-    return None
-
-
-def _describe(holder: dict[str, Any] | None) -> str:
-    if holder is None:
-        return "an unreadable lock file"
-    return f"pid {holder.get('pid')} on host {holder.get('host')}"
+    def taken_over(self, path: Path, holder: str) -> str:
+        return (f"{path}: taking over the lock of a run that is no longer running ({holder}); it was killed before "
+                "it could remove the lock.")
