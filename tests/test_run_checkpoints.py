@@ -15,6 +15,7 @@ from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
 from tlama_core.models import load_model
 from tlama_core.training import Trainer
 from tlama_core.training.checkpointing import AtomicCheckpointIO
+from tlama_core.training.csv_log import read_rows
 from tlama_core.training.run_files import run_tokenizer
 
 
@@ -164,3 +165,14 @@ def test_lightnings_slurm_checkpoints_are_set_aside_not_resumed_unasked(tmp_path
         again.train()
     assert again._cadence.start_step == 0  # trained from the start: Lightning alone would have resumed at step 2
     assert not hpc.exists()
+
+
+def test_a_learning_rate_of_zero_trains_a_frozen_model(tmp_path):
+    """learning_rate=0.0 without a schedule is a real check of a pipeline (torch's optimizers take it): every step
+    runs, at rate 0, and no weight moves (AdamW's decay is scaled by the rate too)."""
+    t = make(tmp_path, steps=3, learning_rate=0.0)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.train()
+    rates = [float(r["learning_rate"]) for r in read_rows(tmp_path / "logs" / "train_log.csv")]
+    assert t.current_step == 3 and rates == [0.0, 0.0, 0.0]
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
