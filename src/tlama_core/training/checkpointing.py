@@ -8,6 +8,7 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -80,9 +81,12 @@ def resolve_ckpt_path(ckpt_path: str | None, directory: str | Path) -> str | Non
     return str(last)
 
 
+BEST_ONLY = re.compile(r"^step=(\d{8})\.best\.ckpt$")
+
+
 def best_only_name(step: int) -> str:
     """A step's checkpoint saved for the best alone (best.ckpt points at it)."""
-    return f"best-step={step:08d}.ckpt"
+    return f"step={step:08d}.best.ckpt"
 
 
 def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) -> Path | None:
@@ -131,11 +135,10 @@ def set_aside_hpc_checkpoints(directory: str | Path) -> Path | None:
 
 
 def best_only_step(path: Path) -> int | None:
-    """The step of a `best-step=N.ckpt` checkpoint (None for other files)."""
-    name = path.name
-    if name.startswith("best-step=") and name.endswith(".ckpt") and name[10:-5].isdigit():
-        return int(name[10:-5])
-    return None
+    """The step of a `step=NNNNNNNN.best.ckpt` checkpoint (None for other files; a name Lightning's ModelCheckpoint
+    does not make)."""
+    m = BEST_ONLY.match(path.name)
+    return int(m.group(1)) if m else None
 
 
 def tensor_bytes(obj: Any) -> int:
