@@ -113,7 +113,7 @@ def test_a_recorded_tokenizer_that_is_gone_is_an_error_not_a_guess(python_run):
 
 
 def test_a_refused_resume_copies_no_tokenizer(python_run, tmp_path):
-    """Resuming with another tokenizer and another step shape is refused: the run's directory keeps only the
+    """Resuming with another tokenizer (and another step shape) is refused: the run's directory keeps only the
     tokenizer its checkpoints were trained with."""
     ckpt_dir, _ = python_run
     before = sorted(p.name for p in ckpt_dir.iterdir())
@@ -122,6 +122,6 @@ def test_a_refused_resume_copies_no_tokenizer(python_run, tmp_path):
     model = Transformer(TlamaConfig(vocab_size=400, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16))
     trainer = Trainer(model, loader, total_batch_size=128, steps=4, verbose=False, checkpoints_dir=str(ckpt_dir),
                       logs_dir=str(tmp_path / "logs"))
-    with pytest.raises(CheckpointError, match="grad_accum"):
+    with pytest.raises(CheckpointError, match="trained with the tokenizer .* the weights learnt other ids"):
         trainer.train(ckpt_path="last")
     assert sorted(p.name for p in ckpt_dir.iterdir()) == before
