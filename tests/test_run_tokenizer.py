@@ -12,7 +12,7 @@ from tlama_core.checkpoints import CheckpointError
 from tlama_core.cli.convert import convert_to_hf
 from tlama_core.cli.generate import generate, resolve_tokenizer
 from tlama_core.data import builtin_corpus_path, create_dataloader, load_tokenizer
-from tlama_core.models import TlamaConfig, Transformer, load_model
+from tlama_core.models import TlamaConfig, Transformer, generation, load_model
 from tlama_core.models.loading import CHECKPOINT, Weights
 from tlama_core.training import Trainer
 from tlama_core.training.run_files import TOKENIZER_KEY, keep_tokenizer
@@ -71,7 +71,7 @@ def test_generate_samples_with_the_run_tokenizer(python_run):
     text = generate(ckpt_dir, "ROMEO:", max_new_tokens=5, temperature=0)
     tok = load_tokenizer(next(ckpt_dir.glob("tokenizer-*")))  # the run's copy: the original is gone
     model = load_model(ckpt_dir / "step=00000002.ckpt")
-    ids = model.generate(torch.tensor([tok.encode("ROMEO:")]), 5, temperature=0, vocab_limit=tok.vocab_size)
+    ids = generation.generate(model, torch.tensor([tok.encode("ROMEO:")]), 5, temperature=0, vocab_limit=tok.vocab_size)
     assert text == tok.decode(ids[0].tolist())
 
 
