@@ -7,12 +7,12 @@ import json
 import pytest
 import sentencepiece as spm
 import torch
+import trainer_utils
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from tlama_core.models import (  # noqa: E402
-    TlamaConfig,
     Transformer,
     find_weights,
     from_hf,
@@ -29,10 +29,9 @@ SHAPES = {"gqa": dict(n_heads=4, n_kv_heads=2), "mha": dict(n_heads=4, n_kv_head
 
 
 def tiny_model(tie: bool = False, shape: str = "gqa", seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    config = TlamaConfig(vocab_size=100, d_model=64, n_layers=2, max_seq_len=64, multiple_of=16,
-                         rope_theta=10000.0, tie_embeddings=tie, **SHAPES[shape])
-    return Transformer(config).eval()
+    """The shared tiny model in a shape of SHAPES, in eval mode (compared with transformers' Llama)."""
+    return trainer_utils.tiny_model(seed, vocab_size=100, d_model=64, max_seq_len=64, multiple_of=16,
+                                    rope_theta=10000.0, tie_embeddings=tie, **SHAPES[shape]).eval()
 
 
 def random_hf_model(tie: bool = False, **overrides) -> LlamaForCausalLM:

@@ -7,8 +7,9 @@ import csv
 import warnings
 
 import pytest
+import trainer_utils
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from trainer_utils import WindowLoader, tiny_model
+from trainer_utils import WindowLoader
 
 from tlama_core.training import Trainer, get_lr_scheduler
 from tlama_core.training.checkpointing import find_last_checkpoint
@@ -16,10 +17,8 @@ from tlama_core.training.csv_log import read_rows
 
 
 def make_trainer(tmp_path, **kw) -> Trainer:
-    defaults = dict(total_batch_size=4 * 16 * 2, log_steps=1, validation_steps=2, checkpoint_steps=100,
-                    checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"), verbose=False,
-                    val_data_loader=WindowLoader(8, 4, 16, seed=1))
-    return Trainer(tiny_model(), WindowLoader(64, 4, 16), **{**defaults, **kw})
+    return trainer_utils.make_trainer(tmp_path, **{"validation_steps": 2,
+                                                   "val_data_loader": WindowLoader(8, 4, 16, seed=1), **kw})
 
 
 def lightning_files(tmp_path) -> list[str]:

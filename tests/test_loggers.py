@@ -9,6 +9,7 @@ import math
 
 import lightning as L
 import pytest
+import trainer_utils
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -21,10 +22,8 @@ LOGGED = ("train_loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_
 
 
 def make_trainer(tmp_path, **kw) -> Trainer:
-    defaults = dict(total_batch_size=4 * 16 * 2, log_steps=3, validation_steps=4, checkpoint_steps=100,
-                    checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"), verbose=False)
-    return Trainer(tiny_model(), WindowLoader(80, 4, 16), val_data_loader=WindowLoader(8, 4, 16, seed=1),
-                   **{**defaults, **kw})
+    return trainer_utils.make_trainer(tmp_path, loader=WindowLoader(80, 4, 16), log_steps=3, validation_steps=4,
+                                      val_data_loader=WindowLoader(8, 4, 16, seed=1), **kw)
 
 
 def csv_log_values(log_file) -> dict[str, dict[int, float]]:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import trainer_utils
 
 from tlama_core.models import TlamaConfig, Transformer, generate, transformer
 from tlama_core.models.transformer import EXPLICIT_ATTENTION_MAX_LEN, apply_rope, causal_attention, rope_table
@@ -17,8 +18,7 @@ def tiny(**overrides) -> TlamaConfig:
 
 
 def tiny_model(seed: int = 0, **overrides) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(tiny(**overrides))
+    return trainer_utils.tiny_model(seed, **tiny(**overrides).to_dict())
 
 
 # TlamaConfig

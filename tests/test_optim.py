@@ -1,19 +1,17 @@
 """build_optimizer and MuonAdamW: who optimises which parameter, and that the join steps and resumes like its parts."""
 
 import copy
+from functools import partial
 
 import pytest
 import torch
+import trainer_utils
 
-from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.models import Transformer
 from tlama_core.training import MuonAdamW, build_optimizer
 from tlama_core.training.scheduler import StepFunctionLR
 
-
-def tiny_model(seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(TlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16,
-                                   multiple_of=16))
+tiny_model = partial(trainer_utils.tiny_model, max_seq_len=16, multiple_of=16)
 
 
 def train_steps(model: Transformer, optimizer: torch.optim.Optimizer, steps: int, seed: int = 1) -> list[float]:

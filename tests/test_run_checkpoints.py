@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_utils import WindowLoader, tiny_model
+from trainer_utils import WindowLoader, make_trainer, tiny_model
 
 from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
 from tlama_core.models import load_model
@@ -20,10 +20,9 @@ from tlama_core.training.run_files import run_tokenizer
 
 
 def make(tmp_path: Path, **kwargs) -> Trainer:
-    defaults = dict(total_batch_size=4 * 16 * 2, steps=10, log_steps=1, checkpoint_steps=2, validation_steps=100,
-                    use_mixed_precision=False, checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"),
-                    verbose=False, accelerator="cpu", devices=1)
-    return Trainer(tiny_model(), WindowLoader(96, 4, 16), **{**defaults, **kwargs})
+    return make_trainer(tmp_path, loader=WindowLoader(96, 4, 16), **{
+        "steps": 10, "checkpoint_steps": 2, "use_mixed_precision": False, "accelerator": "cpu", "devices": 1,
+        **kwargs})
 
 
 class BestAt:

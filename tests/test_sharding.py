@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
-from trainer_utils import WindowLoader, tiny_model
+from trainer_utils import WindowLoader, make_trainer, tiny_model
 
 from tlama_core.data import builtin_corpus_path
 from tlama_core.models import TlamaConfig
@@ -26,10 +26,9 @@ HERE = Path(__file__).parent
 
 
 def make(tmp_path: Path, **kwargs) -> Trainer:
-    defaults = dict(total_batch_size=4 * 16 * 2, steps=3, log_steps=1, checkpoint_steps=3, validation_steps=3,
-                    use_mixed_precision=False, checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"),
-                    verbose=False, accelerator="cpu", devices=1)
-    return Trainer(tiny_model(), WindowLoader(32, 4, 16), **{**defaults, **kwargs})
+    return make_trainer(tmp_path, loader=WindowLoader(32, 4, 16), **{
+        "steps": 3, "checkpoint_steps": 3, "validation_steps": 3, "use_mixed_precision": False, "accelerator": "cpu",
+        "devices": 1, **kwargs})
 
 
 def losses(directory: Path) -> list[float]:

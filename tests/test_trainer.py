@@ -11,18 +11,12 @@ from collections import Counter
 
 import pytest
 import torch
-from trainer_utils import VOCAB, Recorder, SlowLoader, WindowLoader, tiny_model
+from trainer_utils import VOCAB, Recorder, SlowLoader, WindowLoader, make_trainer, tiny_model
 
 from tlama_core.checkpoints import read_checkpoint
 from tlama_core.training import Trainer, get_lr_scheduler
 from tlama_core.training.batching import grad_accum_steps
 from tlama_core.training.precision import has_fast_bf16
-
-
-def make_trainer(tmp_path, model=None, loader=None, **kw) -> Trainer:
-    defaults = dict(total_batch_size=4 * 16 * 2, log_steps=1, validation_steps=100, checkpoint_steps=100,
-                    checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"), verbose=False)
-    return Trainer(model or tiny_model(), loader or WindowLoader(64, 4, 16), **{**defaults, **kw})
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -66,7 +60,8 @@ def test_spec_accumulation_example_rounds_down_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="999424") as caught:
         assert grad_accum_steps(1_000_000, 8 * 2048) == 61
     with pytest.warns(UserWarning, match="an effective batch of 128 tokens") as through_trainer:
-        make_trainer(tmp_path, total_batch_size=4 * 16 * 2 + 7)
+        Trainer(tiny_model(), WindowLoader(64, 4, 16), total_batch_size=4 * 16 * 2 + 7, verbose=False,
+                checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"))
     assert caught[0].filename == through_trainer[0].filename == __file__  # the warning points at the caller
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -4,15 +4,14 @@ import json
 
 import pytest
 import torch
+import trainer_utils
 from safetensors.torch import load_file
 
 from tlama_core.models import TlamaConfig, Transformer, load_model, save_safetensors
 
 
 def tiny_model(tie: bool = False) -> Transformer:
-    torch.manual_seed(0)
-    return Transformer(TlamaConfig(vocab_size=100, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
-                                   multiple_of=16, tie_embeddings=tie))
+    return trainer_utils.tiny_model(vocab_size=100, d_model=64, multiple_of=16, tie_embeddings=tie)
 
 
 def write_checkpoint(path, model: Transformer, prefix: str = "model.", **entries) -> None:

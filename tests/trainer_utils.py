@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.training import Trainer
+from tlama_core.training.hooks import HOOKS
 
 VOCAB = 64
 
@@ -42,16 +44,21 @@ def tiny_model(seed: int = 0, **overrides) -> Transformer:
     return Transformer(TlamaConfig(**{**cfg, **overrides}))
 
 
+def make_trainer(tmp_path, model=None, loader=None, **kw) -> Trainer:
+    """A Trainer of `tiny_model()` on 64 random windows (8 steps of 2 micro-batches), quiet, logging every step,
+    with its files under `tmp_path`; `kw` overrides any parameter."""
+    defaults = dict(total_batch_size=4 * 16 * 2, log_steps=1, validation_steps=100, checkpoint_steps=100,
+                    checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"), verbose=False)
+    return Trainer(model or tiny_model(), loader or WindowLoader(64, 4, 16), **{**defaults, **kw})
+
+
 class Recorder:
     """A spec callback that records every hook call as (hook, current_step, extra)."""
 
-    HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
-             "on_step_end", "on_backward_start", "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end",
-             "on_validate_start", "on_validate_end", "on_checkpoint_end")
 
     def __init__(self) -> None:
         self.events: list[tuple] = []
-        for name in self.HOOKS:
+        for name in HOOKS:
             setattr(self, name, self._make(name))
 
     def _make(self, name):
