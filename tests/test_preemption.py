@@ -67,3 +67,31 @@ def test_a_preempted_slurm_job_checkpoints_its_step_is_requeued_and_resumes_exac
     assert sorted(p.name for p in (cut / "ckpt").iterdir() if p.name.endswith(".ckpt")) == ["step=00000003.ckpt"]
     srun(cut, bin_dir, "6", "--resume")  # the requeued job's script: --ckpt_path last
     assert losses(cut) == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
+
+
+def test_a_single_task_slurm_job_is_requeued_too(tmp_path, monkeypatch):
+    """One task (SingleDeviceStrategy, whose strategy has no cluster environment of its own): SIGUSR1 checkpoints
+    the step and the job is requeued."""
+    import signal
+
+    from trainer_utils import make_trainer
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.txt"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                        "SLURM_NODEID": "0", "SLURM_NNODES": "1", "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "train",
+                        "SLURM_NODELIST": "localhost"}.items():
+        monkeypatch.setenv(name, value)
+
+    class Preempt:
+        def on_step_end(self, trainer, metrics):
+            if trainer.current_step == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    result = make_trainer(tmp_path, steps=6, checkpoint_steps=100, callbacks=[Preempt()]).train()
+    assert (result["steps_completed"], result["interrupted"], result["requeued"]) == (2, True, "77")
+    assert (tmp_path / "scontrol.txt").read_text() == "requeue 77\n"
+    assert (tmp_path / "ckpt" / "step=00000002.ckpt").is_file()

@@ -91,3 +91,11 @@ def test_tlama_fit_refuses_a_changed_corpus_on_resume_with_exit_2(tmp_path):
     assert again.returncode == 2
     assert "trained on other data than this run reads" in again.stderr.strip().splitlines()[-1]
     assert "Traceback" not in again.stderr
+
+
+def test_the_same_tokenizer_under_another_name_resumes(tmp_path):
+    data = write_text(tmp_path / "corpus.txt", 0)
+    run(tmp_path, data, 2).train()
+    renamed = tmp_path / "renamed.model"
+    renamed.write_bytes(Path(builtin_tokenizer_path()).read_bytes())
+    assert run(tmp_path, data, 4, tokenizer=renamed).train(ckpt_path="last")["steps_completed"] == 4

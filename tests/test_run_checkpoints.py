@@ -11,8 +11,8 @@ import pytest
 import torch
 from trainer_utils import WindowLoader, make_trainer, tiny_model
 
-from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
-from tlama_core.models import load_model
+from tlama_core.checkpoints import CheckpointError, find_last_checkpoint, read_checkpoint
+from tlama_core.models import Transformer, load_model
 from tlama_core.training import Trainer
 from tlama_core.training.checkpointing import AtomicCheckpointIO
 from tlama_core.training.csv_log import read_rows
@@ -196,3 +196,48 @@ def test_a_tied_models_checkpoint_stores_the_shared_matrix_once(tmp_path):
     state = read_checkpoint(tmp_path / "ckpt" / "step=00000001.ckpt")["state_dict"]
     embedding, output = state["model.tok_embeddings.weight"], state["model.output.weight"]
     assert output.untyped_storage().data_ptr() == embedding.untyped_storage().data_ptr()  # one storage in the file
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ddp"])
+def test_a_meta_device_model_without_sharding_trains_as_the_one_built_on_the_cpu(tmp_path, strategy):
+    """Built on the meta device and trained unsharded (one process): materialised with the CPU model's weights and
+    optimised on them (an optimizer built on the placeholders would train nothing)."""
+    cpu_model = tiny_model(0)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        meta_model = Transformer(cpu_model.config)
+    make(tmp_path / "cpu", steps=4, model=cpu_model).train()
+    make(tmp_path / "meta", steps=4, model=meta_model, strategy=strategy).train()
+    losses = [[r["train_loss"] for r in read_rows(tmp_path / run / "logs" / "train_log.csv")]
+              for run in ("cpu", "meta")]
+    assert losses[0] == losses[1] and len(set(losses[0])) == 4  # the same, and training moved the loss
+
+
+def test_a_full_disk_during_a_sharded_save_is_one_error_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    fsync = os.fsync
+
+    def full(fd):
+        if ".ckpt.tmp" in os.readlink(f"/proc/self/fd/{fd}") and "step=00000004" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"disk full .*step=00000004.ckpt .*resume with ckpt_path='last' \(step=00000002"):
+        make(tmp_path, steps=4, strategy="fsdp2").train()
+    assert names(tmp_path / "ckpt") == ["step=00000002.ckpt"]  # no staged directory left holding the space
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_damaged_shard_file_is_an_error_naming_it(tmp_path, damage):
+    make(tmp_path, steps=2, strategy="fsdp2").train()
+    step = tmp_path / "ckpt" / "step=00000002.ckpt"
+    shard = step / "__0_0.distcp"
+    if damage == "missing":
+        shard.unlink()
+    else:
+        os.truncate(shard, shard.stat().st_size // 2)
+    for read in (lambda: load_model(step), lambda: make(tmp_path, steps=4, strategy="fsdp2").train(ckpt_path="last")):
+        with pytest.raises(CheckpointError, match="its shard file __0_0.distcp (is missing|holds .* bytes of)"):
+            read()

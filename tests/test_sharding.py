@@ -236,3 +236,9 @@ def test_a_meta_device_model_gets_the_one_process_weights_shard_by_shard(tmp_pat
             assert report["differ"] == [] and report["names_equal"] and report["rope_equal"], (layout, report)
             assert report["all_sharded"] and report["next_draw_equal"], (layout, report)
             assert report["local_bytes"] < 0.55 * report["full_bytes"], (layout, report)  # about half on each
+
+
+def test_model_parallel_sizes_that_do_not_make_the_process_count_are_refused_when_built(tmp_path):
+    with pytest.raises(ValueError, match=r"data_parallel_size=2, tensor_parallel_size=2\) needs 4 processes, and "
+                                         r"devices x num_nodes gives 1"):
+        make(tmp_path, strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=2))

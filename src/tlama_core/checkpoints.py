@@ -106,13 +106,18 @@ def _read_sharded(path: Path, tensors: bool) -> dict[str, Any]:
         raise CheckpointError(f"{path}: a directory, but not a complete sharded checkpoint (no {SHARDS_METADATA} "
                               f"or {META_FILE}: a save killed half-way?).")
     ckpt = _load(path / META_FILE, "cpu")
-    if not tensors or not isinstance(ckpt, dict):
-        return ckpt
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     try:
-        entries = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+        metadata = dcp.FileSystemReader(path).read_metadata()
+    except Exception as e:
+        raise CheckpointError(f"{path}: its {SHARDS_METADATA} cannot be read ({type(e).__name__}: {e}).") from e
+    _check_shard_files(path, metadata)
+    if not tensors or not isinstance(ckpt, dict):
+        return ckpt
+    try:
+        entries = metadata.state_dict_metadata
         flat = {key: torch.empty(m.size, dtype=m.properties.dtype) if isinstance(m, TensorStorageMetadata) else None
                 for key, m in entries.items()}
         with warnings.catch_warnings():  # "no process group: loading on this process alone", which is the intent
@@ -121,6 +126,23 @@ def _read_sharded(path: Path, tensors: bool) -> dict[str, Any]:
     except Exception as e:
         raise CheckpointError(f"{path}: its shards cannot be read ({type(e).__name__}: {e}).") from e
     return {**ckpt, **_nest(flat)}
+
+
+def _check_shard_files(path: Path, metadata: Any) -> None:
+    """Every shard file the metadata names is there and long enough (a stat each: nothing is read); else a
+    CheckpointError naming the file, before a reader fails deep inside with a bare EOFError."""
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path}: its shard file {name} is missing (the checkpoint was damaged or copied "
+                                  "in part); use an earlier checkpoint, or copy the whole directory again.")
+        if file.stat().st_size < size:
+            raise CheckpointError(f"{path}: its shard file {name} holds {file.stat().st_size:,} bytes of the "
+                                  f"{size:,} its metadata names (truncated); use an earlier checkpoint, or copy the "
+                                  "whole directory again.")
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from tlama_core import __version__
-from tlama_core.atomic import atomic_write
+from tlama_core.atomic import DiskFullError, atomic_write
 from tlama_core.checkpoints import is_sharded_checkpoint
 from tlama_core.cli.errors import build_error, one_line, unreadable_error
 from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, keep_untyped_values_as_data
@@ -282,9 +282,11 @@ class TlamaCLI(LightningCLI):
         result dict."""
         try:
             result = self.trainer.train(ckpt_path=self.config.ckpt_path)
-        except (CheckpointError, RunLockError, PeerLostError) as err:  # refused checkpoint, another run's directory,
-            # or a dead peer process: one line each
-            self.parser.error(str(err))
+        # A refused checkpoint, another run's directory, a dead peer process, a full disk, memory: the run was
+        # accepted as flags go, so one line without the flags' usage, exit 2.
+        except (CheckpointError, RunLockError, PeerLostError, DiskFullError, MemoryError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         if self.trainer.verbose and self.trainer.master_process:
             prompt = opening_words(self.trainer.train_data_loader)
             print(f"Sample from it: tlama generate --checkpoint {self.trainer.checkpoints_dir} --prompt "

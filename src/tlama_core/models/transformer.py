@@ -222,8 +222,8 @@ class Transformer(nn.Module):
             try:
                 self.to_empty(device=device)
                 self.init_weights()
-            except RuntimeError as err:  # torch's allocators: "can't allocate memory" (CPU), OutOfMemoryError (CUDA)
-                if "allocate" not in str(err) and not isinstance(err, torch.OutOfMemoryError):
+            except RuntimeError as err:
+                if not out_of_memory(err):
                     raise
                 raise too_large(self, device) from None
 
@@ -304,6 +304,22 @@ class Transformer(nn.Module):
             for layer in self.layers:
                 layer.attention.cache = None
 
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is torch's allocator failing: "can't allocate memory" (CPU), OutOfMemoryError (CUDA)."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "allocate" in str(err))
+
+
+def training_too_large(model: Transformer, step: int, device: torch.device) -> MemoryError:
+    """The error for a run that built its model but cannot train it: what a step holds, and the ways round it."""
+    n = model.num_params()
+    gib = n * 4 / 2**30
+    return MemoryError(
+        f"out of memory at step {step + 1} on the {device}: the model's {n / 1e9:.2f}B parameters take {gib:.1f} GiB, "
+        f"and with their gradients and AdamW's two moments {4 * gib:.1f} GiB, before activations. Use a smaller "
+        "micro-batch (batch_size) with more accumulation, activation_checkpointing=True, bf16, a smaller model, or "
+        "strategy='fsdp2' across processes (each holds 1/N of it all).")
 
 
 def too_large(model: Transformer, device: torch.device) -> MemoryError:

@@ -55,6 +55,11 @@ def check_model_and_optimisation(model: Any, optimizer: Any, scheduler: Any, lea
         if given:
             raise ValueError(f"Trainer: model is a TlamaLightningModule, which holds its own optimisation settings, "
                              f"so {', '.join(given)} would be ignored; give them to TlamaLightningModule(...).")
+    transformer = model.model if isinstance(model, TlamaLightningModule) else model
+    if optimizer is not None and any(p.is_meta for p in transformer.parameters()):
+        raise ValueError("Trainer: the model is on the meta device (its weights are drawn when the run starts) and "
+                         "an optimizer was given over those placeholders; leave optimizer=None (the default AdamW is "
+                         "built on the real parameters), or build the model on the CPU first.")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"Trainer: optimizer must be a torch.optim.Optimizer over the model's parameters, got "
                         f"{optimizer!r}.")

@@ -143,8 +143,9 @@ def best_only_step(path: Path) -> int | None:
 
 def tensor_bytes(obj: Any) -> int:
     """Bytes of the tensors in a checkpoint dict: about the size of its file."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
+    if isinstance(obj, torch.Tensor):  # a DTensor: this process's shard
+        local = obj.to_local() if hasattr(obj, "to_local") else obj
+        return local.numel() * local.element_size()
     if isinstance(obj, dict):
         return sum(tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
@@ -152,7 +153,7 @@ def tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def _resume_hint(path: Path) -> str:
+def resume_hint(path: Path) -> str:
     last = find_last_checkpoint(path.parent)
     return (f"free space there and resume with ckpt_path='last' ({last.name}, complete)" if last is not None
             else "free space there (or choose another checkpoints_dir) and run again")
@@ -212,7 +213,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             written.result()
         except (OSError, RuntimeError) as err:
-            full = disk_full_error(err, path, size, _resume_hint(path))
+            full = disk_full_error(err, path, size, resume_hint(path))
             if full is None:
                 raise
             raise full from err
@@ -280,10 +281,11 @@ def check_same_inputs(checkpoint: dict[str, Any], path: str | Path, inputs: dict
     other pieces) and the same training data (else the position it resumes at indexes other text), unless
     `allow_data_change`. Checkpoints that record neither (older ones, runs on a loader without a fingerprint) pass."""
     old, new = checkpoint.get(TOKENIZER_KEY), inputs.get(TOKENIZER_KEY)
-    if old and new and old["sha256"] != new["sha256"]:
+    key = "content_sha256" if old and "content_sha256" in old else "sha256"  # records before content_sha256
+    if old and new and old[key] != new[key]:
         raise CheckpointError(
-            f"checkpoint {path} was trained with the tokenizer {old['file']} (sha256 {old['sha256'][:12]}), and this "
-            f"run reads its data with {new['file']} ({new['sha256'][:12]}): the weights learnt other ids. Resume with "
+            f"checkpoint {path} was trained with the tokenizer {old['file']} (sha256 {old[key][:12]}), and this "
+            f"run reads its data with {new['file']} ({new[key][:12]}): the weights learnt other ids. Resume with "
             f"the run's tokenizer (its copy: {Path(path).parent / old['dir'] / old['file']}), or start a new run "
             "from these weights with init_from.")
     old, new = (checkpoint.get(DATA_KEY) or {}).get("train"), (inputs.get(DATA_KEY) or {}).get("train")

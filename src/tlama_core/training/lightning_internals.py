@@ -126,3 +126,9 @@ def dump_checkpoint(trainer: L.Trainer) -> dict[str, Any]:
 def saves_distributed(strategy: Any) -> bool:
     """Whether a ModelParallelStrategy writes sharded checkpoints (its default) rather than one gathered file."""
     return bool(strategy._save_distributed_checkpoint)
+
+
+# A single-device run has no cluster environment on its strategy; Lightning keeps the detected one (SLURM's, whose
+# auto-requeue the facade takes over) on its accelerator connector.
+def cluster_environment(trainer: L.Trainer) -> Any:
+    return trainer._accelerator_connector.cluster_environment

@@ -29,11 +29,16 @@ def tokenizer_files(tokenizer_path: str | os.PathLike) -> tuple[list[Path], dict
     source = Path(tokenizer_path)
     files = [source] + [source.with_name(n) for n in _BESIDE if source.suffix == ".json"
                         and source.with_name(n).is_file()]
-    h = hashlib.sha256()
+    h, content = hashlib.sha256(), hashlib.sha256()
     for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+        data = f.read_bytes()
+        h.update(f.name.encode() + b"\0" + data)
+        content.update(data)
     digest = h.hexdigest()
-    return files, {"dir": f"tokenizer-{digest[:16]}", "file": source.name, "sha256": digest}
+    # "sha256" (names and bytes) names the copy's directory; "content_sha256" (the bytes alone: the file's own
+    # sha256 when it is one file) is what a resume compares, so the same tokenizer under another name is the same.
+    return files, {"dir": f"tokenizer-{digest[:16]}", "file": source.name, "sha256": digest,
+                   "content_sha256": content.hexdigest()}
 
 
 def copy_tokenizer(files: list[Path], record: dict[str, str], checkpoints_dir: str | os.PathLike) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tlama_core.atomic import TMP_SUFFIX, fsync_dir, fsync_file
+from tlama_core.atomic import TMP_SUFFIX, disk_full_error, fsync_dir, fsync_file
 from tlama_core.checkpoints import META_FILE
 from tlama_core.training import lightning_internals
+from tlama_core.training.checkpointing import resume_hint, tensor_bytes
 
 
 class ShardedSaves:
@@ -36,7 +37,7 @@ class ShardedSaves:
     def __init__(self, committed: Callable[[Path], None]) -> None:
         self.committed = committed
         self._group: Any = None
-        self._pending: deque[tuple[Future, Path, Path]] = deque()
+        self._pending: deque[tuple[Future, Path, Path, int]] = deque()
 
     def save(self, trainer: Any, path: Path) -> None:
         self.wait()  # one save at a time: a second would interleave its collectives with the first's
@@ -48,25 +49,41 @@ class ShardedSaves:
         checkpoint = lightning_internals.dump_checkpoint(trainer)
         shards = {"state_dict": checkpoint.pop("state_dict")}
         shards.update({f"optimizer_{i}": state for i, state in enumerate(checkpoint.pop("optimizer_states", []))})
+        size = tensor_bytes(shards)
         future = dcp.async_save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True),
                                 process_group=self._group)
         if trainer.is_global_zero:
             tmp.mkdir(parents=True, exist_ok=True)
-            torch.save(checkpoint, tmp / META_FILE)
-        self._pending.append((future, tmp, path))
+            try:
+                torch.save(checkpoint, tmp / META_FILE)
+            except (OSError, RuntimeError) as err:
+                self._pending.append((future, tmp, path, size))
+                self.wait(raise_first=err)
+        self._pending.append((future, tmp, path, size))
 
     def poll(self) -> None:
         """Rename every save whose writing has finished; raise a save's error."""
         while self._pending and self._pending[0][0].done():
             self._finish(*self._pending.popleft())
 
-    def wait(self) -> None:
-        """Block until every save is written and in place."""
+    def wait(self, raise_first: BaseException | None = None) -> None:
+        """Block until every save is written and in place (or, with `raise_first`, a failure of this process's own
+        while a save was under way: the others are joined, then it is raised as a save's failure is)."""
         while self._pending:
-            self._finish(*self._pending.popleft())
+            self._finish(*self._pending.popleft(), failed=raise_first)
 
-    def _finish(self, future: Future, tmp: Path, path: Path) -> None:
-        future.result()
+    def _finish(self, future: Future, tmp: Path, path: Path, size: int, failed: BaseException | None = None) -> None:
+        try:
+            future.result()
+            if failed is not None:
+                raise failed
+        except BaseException as err:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+            shutil.rmtree(tmp, ignore_errors=True)  # every process's part of the staged save: its space back
+            cause = next((e for e, _ in getattr(err, "failures", {}).values()), err)
+            full = disk_full_error(cause if isinstance(cause, Exception) else err, path, size, resume_hint(path))
+            if full is None:
+                raise
+            raise full from None
         # The coordinating process writes the metadata once every process has reported its shards written, so on
         # global rank 0 a finished save is complete: make it durable and move it into place.
         if dist.get_rank() != 0:

@@ -45,10 +45,15 @@ def is_model_parallel(strategy: Any) -> bool:
 def data_parallel(strategy: Strategy, global_rank: int, world_size: int) -> tuple[int, int]:
     """(rank, size) among the processes that read distinct batches: every process, except that the processes
     of one tensor-parallel group read the same batches. Valid before the processes start (Lightning's mesh puts
-    rank r at data-parallel index r // tensor_parallel_size)."""
+    rank r at data-parallel index r // tensor_parallel_size). Sizes that do not multiply to the number of processes
+    are a ValueError naming both, now rather than when the processes have started."""
     if not isinstance(strategy, ModelParallelStrategy) or isinstance(strategy, FSDP2Strategy):
         return global_rank, world_size
     dp, tp = lightning_internals.model_parallel_sizes(strategy, world_size)
+    if dp * tp != world_size:
+        raise ValueError(f"Trainer: strategy={type(strategy).__name__}(data_parallel_size={dp}, tensor_parallel_size="
+                         f"{tp}) needs {dp * tp} processes, and devices x num_nodes gives {world_size}; make the "
+                         "product of the two sizes the number of processes.")
     return global_rank // tp, dp
 
 

@@ -24,6 +24,7 @@ from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
 from tlama_core.data.workers import shield_workers
 from tlama_core.models import Transformer
+from tlama_core.models.transformer import out_of_memory, training_too_large
 from tlama_core.training import arguments, checks, lightning_internals
 from tlama_core.training.batching import StepPlan, plan_steps
 from tlama_core.training.cadence import StepCadence
@@ -52,7 +53,7 @@ from tlama_core.training.run_checkpoints import RunCheckpoints
 from tlama_core.training.run_files import RunTokenizer
 from tlama_core.training.run_lock import RunLock
 from tlama_core.training.scheduler import fit_schedule_to_run
-from tlama_core.training.sharding import check_tensor_parallel, data_parallel, shard_loaders
+from tlama_core.training.sharding import check_tensor_parallel, data_parallel, has_meta, shard_loaders
 from tlama_core.training.signals import (
     PREEMPTION,
     TakeBackSigterm,
@@ -171,7 +172,9 @@ class Trainer:
         module.schedule = fit_schedule_to_run(module.schedule, self.plan.max_steps)
         module.log_to_loggers = False  # the metrics row reaches the loggers (one producer, one x axis)
         self.model.activation_checkpointing = activation_checkpointing
-        if module.optimizer is None and not shards_parameters(strategy):  # a module's own optimizer stays
+        # The default optimizer is built now, on the parameters that will train; a sharded or meta-device model gets
+        # its parameters in configure_model, and its optimizer after them (configure_optimizers). A module's own stays.
+        if module.optimizer is None and not shards_parameters(strategy) and not has_meta(self.model):
             module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
                                                muon=module.muon)
         self.optimizer = module.optimizer
@@ -328,9 +331,11 @@ class Trainer:
                 except RuntimeError as err:  # a peer's death reaches the others as a collective's backend error
                     log = self.logs_dir / f"traceback-rank{self._trainer.global_rank}.txt"
                     lost = peer_lost(err, self._trainer.world_size, log, find_last_checkpoint(self.checkpoints_dir))
-                    if lost is None:
-                        raise
-                    raise lost from None
+                    if lost is not None:
+                        raise lost from None
+                    if out_of_memory(err):
+                        raise training_too_large(self.model, self.current_step, self.device) from None
+                    raise
         finally:
             if self._csv is not None:
                 self._csv.close()
