@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,27 @@ def test_the_same_data_gives_the_same_fingerprint_in_another_process_and_cache(t
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == here  # tokenized again into another cache: the same ids, the same fingerprint
+
+
+def test_shards_of_an_earlier_prepare_or_a_missing_shard_are_refused(tmp_path):
+    text = Path(builtin_corpus_path()).read_text()
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    for i in range(2):
+        (corpus / f"part{i}.txt").write_text(text[i * 40_000:(i + 1) * 40_000])
+    out = tmp_path / "out"
+    for shard in (0, 1):
+        prepare(corpus, builtin_tokenizer_path(), out, shard=shard, num_shards=2, workers=1, progress=False)
+    prepare(corpus, builtin_tokenizer_path(), out, workers=1, progress=False)  # 00000.bin again, as shard 0 of 1
+    for check in (lambda: create_dataloader(out, None, 2, 16), lambda: verify(out)):
+        with pytest.raises(ValueError, match="prepares into different numbers of shards.*remove the files"):
+            check()
+    (out / "00000.bin").unlink()
+    (out / "00000.bin.json").unlink()
+    prepare(corpus, builtin_tokenizer_path(), out, shard=0, num_shards=2, workers=1, progress=False)
+    (out / "00001.bin").rename(tmp_path / "elsewhere.bin")
+    with pytest.raises(ValueError, match="00001.bin.json describe ids that are not there"):
+        create_dataloader(out, None, 2, 16)
+    (out / "00001.bin.json").unlink()
+    with pytest.raises(ValueError, match=r"shard\(s\) 1 of 2 are missing"):
+        create_dataloader(out, None, 2, 16)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tlama_core.data.dataset import TokenFile
-from tlama_core.data.sources import bin_sidecar, list_files
+from tlama_core.data.sources import bin_sidecar, check_shard_set, list_files
 
 HASH = "blake2b-256"
 SAMPLE_BYTES = 1 << 16  # of a file without a content hash, its first and last bytes join the fingerprint
@@ -39,6 +39,7 @@ def verify(data_path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     bins = [f for f in files if f.suffix == ".bin"]
     if kind != "tokens" or not bins:
         raise ValueError(f"verify: {str(data_path)!r} holds no .bin shards to check.")
+    check_shard_set(files)
     matched, unhashed = [], []
     for path in bins:
         TokenFile.open(path)  # the length first: cheap, and its message says more

@@ -104,6 +104,8 @@ def resolve_source(data_path: Any, split: str | None = None, text_field: str = "
 
 def _resolve_files(data_path: str | os.PathLike, split: str | None) -> Source:
     kind, files = list_files(data_path)
+    if kind == "tokens":
+        check_shard_set(files)
     files = _drop_empty(files, data_path)
     named = [] if Path(data_path).is_file() else [f for f in files if split_of(f)]  # a file is taken as given
     if named:
@@ -118,6 +120,36 @@ def _resolve_files(data_path: str | os.PathLike, split: str | None) -> Source:
             raise FileNotFoundError(f"data_path={str(data_path)!r}: no file is named for split={split!r}.")
         return Source(kind, chosen)
     return Source(kind, tuple(files), split)
+
+
+def check_shard_set(files: list[Path]) -> None:
+    """The `.bin` shards that `tlama prepare` wrote (their sidecars say shard I of N) are one whole set per split:
+    shards 0..N-1 of one N, each present once, no sidecar left without its ids. A shard left by an earlier prepare
+    with another N, or one missing, would be read (or skipped) without a word. ValueError naming the files."""
+    bins = [f for f in files if f.suffix == ".bin"]
+    for directory in sorted({f.parent for f in bins}):
+        orphans = sorted(p.name for p in directory.glob("*.bin.json") if not p.with_suffix("").exists())
+        if orphans:
+            raise ValueError(f"{directory}/: {', '.join(orphans)} describe ids that are not there (a shard renamed "
+                             "or deleted?); put the .bin back beside its sidecar, or delete the sidecar.")
+    groups: dict[tuple[Path, Any], dict[int, list[tuple[Path, int]]]] = {}
+    for f in bins:
+        facts = bin_sidecar(f)
+        if isinstance(facts.get("num_shards"), int) and isinstance(facts.get("shard"), int):
+            group = groups.setdefault((f.parent, facts.get("split")), {})
+            group.setdefault(facts["num_shards"], []).append((f, facts["shard"]))
+    for (directory, split), by_count in groups.items():
+        part = f" ({split})" if split else ""
+        if len(by_count) > 1:
+            sets = "; ".join(f"{', '.join(f.name for f, _ in shards)}: of {n}"
+                             for n, shards in sorted(by_count.items()))
+            raise ValueError(f"{directory}/{part}: its shards come from prepares into different numbers of shards "
+                             f"({sets}): one was left by an earlier `tlama prepare`; remove the files of the old run.")
+        (n, shards), = by_count.items()
+        missing = sorted(set(range(n)) - {i for _, i in shards})
+        if missing:
+            raise ValueError(f"{directory}/{part}: shard(s) {', '.join(map(str, missing))} of {n} are missing (their "
+                             f"`tlama prepare --shard I --num_shards {n}` has not run, or its file was lost).")
 
 
 def bin_sidecar(path: Path) -> dict[str, Any]:
