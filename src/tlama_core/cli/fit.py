@@ -89,6 +89,9 @@ class RunSettings:
         precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
         max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
         keep_checkpoints: Keep only the newest N step checkpoints (and the best's); null: keep them all.
+        max_time: A time budget for the whole run, from the start of training (a resumed run's earlier time
+            counts): seconds or "DD:HH:MM:SS". The run stops in time for its final validation and checkpoint,
+            and a schedule with max_steps null decays over the budget; null: the run is planned in steps.
     """
 
     total_batch_size: int = 524288
@@ -118,6 +121,7 @@ class RunSettings:
     precision: str | None = None
     max_steps: int | None = None
     keep_checkpoints: int | None = None
+    max_time: float | str | None = None
 
 
 def shards(strategy: Any) -> bool:
