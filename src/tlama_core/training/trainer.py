@@ -322,7 +322,7 @@ class Trainer:
                 self._budget.start(self.plan, sum(p.numel() for p in self.model.parameters()),
                                    self._validation_tokens())
             if self.verbose and self.master_process:
-                print_start(self, ckpt)
+                print_start(self, ckpt, self._budget.seconds if self._budget is not None else None)
             self._trained = True
             with quiet_lightning(self.verbose and self.master_process), stop_on_signals(self._on_stop_signal):
                 self._trainer.fit(self._module, train_dataloaders=self.train_data_loader,
