@@ -105,6 +105,8 @@ class StepCadence(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
+        if self.budget is not None and self.budget.reached:  # resumed at the end of its time budget: train nothing
+            trainer.should_stop = True
         lightning_internals.mark_resume_step_saved(trainer)
         self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config, self.plan.seq_length)
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and

@@ -67,7 +67,7 @@ class TimeBudget:
     """The run's time budget: `seconds` from the start of `train()`, a resumed run's earlier time included.
 
     The owner (the step cadence) calls `agree` at every step end with the maximum over processes of
-    `local_values()`; `position` and `exhausted()` are then the same on every process. Validation and checkpoint
+    `local_values()`; `position` and `reached` are then the same on every process. Validation and checkpoint
     costs are measured as the run goes (their maximum); before the first, a validation is estimated from the
     step time (a forward pass over its tokens, a third of a training step's work per token) and a checkpoint
     from its bytes.
@@ -165,7 +165,7 @@ class TimeBudget:
         return {"elapsed": self.elapsed(), "agreed": self._agreed, "step": self._last_step,
                 "step_seconds": list(self._steps),
                 "validation_seconds": self._measured["validation"],
-                "checkpoint_seconds": self._measured["checkpoint"], "max_time": self.seconds}
+                "checkpoint_seconds": self._measured["checkpoint"]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the run's clock and the same schedule: the position is recomputed from the saved values, so
@@ -177,6 +177,8 @@ class TimeBudget:
         self._measured = {"validation": float(state["validation_seconds"]),
                           "checkpoint": float(state["checkpoint_seconds"])}
         self.position = self._position()
+        # The final checkpoint of a run its budget ended: nothing is left to train (a larger budget continues).
+        self.reached = self.earlier + max(self._steps, default=0.0) + self.reserve() > self.seconds
 
     def step_limit_warning(self, step: int, lr: float, schedule: Callable[[int], float]) -> str:
         """The warning of a run that reached its step limit before its time budget ended."""
