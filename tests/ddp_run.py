@@ -7,15 +7,15 @@ Each rank writes the first token of every window it trained on to OUT/batches_ra
 as when a cluster signals every task on its own. With --save-in-hook the master alone calls the documented
 `_save_checkpoint()` from `on_step_end` at step 1 and writes what it returned to OUT/saved_rank0.txt. With
 --best-in-hook the master alone calls `_save_checkpoint(val_loss=0.5, is_best=True)` at step 1, the run
-validates every 2 steps, and each rank writes its `best_val_loss` to OUT/best_rank{R}.txt. With --max-time the
-run has a 4 s budget and a schedule planned in it, rank 1's clock runs at twice the speed of rank 0's, and each
-rank writes the rate of every step to OUT/lr_rank{R}.txt.
+validates every 2 steps, and each rank writes its `best_val_loss` to OUT/best_rank{R}.txt. With --kill-rank1, rank 1
+kills itself (SIGKILL) as its step 3 starts. With --max-time the run has a 20 s budget and a schedule planned in it,
+on a clock that advances 1 s a step on rank 0 and 2 s on rank 1, and each rank writes the rate of every step to
+OUT/lr_rank{R}.txt.
 """
 
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -44,10 +44,31 @@ class RecordRates(Callback):
             f.write(f"{optimizer.param_groups[0]['lr']!r}\n")
 
 
+class StepClock(Callback):
+    """The time budget's clock (time_budget._clock): rank R's advances R + 1 seconds a step."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return StepClock.now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            StepClock.now += 1 + trainer.global_rank
+
+
 class SignalSkew(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx % trainer.accumulate_grad_batches == 0 and trainer.global_step + 1 == 4 - trainer.global_rank:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class KillRank1(Callback):
+    """Rank 1 dies (SIGKILL: no handler, no goodbye) as its step 3 starts, after the step-2 checkpoint."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == 2 and batch_idx % trainer.accumulate_grad_batches == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BestInHook:
@@ -77,8 +98,8 @@ def main() -> None:
     hooks = [SaveInHook()] if "--save-in-hook" in sys.argv else [BestInHook()] if best else None
     timed = "--max-time" in sys.argv
     lightning_callbacks = [RecordBatches(out)] + ([SignalSkew()] if "--signal-skew" in sys.argv else []) + (
-        [RecordRates(out)] if timed else [])
-    in_time = dict(max_time=4, max_steps=100_000, scheduler=get_lr_scheduler(1e-3, 1e-4, 2, None, "linear"),
+        [KillRank1()] if "--kill-rank1" in sys.argv else []) + ([RecordRates(out), StepClock()] if timed else [])
+    in_time = dict(max_time=20, max_steps=100_000, scheduler=get_lr_scheduler(1e-3, 1e-4, 2, None, "linear"),
                    steps=None) if timed else {"steps": steps}
     trainer = Trainer(model, loader, val_data_loader=val, total_batch_size=total, log_steps=1,
                       checkpoint_steps=2, validation_steps=2 if best else 100,
@@ -86,8 +107,8 @@ def main() -> None:
                       logs_dir=str(out / "logs"), seed=3, verbose=False, accelerator="cpu", devices=devices,
                       callbacks=hooks, strategy="ddp" if devices > 1 else "auto",
                       trainer_kwargs={"callbacks": lightning_callbacks}, **in_time)
-    if timed and trainer._trainer.global_rank == 1:
-        time_budget._clock = lambda: 2 * time.perf_counter()
+    if timed:
+        time_budget._clock = StepClock()
     result = trainer.train(ckpt_path="last" if "--resume" in sys.argv else None)
     with open(out / f"result_rank{trainer._trainer.global_rank}.txt", "w") as f:
         f.write(f"{result['steps_completed']} {result['interrupted']}\n")

@@ -6,7 +6,6 @@ stops and which rate each step trains at are exact; one test runs on the real cl
 from __future__ import annotations
 
 import csv
-import math
 import shutil
 import subprocess
 import sys
@@ -243,15 +242,14 @@ def test_resuming_a_wsd_run_from_its_stable_phase_with_more_steps_continues_with
 # ---- several processes --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_processes_with_clocks_apart_agree_on_every_rate_and_the_stop(tmp_path):
-    """Rank 1's clock runs at twice the speed: the agreed (maximum) clock is its, and both processes apply the
-    same rate at every step and stop at the same one, well before the step limit."""
+    """Rank 1's clock runs at twice the speed of rank 0's (2 s a step against 1 s): the agreed (maximum) clock is
+    rank 1's, so both processes stop at step 9 of a 20 s budget (rank 0 alone would run to step 19) and apply the
+    same rate at every step."""
     shutil.copy(Path(time_budget.__file__).parents[1] / "data" / "assets" / "tinyshakespeare.txt",
                 tmp_path / "corpus.txt")
     done = subprocess.run([sys.executable, str(TESTS / "ddp_run.py"), str(tmp_path), "2", "128", "--max-time"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rates = [(tmp_path / f"lr_rank{r}.txt").read_text().split() for r in (0, 1)]
-    assert rates[0] == rates[1] and len(set(rates[0])) > 3
-    results = [(tmp_path / f"result_rank{r}.txt").read_text() for r in (0, 1)]
-    assert results[0] == results[1] and int(results[0].split()[0]) < 100_000
-    assert not math.isnan(float(rates[0][-1]))
+    assert rates[0] == rates[1] and len(rates[0]) == 9 and len(set(rates[0])) == 9
+    assert [(tmp_path / f"result_rank{r}.txt").read_text() for r in (0, 1)] == ["9 False\n"] * 2
