@@ -8,7 +8,9 @@ as when a cluster signals every task on its own. With --save-in-hook the master 
 `_save_checkpoint()` from `on_step_end` at step 1 and writes what it returned to OUT/saved_rank0.txt. With
 --best-in-hook the master alone calls `_save_checkpoint(val_loss=0.5, is_best=True)` at step 1, the run
 validates every 2 steps, and each rank writes its `best_val_loss` to OUT/best_rank{R}.txt. With --kill-rank1, rank 1
-kills itself (SIGKILL) as its step 3 starts.
+kills itself (SIGKILL) as its step 3 starts. With --max-time the run has a 20 s budget and a schedule planned in it,
+on a clock that advances 1 s a step on rank 0 and 2 s on rank 1, and each rank writes the rate of every step to
+OUT/lr_rank{R}.txt.
 """
 
 import os
@@ -21,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tlama_core.data import builtin_tokenizer_path, create_dataloader
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training import Trainer
+from tlama_core.training import Trainer, get_lr_scheduler, time_budget
 
 
 class RecordBatches(Callback):
@@ -31,6 +33,28 @@ class RecordBatches(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         with open(self.out / f"batches_rank{trainer.global_rank}.txt", "a") as f:
             f.write(" ".join(map(str, batch[0][:, :4].flatten().tolist())) + "\n")
+
+
+class RecordRates(Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        with open(self.out / f"lr_rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{optimizer.param_groups[0]['lr']!r}\n")
+
+
+class StepClock(Callback):
+    """The time budget's clock (time_budget._clock): rank R's advances R + 1 seconds a step."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return StepClock.now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            StepClock.now += 1 + trainer.global_rank
 
 
 class SignalSkew(Callback):
@@ -72,14 +96,19 @@ def main() -> None:
     val = create_dataloader(corpus, builtin_tokenizer_path(), batch_size=2, seq_length=32, split="val",
                             cache_dir=out / "cache") if best else None
     hooks = [SaveInHook()] if "--save-in-hook" in sys.argv else [BestInHook()] if best else None
-    trainer = Trainer(model, loader, val_data_loader=val, total_batch_size=total, steps=steps, log_steps=1,
+    timed = "--max-time" in sys.argv
+    lightning_callbacks = [RecordBatches(out)] + ([SignalSkew()] if "--signal-skew" in sys.argv else []) + (
+        [KillRank1()] if "--kill-rank1" in sys.argv else []) + ([RecordRates(out), StepClock()] if timed else [])
+    in_time = dict(max_time=20, max_steps=100_000, scheduler=get_lr_scheduler(1e-3, 1e-4, 2, None, "linear"),
+                   steps=None) if timed else {"steps": steps}
+    trainer = Trainer(model, loader, val_data_loader=val, total_batch_size=total, log_steps=1,
                       checkpoint_steps=2, validation_steps=2 if best else 100,
                       validation_batches=2 if best else None, checkpoints_dir=str(out / "ckpt"),
                       logs_dir=str(out / "logs"), seed=3, verbose=False, accelerator="cpu", devices=devices,
                       callbacks=hooks, strategy="ddp" if devices > 1 else "auto",
-                      trainer_kwargs={"callbacks": [RecordBatches(out)] + (
-                          [SignalSkew()] if "--signal-skew" in sys.argv else []) + (
-                          [KillRank1()] if "--kill-rank1" in sys.argv else [])})
+                      trainer_kwargs={"callbacks": lightning_callbacks}, **in_time)
+    if timed:
+        time_budget._clock = StepClock()
     result = trainer.train(ckpt_path="last" if "--resume" in sys.argv else None)
     with open(out / f"result_rank{trainer._trainer.global_rank}.txt", "w") as f:
         f.write(f"{result['steps_completed']} {result['interrupted']}\n")

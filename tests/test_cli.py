@@ -323,6 +323,28 @@ def test_max_steps_flag_sets_the_runs_length_and_a_null_schedule_ends_with_it(tm
     assert [(int(r["step"]), float(r["learning_rate"])) for r in rows] == [(s, schedule(s - 1)) for s in (1, 2, 3)]
 
 
+def test_max_time_flag_plans_the_run_in_time_and_is_saved_with_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scheduler = {**TINY_RUN["model"]["scheduler"], "max_steps": None, "decay_type": "wsd", "decay_fraction": 0.5}
+    run = {**TINY_RUN, "model": {**TINY_RUN["model"], "scheduler": scheduler}}
+    main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", run)), "--trainer.max_time", "00:00:00:04",
+          "--trainer.max_steps", "100000"])
+    rows = read_rows("logs/train_log.csv")
+    assert int(rows[-1]["step"]) < 100000 and rows[-1]["val_loss"]  # time ended it, with a final validation
+    assert Path(f"checkpoints/step={int(rows[-1]['step']):08d}.ckpt").exists()
+    saved = yaml.safe_load(Path("checkpoints/config.yaml").read_text())
+    assert saved["trainer"]["max_time"] == "00:00:00:04" and saved["model"]["scheduler"]["decay_type"] == "wsd"
+
+
+def test_a_bad_max_time_flag_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(write_yaml(tmp_path / "run.yaml", TINY_RUN)), "--trainer.max_time", "soon"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "max_time='soon'" in err and "DD:HH:MM:SS" in err and "Traceback" not in err
+
+
 def test_yaml_mixes_hook_objects_with_lightning_callbacks_and_loggers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     callbacks = [{"class_path": f"{__name__}.StepFile", "init_args": {"path": "steps.jsonl", "tag": "yaml"}},

@@ -92,6 +92,9 @@ class RunSettings:
         keep_checkpoints: Keep only the newest N step checkpoints (and the best's); null: keep them all.
         allow_data_change: Resume on training data other than the checkpoint's, from the same position (counted
             in windows of the new data's order); false: such a resume is refused.
+        max_time: A time budget for the whole run, from the start of training (a resumed run's earlier time
+            counts): seconds or "DD:HH:MM:SS". The run stops in time for its final validation and checkpoint,
+            and a schedule with max_steps null decays over the budget; null: the run is planned in steps.
     """
 
     total_batch_size: int = 524288
@@ -122,6 +125,7 @@ class RunSettings:
     max_steps: int | None = None
     keep_checkpoints: int | None = None
     allow_data_change: bool = False
+    max_time: float | str | None = None
 
 
 def shards(strategy: Any) -> bool:

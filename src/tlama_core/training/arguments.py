@@ -17,6 +17,7 @@ from tlama_core.training.module import TlamaLightningModule
 # silently split the step arithmetic (or the run's files) from what the facade reports.
 OWNED_KEYWORDS = {
     "accumulate_grad_batches": "total_batch_size (and gradient_accumulation)", "max_steps": "max_steps",
+    "max_time": "max_time",
     "min_steps": "max_steps", "max_epochs": "epochs (or max_steps)", "min_epochs": "epochs",
     "val_check_interval": "validation_steps", "check_val_every_n_epoch": "validation_steps",
     "limit_train_batches": "steps", "limit_val_batches": "validation_batches", "log_every_n_steps": "log_steps",

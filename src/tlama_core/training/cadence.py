@@ -25,7 +25,9 @@ from tlama_core.training.finite import check_weights_finite
 from tlama_core.training.metrics import MetricSinks, metrics_row
 from tlama_core.training.run_checkpoints import RunCheckpoints
 from tlama_core.training.run_files import RunTokenizer
+from tlama_core.training.scheduler import StepFunctionLR
 from tlama_core.training.throughput import Throughput
+from tlama_core.training.time_budget import TimeBudget
 
 STOP_CODES = (None, "request", "signal", "preempt")  # agreed across processes as their maximum: a signal wins
 
@@ -42,11 +44,12 @@ class StepCadence(Callback):
     """Every `log_steps` a metrics row (to `sinks`: the CSV log and the loggers), every `checkpoint_steps` a
     checkpoint, a `best.ckpt` when val_loss improves, and at the last step of the run: validation, a row and a
     checkpoint. Rows and files are written on global rank 0 only, and not at all when `sinks` is None (a
-    process the user said is not the master). The run's step plan is the module's (`pl_module.plan`)."""
+    process the user said is not the master). The run's step plan is the module's (`pl_module.plan`). With a
+    `budget` (max_time) the run also ends at the step its time budget allows, agreed with the other stops."""
 
     def __init__(self, log_steps: int, validation_steps: int, checkpoint_steps: int, checkpoints: RunCheckpoints,
                  sinks: MetricSinks | None, has_validation: bool, tokenizer: RunTokenizer | None = None,
-                 inputs: dict[str, Any] | None = None) -> None:
+                 inputs: dict[str, Any] | None = None, budget: TimeBudget | None = None) -> None:
         self.plan: StepPlan | None = None  # the module's, from setup on
         self.checkpoints = checkpoints
         self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
@@ -68,16 +71,25 @@ class StepCadence(Callback):
         self.throughput: Throughput | None = None
         self._validation_started = 0.0
         self.start_step: int | None = None  # the step this fit's training started from (None: it never started)
+        self.budget = budget
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint.update(self.inputs)  # every save (a ModelCheckpoint's too) names what the run read
 
     # Lightning saves and restores this with every checkpoint (callback state).
     def state_dict(self) -> dict[str, Any]:
-        return {"best_val_loss": self.best_val_loss}
+        state = {"best_val_loss": self.best_val_loss}
+        if self.budget is not None:
+            state["time_budget"] = self.budget.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_val_loss = float(state_dict.get("best_val_loss", math.inf))
+        if self.budget is not None and "time_budget" in state_dict:
+            self.budget.load_state_dict(state_dict["time_budget"])
+        elif self.budget is not None:
+            warnings.warn("the checkpoint records no time spent (its run was planned in steps): max_time counts "
+                          "from this run's start, and its schedule starts its decay over.", stacklevel=2)
 
     def stepping_copy(self) -> StepCadence:
         """A disabled cadence for `Trainer.train_step()` (no rows, no periodic checkpoints) keeping this one's
@@ -93,6 +105,8 @@ class StepCadence(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
+        if self.budget is not None and self.budget.reached:  # resumed at the end of its time budget: train nothing
+            trainer.should_stop = True
         lightning_internals.mark_resume_step_saved(trainer)
         self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config, self.plan.seq_length)
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and
@@ -116,33 +130,46 @@ class StepCadence(Callback):
     def _is_final(self, trainer, step: int) -> bool:
         """The run ends with this step: its last one, or a stop was asked for on any process (or by a Lightning
         callback, e.g. EarlyStopping, through `trainer.should_stop`)."""
-        self._agree(trainer)
-        if trainer.should_stop and not self.is_last_step(step):
+        self._agree(trainer, step)
+        out_of_time = self.budget is not None and self.budget.reached
+        if trainer.should_stop and not (self.is_last_step(step) or out_of_time):
             self.stop_reason = self.stop_reason or "request"
-        return self.is_last_step(step) or self.stop_reason is not None
+        return self.is_last_step(step) or out_of_time or self.stop_reason is not None
 
-    def _agree(self, trainer) -> None:
+    def _agree(self, trainer, step: int) -> None:
         """Make a stop (and its reason) or a save asked for on any process known to every process.
 
         A signal reaches each process on its own (srun signals every task), possibly a step apart, and a hook
         may run on the master alone; processes that stopped or saved at different steps would make mismatched
         collectives (a crash on gloo, a hang on NCCL, a save waiting at its barrier). So every process calls
         this at the same points. Lightning already syncs its own stop flag every batch in multi-process runs;
-        one more tiny collective per step adds nothing noticeable.
+        one more tiny collective per step adds nothing noticeable. The time budget's clock rides along.
         """
+        clock = self.budget.local_values() if self.budget is not None else []
         if trainer.world_size == 1:
+            if self.budget is not None:
+                self._agree_on_time(trainer, clock, step)
             return
         request = self.save_request
         val_loss = request.val_loss if request is not None and request.val_loss is not None else math.inf
         # One max-reduction; the val_loss goes negated, so that its max is the lowest given on any process (each
         # process then updates its best_val_loss alike, and later "improved" decisions, which save, agree).
         flags = torch.tensor([STOP_CODES.index(self.stop_reason), request is not None,
-                              request is not None and request.is_best, -val_loss], dtype=torch.float64,
+                              request is not None and request.is_best, -val_loss, *clock], dtype=torch.float64,
                              device=trainer.strategy.root_device)
-        code, save, best, negated = trainer.strategy.reduce(flags, reduce_op="max").tolist()
+        code, save, best, negated, *clock = trainer.strategy.reduce(flags, reduce_op="max").tolist()
         self.stop_reason = STOP_CODES[int(code)]
         if save:
             self.save_request = SaveRequest(None if negated == -math.inf else -negated, bool(best))
+        if self.budget is not None:
+            self._agree_on_time(trainer, clock, step)
+
+    def _agree_on_time(self, trainer, clock: list[float], step: int) -> None:
+        """Every process takes the agreed clock; the rate of the next step follows the position it gives."""
+        self.budget.agree(clock, step)
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, StepFunctionLR):
+                config.scheduler.refresh()
 
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
@@ -167,11 +194,15 @@ class StepCadence(Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._validation_started = time.perf_counter()
+        if self.budget is not None:
+            self.budget.mark("validation")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         pl_module.exclude_time(time.perf_counter() - self._validation_started)  # throughput is training's
+        if self.budget is not None:
+            self.budget.measured("validation")
         if self._pending_step != trainer.global_step:
             return
         self._pending_step = None
@@ -213,12 +244,16 @@ class StepCadence(Callback):
         kept = step % self.checkpoint_steps == 0 or final or request is not None
         best = improved or (request is not None and request.is_best)
         if kept or best:  # one save of the step: best.ckpt links to it
+            if self.budget is not None:
+                self.budget.mark("checkpoint")
             check_weights_finite(trainer, pl_module, step, self.checkpoints_dir)
             pl_module.weights_checked_step = step
             try:
                 self.checkpoints.save(trainer, step, kept=kept, best=best)
             finally:
                 pl_module.saving_val_loss = None
+            if self.budget is not None:
+                self.budget.measured("checkpoint")
         pl_module.exclude_time(time.perf_counter() - saving)
 
     def _write_row(self, trainer, pl_module, val: dict[str, float] | None) -> None:

@@ -39,13 +39,15 @@ class StepProgressBar(TQDMProgressBar):
         return metrics
 
 
-def print_start(trainer: Any, ckpt: str | None) -> None:
-    """The run's shape: parameters, device, precision, tokens per step, steps; where its files go."""
+def print_start(trainer: Any, ckpt: str | None, max_time: float | None = None) -> None:
+    """The run's shape: parameters, device, precision, tokens per step, steps (or its time budget); where its
+    files go."""
     p = trainer.plan
     print(f"tlama-core: {trainer.model.num_params() / 1e6:.2f}M parameters on {trainer.device} "
           f"({trainer.precision}), {p.world_size} process(es)")
+    length = f"{p.max_steps} steps" if max_time is None else f"max_time {max_time:g} s, at most {p.max_steps} steps"
     print(f"  {p.batch_size} x {p.seq_length} tokens per micro-batch, {p.grad_accum} accumulation step(s): "
-          f"{p.tokens_per_step:,} tokens per optimizer step; {p.max_steps} steps ({p.steps_per_epoch} per epoch)")
+          f"{p.tokens_per_step:,} tokens per optimizer step; {length} ({p.steps_per_epoch} per epoch)")
     resuming = f"  resuming {ckpt}" if ckpt else ""
     print(f"  log: {trainer.log_file}  checkpoints: {trainer.checkpoints_dir}/{resuming}")
 

@@ -12,7 +12,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from tlama_core.training.batching import user_stacklevel
 
-DECAY_TYPES = ("cosine", "linear", "exponential", "constant")
+DECAY_TYPES = ("cosine", "linear", "exponential", "constant", "wsd")
+WSD_DECAY_FRACTION = 0.2  # the decay's share of the run when a wsd schedule gives none
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,17 @@ class LRSchedule:
     """Linear warmup to max_lr, then a decay to min_lr at max_steps, then min_lr. Call it with a step.
 
     A dataclass rather than a closure so that a YAML run can spell it out key by key and a checkpoint can
-    name it; `get_lr_scheduler` is the documented way to build one.
+    name it; `get_lr_scheduler` is the documented way to build one. A run with `max_time` calls `at_position`
+    instead: the decay then follows the share of the time budget used.
 
     Args:
         max_lr: Peak learning rate, reached at the end of the warmup.
         min_lr: Learning rate at max_steps and after.
         warmup_steps: Optimizer steps of linear warmup.
         max_steps: Optimizer step at which the decay reaches min_lr; null: the run's length (its last step).
-        decay_type: cosine, linear, exponential or constant.
+        decay_type: cosine, linear, exponential, constant, or wsd (warmup-stable-decay: max_lr until the last
+            decay_fraction of the run, then a linear decay to min_lr).
+        decay_fraction: wsd only: the decay's share of the run (0 < f <= 1); null: 0.2.
     """
 
     max_lr: float
@@ -35,6 +39,7 @@ class LRSchedule:
     warmup_steps: int
     max_steps: int | None = None
     decay_type: str = "cosine"
+    decay_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_lr < 0 or (self.max_lr == 0 and self.decay_type != "constant"):  # a constant 0: a frozen run
@@ -51,6 +56,13 @@ class LRSchedule:
             raise ValueError(
                 f"get_lr_scheduler: unknown decay_type={self.decay_type!r}; known types are {list(DECAY_TYPES)}."
             )
+        if self.decay_fraction is not None:
+            if self.decay_type != "wsd":
+                raise ValueError(f"get_lr_scheduler: decay_fraction={self.decay_fraction} is the decay's share of a "
+                                 f"decay_type='wsd' schedule; this one is {self.decay_type!r}: leave it None.")
+            if not 0 < self.decay_fraction <= 1:
+                raise ValueError(f"get_lr_scheduler: decay_fraction={self.decay_fraction} must be in (0, 1], the "
+                                 "decay's share of the run (e.g. 0.2).")
 
     def __call__(self, step: int) -> float:
         if self.max_steps is None:
@@ -60,25 +72,44 @@ class LRSchedule:
             return self.max_lr * (step + 1) / self.warmup_steps
         if step >= self.max_steps:
             return self.min_lr
-        r = (step - self.warmup_steps) / (self.max_steps - self.warmup_steps)
-        factor = {
-            "cosine": lambda: 0.5 * (1.0 + math.cos(math.pi * r)),
-            "linear": lambda: 1.0 - r,
-            "exponential": lambda: math.exp(-3.0 * r),
-            "constant": lambda: 1.0,
-        }[self.decay_type]()
+        if self.decay_type == "wsd":  # its decay's share counts the whole run, warmup included
+            return self._decayed(step / self.max_steps)
+        return self._decayed((step - self.warmup_steps) / (self.max_steps - self.warmup_steps))
+
+    def at_position(self, step: int, position: float) -> float:
+        """The rate of optimizer step `step` in a run planned in time: the warmup counts steps, the decay follows
+        `position`, the share of the time budget used (0 at the start, 1 at its end)."""
+        if step < self.warmup_steps:
+            return self.max_lr * (step + 1) / self.warmup_steps
+        return self._decayed(min(max(position, 0.0), 1.0))
+
+    def _decayed(self, r: float) -> float:
+        """The rate at `r` in [0, 1] of the decay's span (for wsd: of the whole run)."""
+        if self.decay_type == "wsd":
+            factor = min(1.0, (1.0 - r) / (self.decay_fraction or WSD_DECAY_FRACTION))
+        else:
+            factor = {
+                "cosine": lambda: 0.5 * (1.0 + math.cos(math.pi * r)),
+                "linear": lambda: 1.0 - r,
+                "exponential": lambda: math.exp(-3.0 * r),
+                "constant": lambda: 1.0,
+            }[self.decay_type]()
+        if factor == 1.0:  # exactly max_lr (a wsd schedule's stable phase), not min_lr + (max_lr - min_lr)
+            return self.max_lr
         return self.min_lr + (self.max_lr - self.min_lr) * factor
 
 
 def get_lr_scheduler(max_lr: float, min_lr: float, warmup_steps: int, max_steps: int | None,
-                     decay_type: str = "cosine", final_div_factor: float | None = None) -> LRSchedule:
+                     decay_type: str = "cosine", final_div_factor: float | None = None,
+                     decay_fraction: float | None = None) -> LRSchedule:
     """A function step -> lr (step = optimizer step, from 0). final_div_factor, if given, sets min_lr = max_lr / it.
-    max_steps=None: the decay ends at the last step of the run that trains with it."""
+    max_steps=None: the decay ends at the last step of the run that trains with it (or, with `max_time`, at the
+    end of its time budget). decay_fraction: the decay's share of the run for decay_type="wsd" (None: 0.2)."""
     if final_div_factor is not None:
         if final_div_factor <= 1:
             raise ValueError(f"get_lr_scheduler: final_div_factor={final_div_factor} must be > 1.")
         min_lr = max_lr / final_div_factor
-    return LRSchedule(max_lr, min_lr, warmup_steps, max_steps, decay_type)
+    return LRSchedule(max_lr, min_lr, warmup_steps, max_steps, decay_type, decay_fraction)
 
 
 def fit_schedule_to_run(schedule: Callable[[int], float], run_steps: int) -> Callable[[int], float]:
@@ -129,11 +160,25 @@ class StepFunctionLR(LRScheduler):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the position and apply this run's schedule at it: the rate in the restored optimizer state is
-        the old run's, which a resume with a changed schedule would otherwise train its first step with."""
+        the old run's, which a resume with a changed schedule would otherwise train its first step with. A rate
+        that differs from the old run's at that step warns, naming both (e.g. a cosine that had finished,
+        stretched by a raised max_steps, jumps back up)."""
+        saved = state_dict.get("_last_lr")
         self.__dict__.update(state_dict)
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
-            group["lr"] = lr
+        self.refresh()
+        before, after = (saved or [None])[0], self._last_lr[0]
+        if before is not None and not math.isclose(before, after, rel_tol=1e-6, abs_tol=1e-12):
+            warnings.warn(
+                f"resuming at step {self.last_epoch}: the learning rate jumps from {before:.3g} (the checkpoint's "
+                f"run) to {after:.3g} (this run's schedule at that step). To train longer without a jump, use "
+                "decay_type='wsd' and resume from a checkpoint of its stable phase (before its decay).",
+                stacklevel=user_stacklevel())
+
+    def refresh(self) -> None:
+        """Apply the schedule at the current step again: a run planned in time moves its position between steps."""
         self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
 
 
 def plot_lr_schedule(schedule: Callable[[int], float], steps: int, ax=None):

@@ -11,6 +11,8 @@ import copy
 import inspect
 import math
 import time
+import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from tlama_core.data.workers import shield_workers
 from tlama_core.models import Transformer
 from tlama_core.models.transformer import out_of_memory, training_too_large
 from tlama_core.training import arguments, checks, lightning_internals
-from tlama_core.training.batching import StepPlan, plan_steps
+from tlama_core.training.batching import StepPlan, micro_batch_shape, plan_steps
 from tlama_core.training.cadence import StepCadence
 from tlama_core.training.checkpointing import (
     MODEL_BEST_NAME,
@@ -63,6 +65,7 @@ from tlama_core.training.signals import (
     take_over_requeue,
 )
 from tlama_core.training.stepping import StepLoader
+from tlama_core.training.time_budget import TimeBudget, parse_max_time
 
 LOG_NAME = "train_log.csv"
 
@@ -71,8 +74,8 @@ class Trainer:
     """Trains a Tlama model on Lightning; every documented parameter keeps its documented default.
 
     Keyword-only extras (README, "Parameters"): compile, activation_checkpointing, validation_batches,
-    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision, max_steps, keep_checkpoints and
-    allow_data_change.
+    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision, max_steps, keep_checkpoints,
+    allow_data_change and max_time.
     """
 
     def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
@@ -87,7 +90,7 @@ class Trainer:
                  devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
                  trainer_kwargs: dict[str, Any] | None = None, logger: Any = None, precision: str | None = None,
                  max_steps: int | None = None, keep_checkpoints: int | None = None,
-                 allow_data_change: bool = False) -> None:
+                 allow_data_change: bool = False, max_time: float | str | timedelta | None = None) -> None:
         # ---- arguments, checked before anything runs
         checks.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
                             validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
@@ -98,6 +101,7 @@ class Trainer:
                                   directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
         arguments.check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay, _DEFAULTS)
         overrides = arguments.check_trainer_kwargs(trainer_kwargs)
+        seconds = parse_max_time(max_time)
         shield_workers(train_data_loader, val_data_loader)  # loader workers leave SIGTERM to this process
         self.verbose, self.seed = verbose, seed
         self._set_seed(seed)
@@ -147,9 +151,10 @@ class Trainer:
         sinks = MetricSinks(csv_log) if master_process else None
         self._bridge = HookBridge(self, hooks)
         self._checkpoints.listeners.append(self._bridge.checkpoint_written)
+        self._budget = TimeBudget(seconds) if seconds is not None else None  # max_time: the run planned in time
         self._cadence = StepCadence(log_steps, validation_steps, checkpoint_steps, self._checkpoints, sinks,
                                     has_validation=val_data_loader is not None, tokenizer=self._tokenizer,
-                                    inputs=self._inputs)
+                                    inputs=self._inputs, budget=self._budget)
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and master_process)
         self.master_process = master_process and self._trainer.is_global_zero
         self._requeue = take_over_requeue(self._trainer)  # SLURM: requeue the job after a preemption signal
@@ -169,7 +174,9 @@ class Trainer:
         self._count_in_steps(self._trainer)
         self.grad_accum_steps = self.plan.grad_accum
         module.seed, module.plan, module.compile_model = seed, self.plan, compile
-        module.schedule = fit_schedule_to_run(module.schedule, self.plan.max_steps)
+        module.schedule = (self._budget.plan(module.schedule) if self._budget is not None
+                           else fit_schedule_to_run(module.schedule, self.plan.max_steps))
+        self._validation_batches = validation_batches
         module.log_to_loggers = False  # the metrics row reaches the loggers (one producer, one x axis)
         self.model.activation_checkpointing = activation_checkpointing
         # The default optimizer is built now, on the parameters that will train; a sharded or meta-device model gets
@@ -321,8 +328,11 @@ class Trainer:
             if self.master_process:
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()
+            if self._budget is not None:
+                self._budget.start(self.plan, sum(p.numel() for p in self.model.parameters()),
+                                   self._validation_tokens())
             if self.verbose and self.master_process:
-                print_start(self, ckpt)
+                print_start(self, ckpt, self._budget.seconds if self._budget is not None else None)
             self._trained = True
             with quiet_lightning(self.verbose and self.master_process), stop_on_signals(self._on_stop_signal):
                 try:
@@ -349,11 +359,24 @@ class Trainer:
                   "tokens": self.current_step * self.plan.tokens_per_step, "total_training_time": elapsed,
                   "interrupted": stop in ("signal", "preempt"), "stopped_early": stop == "request",
                   "requeued": None}
+        budget = self._budget
+        if budget is not None and stop is None and not budget.reached and self.master_process and last is not None:
+            warnings.warn(budget.step_limit_warning(self.current_step, last.lr, self._module.schedule), stacklevel=2)
         if stop == "preempt" and self._requeue and self.master_process:
             result["requeued"] = requeue_slurm_job()
         if self.master_process:
             print_end(result, self._cadence.start_step, self.checkpoints_dir, self.verbose)
         return result
+
+    def _validation_tokens(self) -> int | None:
+        """One process's tokens per validation (the time budget's first estimate of its cost)."""
+        if self.val_data_loader is None:
+            return None
+        batches = sized_len(self.val_data_loader) or self._validation_batches or 0
+        if self._validation_batches:
+            batches = min(batches, self._validation_batches)
+        batch_size, seq_length = micro_batch_shape(self.val_data_loader, "val_data_loader")
+        return batches * batch_size * seq_length
 
     def _on_stop_signal(self, signum, frame) -> None:
         self._cadence.request_stop("preempt" if signum == PREEMPTION else "signal")
