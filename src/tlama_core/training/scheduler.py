@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -106,6 +107,17 @@ def constant_schedule(lr: float) -> Callable[[int], float]:
     return LRSchedule(max_lr=lr, min_lr=lr, warmup_steps=0, max_steps=1, decay_type="constant")
 
 
+def follow_rate(schedule: Callable[[int], float], old: float, new: float) -> Callable[[int], float]:
+    """The schedule after a module's `learning_rate` changed from `old` to `new` (as Lightning's `Tuner.lr_find`
+    sets its suggestion): the flat schedule at `old` (the default) becomes flat at `new`; any other stays as it is,
+    with a warning that `new` is not used."""
+    if schedule == constant_schedule(old):
+        return constant_schedule(new)
+    rank_zero_warn(f"learning_rate set to {new} (as Tuner.lr_find sets its suggestion) is not used: the rate comes "
+                   f"from the module's scheduler, {schedule}; to train at it, give a scheduler whose max_lr is {new}.")
+    return schedule
+
+
 class StepFunctionLR(LRScheduler):
     """Sets every parameter group's lr to `fn(step)` before each optimizer step.
 
@@ -131,6 +143,10 @@ class StepFunctionLR(LRScheduler):
         """Restore the position and apply this run's schedule at it: the rate in the restored optimizer state is
         the old run's, which a resume with a changed schedule would otherwise train its first step with."""
         self.__dict__.update(state_dict)
+        self.apply()
+
+    def apply(self) -> None:
+        """Set every group's lr to the schedule's at the current position (whatever was written there before)."""
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             group["lr"] = lr
         self._last_lr = self.get_lr()
