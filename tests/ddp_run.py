@@ -7,7 +7,8 @@ Each rank writes the first token of every window it trained on to OUT/batches_ra
 as when a cluster signals every task on its own. With --save-in-hook the master alone calls the documented
 `_save_checkpoint()` from `on_step_end` at step 1 and writes what it returned to OUT/saved_rank0.txt. With
 --best-in-hook the master alone calls `_save_checkpoint(val_loss=0.5, is_best=True)` at step 1, the run
-validates every 2 steps, and each rank writes its `best_val_loss` to OUT/best_rank{R}.txt.
+validates every 2 steps, and each rank writes its `best_val_loss` to OUT/best_rank{R}.txt. With --kill-rank1, rank 1
+kills itself (SIGKILL) as its step 3 starts.
 """
 
 import os
@@ -36,6 +37,14 @@ class SignalSkew(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx % trainer.accumulate_grad_batches == 0 and trainer.global_step + 1 == 4 - trainer.global_rank:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class KillRank1(Callback):
+    """Rank 1 dies (SIGKILL: no handler, no goodbye) as its step 3 starts, after the step-2 checkpoint."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == 2 and batch_idx % trainer.accumulate_grad_batches == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BestInHook:
@@ -69,7 +78,8 @@ def main() -> None:
                       logs_dir=str(out / "logs"), seed=3, verbose=False, accelerator="cpu", devices=devices,
                       callbacks=hooks, strategy="ddp" if devices > 1 else "auto",
                       trainer_kwargs={"callbacks": [RecordBatches(out)] + (
-                          [SignalSkew()] if "--signal-skew" in sys.argv else [])})
+                          [SignalSkew()] if "--signal-skew" in sys.argv else []) + (
+                          [KillRank1()] if "--kill-rank1" in sys.argv else [])})
     result = trainer.train(ckpt_path="last" if "--resume" in sys.argv else None)
     with open(out / f"result_rank{trainer._trainer.global_rank}.txt", "w") as f:
         f.write(f"{result['steps_completed']} {result['interrupted']}\n")

@@ -130,3 +130,29 @@ def test_tlama_fit_with_two_devices(tmp_path):
     assert [int(r["step"]) for r in rows] == [2, 4]  # validation steps (log_steps defaults to 10)
     # tokens/s counts both processes: twice the per-device figure
     assert float(rows[-1]["tokens_per_sec"]) == pytest.approx(2 * float(rows[-1]["tokens_per_sec_per_device"]))
+
+
+@pytest.mark.slow
+def test_a_process_whose_peer_died_ends_with_one_line_naming_the_checkpoint(tmp_path):
+    """Rank 1 is killed (SIGKILL) as its step 3 starts; rank 0 meets the dead peer in its next collective and
+    `tlama fit` ends with one line, exit 2, naming the peer and the checkpoint to resume from; gloo's traceback
+    goes to a log file, not to the screen."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(Path(builtin_corpus_path()).read_text()[:40_000])
+    tlama = Path(sys.executable).with_name("tlama")
+    flags = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+             "--trainer.total_batch_size", "256", "--trainer.steps", "6", "--trainer.checkpoint_steps", "2",
+             "--trainer.validation_steps", "100", "--trainer.verbose", "false",
+             "--trainer.callbacks+=ddp_run.KillRank1", "--data.train_path", str(corpus), "--data.batch_size", "2",
+             "--data.seq_length", "32", "--data.cache_dir", str(tmp_path / "cache"), "--model.config.d_model", "32",
+             "--model.config.n_layers", "2", "--model.config.n_heads", "4", "--model.config.n_kv_heads", "2",
+             "--model.config.max_seq_len", "32"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run([str(tlama), "fit", *flags], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the process at 127.0.0.1:") and "died" in last, done.stderr[-3000:]
+    assert "resume from checkpoints/step=00000002.ckpt with ckpt_path='last'" in last  # relative to the run's cwd
+    assert "Traceback" not in done.stderr and "gloo" not in done.stderr
+    assert "Connection reset by peer" in (tmp_path / "logs" / "traceback-rank0.txt").read_text()

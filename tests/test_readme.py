@@ -33,6 +33,10 @@ SKIPPED = {
     "bash .ci/run": "runs the whole test suite",
     # The device check: without CUDA it only writes a 'skipped' JSON; tests/test_gpu_check.py runs it (--smoke).
     "python bench/gpu_check.py": "needs a CUDA GPU",
+    # Cluster launchers: tests/test_sharding.py and tests/test_preemption.py start the same processes locally.
+    "torchrun": "starts processes on several machines",
+    "srun": "needs a SLURM cluster",
+    "sbatch": "needs a SLURM cluster",
 }
 
 

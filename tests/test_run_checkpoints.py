@@ -15,6 +15,7 @@ from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
 from tlama_core.models import load_model
 from tlama_core.training import Trainer
 from tlama_core.training.checkpointing import AtomicCheckpointIO
+from tlama_core.training.csv_log import read_rows
 from tlama_core.training.run_files import run_tokenizer
 
 
@@ -79,7 +80,7 @@ def test_improvements_found_by_validation_keep_one_best_only_checkpoint(tmp_path
     t.train()
     ckpt = tmp_path / "ckpt"
     target = os.readlink(ckpt / "best.ckpt")
-    best_only = [n for n in names(ckpt) if n.startswith("best-step=")]
+    best_only = [n for n in names(ckpt) if n.endswith(".best.ckpt")]
     assert best_only == ([] if target == "step=00000010.ckpt" else [target])  # earlier bests' own files are gone
     assert read_checkpoint(ckpt / "best.ckpt")["val_loss"] == pytest.approx(t.best_val_loss)
 
@@ -164,3 +165,25 @@ def test_lightnings_slurm_checkpoints_are_set_aside_not_resumed_unasked(tmp_path
         again.train()
     assert again._cadence.start_step == 0  # trained from the start: Lightning alone would have resumed at step 2
     assert not hpc.exists()
+
+
+def test_a_learning_rate_of_zero_trains_a_frozen_model(tmp_path):
+    """learning_rate=0.0 without a schedule is a real check of a pipeline (torch's optimizers take it): every step
+    runs, at rate 0, and no weight moves (AdamW's decay is scaled by the rate too)."""
+    t = make(tmp_path, steps=3, learning_rate=0.0)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.train()
+    rates = [float(r["learning_rate"]) for r in read_rows(tmp_path / "logs" / "train_log.csv")]
+    assert t.current_step == 3 and rates == [0.0, 0.0, 0.0]
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+
+
+def test_a_model_checkpoint_of_yours_named_like_a_best_is_never_removed(tmp_path):
+    """best.ckpt's own checkpoints (step=N.best.ckpt) are removed when another step is best; a ModelCheckpoint of
+    yours saving into the same directory under its own names keeps its files."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    mine = ModelCheckpoint(filename="best-{step}", every_n_train_steps=3, save_top_k=-1)
+    make(tmp_path, checkpoint_steps=100, callbacks=[BestAt({2: 0.9, 4: 0.5}), mine]).train()
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("best-*.ckpt")) == ["best-step=3.ckpt", "best-step=6.ckpt",
+                                                                              "best-step=9.ckpt"]

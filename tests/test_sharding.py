@@ -160,12 +160,54 @@ def test_a_meta_device_fsdp2_run_resumes_exactly_from_its_sharded_checkpoint(tmp
 
 
 @pytest.mark.slow
-def test_two_by_two_fsdp2_and_tensor_parallel_train_as_ddp_does(tmp_path, ddp_run):
-    launch("shard_run.py", tmp_path, "2x2", "4", "--meta", timeout=600)  # each process draws its 2-D shards
-    assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
-    assert column(tmp_path, "val_loss") == pytest.approx(column(ddp_run, "val_loss"), rel=1e-4)
-    assert sorted(p.name for p in (tmp_path / "ckpt" / "step=00000008.ckpt").iterdir()) == [
+def test_two_by_two_fsdp2_and_tensor_parallel_train_as_ddp_does_and_resume_under_ddp(tmp_path, ddp_run):
+    """4 processes as 2 data-parallel x 2 tensor-parallel (built on the meta device: each draws its 2-D shards) to
+    step 4, then resumed from that sharded checkpoint on 2 DDP processes: DDP's losses throughout."""
+    launch("shard_run.py", tmp_path, "2x2", "4", "--steps", "4", "--meta", timeout=600)
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "step=00000004.ckpt").iterdir()) == [
         ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp", "meta.pt"]
+    assert column(tmp_path, "val_loss") == pytest.approx(column(ddp_run, "val_loss")[:1], rel=1e-4)
+    launch("shard_run.py", tmp_path, "ddp", "2", "--steps", "8", "--resume")
+    assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_two_process_fsdp2_run_resumes_on_one_process_and_a_one_process_run_on_two(tmp_path, fsdp2_run):
+    """The same optimizer steps see the same windows on any number of processes; the accumulation keeps the step's
+    tokens and the checkpoint is resharded (a sharded directory into one process, one file into two shards)."""
+    down, up = tmp_path / "down", tmp_path / "up"
+    launch("shard_run.py", down, "fsdp2", "2", "--steps", "4")
+    launch("shard_run.py", down, "fsdp2", "1", "--steps", "8", "--resume")
+    assert column(down, "train_loss") == pytest.approx(column(fsdp2_run, "train_loss"), rel=1e-4)
+    launch("shard_run.py", up, "auto", "1", "--steps", "4")
+    launch("shard_run.py", up, "fsdp2", "2", "--steps", "8", "--resume")
+    assert column(up, "train_loss") == pytest.approx(column(fsdp2_run, "train_loss"), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_tlama_fit_with_fsdp2_on_two_processes_and_generate_from_its_sharded_checkpoints(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(Path(builtin_corpus_path()).read_text()[:40_000])
+    tlama = Path(sys.executable).with_name("tlama")
+    flags = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "fsdp2",
+             "--trainer.total_batch_size", "256", "--trainer.epochs", "1", "--trainer.steps", "4",
+             "--trainer.checkpoint_steps", "1",
+             "--trainer.keep_checkpoints", "2", "--trainer.validation_steps", "2", "--trainer.validation_batches",
+             "2", "--trainer.verbose", "false", "--data.train_path", str(corpus), "--data.batch_size", "2",
+             "--data.seq_length", "32", "--data.cache_dir", str(tmp_path / "cache"), "--model.config.d_model", "32",
+             "--model.config.n_layers", "2", "--model.config.n_heads", "4", "--model.config.n_kv_heads", "2",
+             "--model.config.max_seq_len", "32", "--model.muon", "false"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([str(tlama), "fit", *flags], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = tmp_path / "checkpoints"
+    steps = sorted(p.name for p in ckpt.iterdir() if p.name.startswith("step="))
+    assert steps == ["step=00000003.ckpt", "step=00000004.ckpt"] and all((ckpt / s).is_dir() for s in steps)
+    sample = subprocess.run([str(tlama), "generate", "--checkpoint", str(ckpt), "--prompt", "ROMEO:",
+                             "--max_new_tokens", "5", "--seed", "0"], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert sample.returncode == 0 and sample.stdout.startswith("ROMEO:"), sample.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -293,8 +293,8 @@ def test_hooks_fire_in_order_with_documented_counts_and_arguments(tmp_path):
             assert args[0].dim() == 0 and args[0] > 3.0  # the micro-batch's own loss, not divided by accum
         if name == "on_validate_end":
             assert set(args[0]) >= {"val_loss"}
-        # best.ckpt moves to later bests, whose checkpoints saved for the best alone (best-step=N) then go
-        if name == "on_checkpoint_end" and not args[0].endswith("best.ckpt") and "best-step=" not in args[0]:
+        # best.ckpt moves to later bests, whose checkpoints saved for the best alone (step=N.best.ckpt) then go
+        if name == "on_checkpoint_end" and not args[0].endswith("best.ckpt"):
             # the file is complete; announced once its background commit is done
             saved_step = read_checkpoint(args[0])["step"]
             assert saved_step <= step

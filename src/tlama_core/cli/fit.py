@@ -40,6 +40,7 @@ from tlama_core.training.checks import check_seed
 from tlama_core.training.module import empty_init
 from tlama_core.training.run_lock import RunLockError
 from tlama_core.training.sharding import is_model_parallel
+from tlama_core.training.signals import PeerLostError
 
 CONFIG_NAME = "config.yaml"  # written into trainer.checkpoints_dir by every run
 
@@ -89,6 +90,8 @@ class RunSettings:
         precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
         max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
         keep_checkpoints: Keep only the newest N step checkpoints (and the best's); null: keep them all.
+        allow_data_change: Resume on training data other than the checkpoint's, from the same position (counted
+            in windows of the new data's order); false: such a resume is refused.
     """
 
     total_batch_size: int = 524288
@@ -118,6 +121,7 @@ class RunSettings:
     precision: str | None = None
     max_steps: int | None = None
     keep_checkpoints: int | None = None
+    allow_data_change: bool = False
 
 
 def shards(strategy: Any) -> bool:
@@ -223,7 +227,7 @@ class TlamaCLI(LightningCLI):
         try:
             with empty_init(shards(self.config.get("trainer.strategy"))):  # each process builds its shards only
                 super().instantiate_classes()
-        except (ValueError, FileNotFoundError, ImportError) as err:  # raised by the classes, naming parameter and value
+        except (ValueError, FileNotFoundError, ImportError, MemoryError) as err:  # the classes' errors, one line each
             if os.environ.get("JSONARGPARSE_DEBUG"):
                 raise
             self.parser.error(build_error(str(err), self._data_args()))
@@ -278,7 +282,8 @@ class TlamaCLI(LightningCLI):
         result dict."""
         try:
             result = self.trainer.train(ckpt_path=self.config.ckpt_path)
-        except (CheckpointError, RunLockError) as err:  # a refused checkpoint, or another run's directory
+        except (CheckpointError, RunLockError, PeerLostError) as err:  # refused checkpoint, another run's directory,
+            # or a dead peer process: one line each
             self.parser.error(str(err))
         if self.trainer.verbose and self.trainer.master_process:
             prompt = opening_words(self.trainer.train_data_loader)

@@ -220,8 +220,13 @@ class Transformer(nn.Module):
         # The random state the weights are drawn from (torch's global CPU generator at construction).
         self.init_rng_state: torch.Tensor = torch.get_rng_state()
         if device.type != "meta":
-            self.to_empty(device=device)
-            self.init_weights()
+            try:
+                self.to_empty(device=device)
+                self.init_weights()
+            except RuntimeError as err:  # torch's allocators: "can't allocate memory" (CPU), OutOfMemoryError (CUDA)
+                if "allocate" not in str(err) and not isinstance(err, torch.OutOfMemoryError):
+                    raise
+                raise too_large(self, device) from None
 
     def tie_weights(self) -> None:
         """With `tie_embeddings`, make the output layer the embedding matrix (again: moving a model may part them)."""
@@ -314,6 +319,16 @@ class Transformer(nn.Module):
             for layer in self.layers:
                 layer.attention.cache = None
 
+
+
+def too_large(model: Transformer, device: torch.device) -> MemoryError:
+    """The error for a model whose weights the device cannot hold: its size and the ways round it."""
+    n = model.num_params()
+    return MemoryError(
+        f"Transformer: the {device} cannot hold this model: {n / 1e9:.2f}B parameters are {n * 4 / 2**30:.1f} GiB in "
+        f"fp32 (training with AdamW needs about 4x that). Use a smaller model, build it in bf16 (half the bytes: "
+        "torch.set_default_dtype(torch.bfloat16) first), or shard it across N processes: strategy='fsdp2' "
+        "(tlama fit --trainer.strategy fsdp2) builds it on the meta device and each process holds 1/N.")
 
 
 def check_weights(config: TlamaConfig, state: dict[str, torch.Tensor], source: str,

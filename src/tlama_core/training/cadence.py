@@ -45,10 +45,12 @@ class StepCadence(Callback):
     process the user said is not the master). The run's step plan is the module's (`pl_module.plan`)."""
 
     def __init__(self, log_steps: int, validation_steps: int, checkpoint_steps: int, checkpoints: RunCheckpoints,
-                 sinks: MetricSinks | None, has_validation: bool, tokenizer: RunTokenizer | None = None) -> None:
+                 sinks: MetricSinks | None, has_validation: bool, tokenizer: RunTokenizer | None = None,
+                 inputs: dict[str, Any] | None = None) -> None:
         self.plan: StepPlan | None = None  # the module's, from setup on
         self.checkpoints = checkpoints
         self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
+        self.inputs = inputs or {}  # what the run reads (tokenizer, data fingerprints): recorded in every checkpoint
         self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
         self.checkpoints_dir = checkpoints.directory
         self.sinks = sinks
@@ -68,8 +70,7 @@ class StepCadence(Callback):
         self.start_step: int | None = None  # the step this fit's training started from (None: it never started)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        if self.tokenizer is not None:  # every save (a ModelCheckpoint's too) names the run's tokenizer
-            checkpoint.update(self.tokenizer.annotations)
+        checkpoint.update(self.inputs)  # every save (a ModelCheckpoint's too) names what the run read
 
     # Lightning saves and restores this with every checkpoint (callback state).
     def state_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ filesystems), never fsyncs and leaves temp files after a crash; `AtomicCheckpoin
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -31,6 +32,7 @@ from tlama_core.checkpoints import (
 )
 from tlama_core.models import TlamaConfig, check_weights
 from tlama_core.models.loading import checkpoint_config
+from tlama_core.training.run_files import TOKENIZER_KEY
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "step_checkpoint_name"]
 
@@ -79,9 +81,12 @@ def resolve_ckpt_path(ckpt_path: str | None, directory: str | Path) -> str | Non
     return str(last)
 
 
+BEST_ONLY = re.compile(r"^step=(\d{8})\.best\.ckpt$")
+
+
 def best_only_name(step: int) -> str:
     """A step's checkpoint saved for the best alone (best.ckpt points at it)."""
-    return f"best-step={step:08d}.ckpt"
+    return f"step={step:08d}.best.ckpt"
 
 
 def set_aside_later_checkpoints(directory: str | Path, resume_step: int | None) -> Path | None:
@@ -130,11 +135,10 @@ def set_aside_hpc_checkpoints(directory: str | Path) -> Path | None:
 
 
 def best_only_step(path: Path) -> int | None:
-    """The step of a `best-step=N.ckpt` checkpoint (None for other files)."""
-    name = path.name
-    if name.startswith("best-step=") and name.endswith(".ckpt") and name[10:-5].isdigit():
-        return int(name[10:-5])
-    return None
+    """The step of a `step=NNNNNNNN.best.ckpt` checkpoint (None for other files; a name Lightning's ModelCheckpoint
+    does not make)."""
+    m = BEST_ONLY.match(path.name)
+    return int(m.group(1)) if m else None
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -253,6 +257,37 @@ def host_copy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(host_copy(v) for v in obj)
     return obj
+
+
+DATA_KEY = "data"  # what a checkpoint records of the run's data: {"train": fingerprint}
+
+
+def data_record(train_loader: Any) -> dict[str, Any]:
+    """What every checkpoint records of the training data: the loader's fingerprint (`TokenDataLoader`'s, read from
+    its sidecars' content hashes, never by reading the data); nothing for a loader that has none."""
+    fingerprint = getattr(train_loader, "data_fingerprint", None)
+    return {DATA_KEY: {"train": fingerprint}} if isinstance(fingerprint, str) else {}
+
+
+def check_same_inputs(checkpoint: dict[str, Any], path: str | Path, inputs: dict[str, Any], *,
+                      allow_data_change: bool = False) -> None:
+    """A resumed run reads what the checkpoint's run read: the same tokenizer (else its weights' ids would mean
+    other pieces) and the same training data (else the position it resumes at indexes other text), unless
+    `allow_data_change`. Checkpoints that record neither (older ones, runs on a loader without a fingerprint) pass."""
+    old, new = checkpoint.get(TOKENIZER_KEY), inputs.get(TOKENIZER_KEY)
+    if old and new and old["sha256"] != new["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with the tokenizer {old['file']} (sha256 {old['sha256'][:12]}), and this "
+            f"run reads its data with {new['file']} ({new['sha256'][:12]}): the weights learnt other ids. Resume with "
+            f"the run's tokenizer (its copy: {Path(path).parent / old['dir'] / old['file']}), or start a new run "
+            "from these weights with init_from.")
+    old, new = (checkpoint.get(DATA_KEY) or {}).get("train"), (inputs.get(DATA_KEY) or {}).get("train")
+    if old and new and old != new and not allow_data_change:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on other data than this run reads (the training data's fingerprint was "
+            f"{old[:12]}, it is {new[:12]}): its data position would index other text. Resume with the same data, "
+            "or pass allow_data_change=True (--trainer.allow_data_change true) to go on with this data from the "
+            "same position, counted in windows of the new data's order.")
 
 
 def check_resumable(checkpoint: dict[str, Any], path: str | Path, expected_config: dict[str, Any] | None) -> None:

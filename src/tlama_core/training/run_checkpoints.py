@@ -2,7 +2,7 @@
 
 A step's checkpoint is a file (written in the background by the checkpoint IO) or, for a sharded run, a
 directory (`sharded_saves.py`). `best.ckpt` is a symbolic link, replaced atomically, to the checkpoint of the step
-with the lowest val_loss: `step=N.ckpt` when that step is saved anyway, else `best-step=N.ckpt`, saved for the
+with the lowest val_loss: `step=N.ckpt` when that step is saved anyway, else `step=N.best.ckpt`, saved for the
 best alone and removed once another step is best. So "best" never costs a second save of a step, and a kill at
 any instant leaves the previous best or the new one. With `keep`, only the newest `keep` step checkpoints stay
 (besides best's), older ones removed once a newer one is complete.
@@ -11,7 +11,6 @@ any instant leaves the previous best or the new one. With `keep`, only the newes
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +18,8 @@ from typing import Any
 
 from tlama_core.atomic import fsync_dir
 from tlama_core.checkpoints import step_checkpoint_name, step_of
-from tlama_core.training.checkpointing import BEST_NAME, AtomicCheckpointIO, best_only_name
+from tlama_core.training.checkpointing import BEST_NAME, AtomicCheckpointIO, best_only_name, best_only_step
 from tlama_core.training.sharded_saves import ShardedSaves, writes_shards
-
-BEST_ONLY = re.compile(r"^best-step=(\d+)\.ckpt$")
 
 
 class RunCheckpoints:
@@ -79,7 +76,7 @@ def link_best(target: Path) -> None:
     os.replace(link, directory / BEST_NAME)
     fsync_dir(directory)
     for old in directory.iterdir():
-        if BEST_ONLY.match(old.name) and old != target:
+        if best_only_step(old) is not None and old != target:
             remove(old)
 
 

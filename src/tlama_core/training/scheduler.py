@@ -38,7 +38,7 @@ class LRSchedule:
     decay_type: str = "cosine"
 
     def __post_init__(self) -> None:
-        if self.max_lr <= 0:
+        if self.max_lr < 0 or (self.max_lr == 0 and self.decay_type != "constant"):  # a constant 0: a frozen run
             raise ValueError(f"get_lr_scheduler: max_lr={self.max_lr} must be > 0.")
         if not 0 <= self.min_lr <= self.max_lr:
             raise ValueError(f"get_lr_scheduler: min_lr={self.min_lr} must be in [0, max_lr={self.max_lr}].")

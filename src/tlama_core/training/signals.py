@@ -11,12 +11,15 @@ cadence agrees on the stop step across processes and writes that step's checkpoi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -77,3 +80,28 @@ def requeue_slurm_job() -> str | None:
                       "it yourself, with --ckpt_path last.", stacklevel=2)
         return None
     return job
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run died (killed, crashed, its node lost): this one cannot go on."""
+
+
+# What gloo and NCCL say, in a collective, when a peer process is gone.
+_PEER_GONE = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|NCCL communicator was "
+                        r"aborted|Connection refused|Socket Timeout", re.IGNORECASE)
+
+
+def peer_lost(err: BaseException, world_size: int, log: Path, last_checkpoint: Path | None) -> PeerLostError | None:
+    """A one-line PeerLostError for a collective that failed because a peer died (None for any other error),
+    naming the peer where the backend says it and the checkpoint to resume from; the backend's traceback is
+    written to `log` instead of the screen."""
+    if world_size < 2 or not isinstance(err, RuntimeError) or not _PEER_GONE.search(str(err)):
+        return None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(err)))
+    peer = re.search(r"\[([0-9a-fA-F.:]+)\]:(\d+)", str(err))
+    who = f"the process at {peer.group(1)}:{peer.group(2)}" if peer else "another process"
+    resume = (f"resume from {last_checkpoint} with ckpt_path='last' once every process can run" if last_checkpoint
+              else "no checkpoint was written yet")
+    return PeerLostError(f"{who} of this {world_size}-process run died (killed, crashed or its machine lost), so this "
+                         f"process stopped too; {resume}. The backend's traceback: {log}")

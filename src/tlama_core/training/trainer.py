@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import Strategy
 
 from tlama_core.atomic import remove_stale_temporaries
-from tlama_core.checkpoints import read_checkpoint
+from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
 from tlama_core.data.workers import shield_workers
 from tlama_core.models import Transformer
 from tlama_core.training import arguments, checks, lightning_internals
@@ -31,6 +31,8 @@ from tlama_core.training.checkpointing import (
     MODEL_BEST_NAME,
     AtomicCheckpointIO,
     check_resumable,
+    check_same_inputs,
+    data_record,
     model_checkpoint,
     model_checkpoint_name,
     resolve_ckpt_path,
@@ -54,6 +56,7 @@ from tlama_core.training.sharding import check_tensor_parallel, data_parallel, s
 from tlama_core.training.signals import (
     PREEMPTION,
     TakeBackSigterm,
+    peer_lost,
     requeue_slurm_job,
     stop_on_signals,
     take_over_requeue,
@@ -67,7 +70,8 @@ class Trainer:
     """Trains a Tlama model on Lightning; every documented parameter keeps its documented default.
 
     Keyword-only extras (README, "Parameters"): compile, activation_checkpointing, validation_batches,
-    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision, max_steps and keep_checkpoints.
+    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision, max_steps, keep_checkpoints and
+    allow_data_change.
     """
 
     def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
@@ -81,7 +85,8 @@ class Trainer:
                  validation_batches: int | None = None, accelerator: str = "auto",
                  devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
                  trainer_kwargs: dict[str, Any] | None = None, logger: Any = None, precision: str | None = None,
-                 max_steps: int | None = None, keep_checkpoints: int | None = None) -> None:
+                 max_steps: int | None = None, keep_checkpoints: int | None = None,
+                 allow_data_change: bool = False) -> None:
         # ---- arguments, checked before anything runs
         checks.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
                             validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
@@ -135,12 +140,15 @@ class Trainer:
 
         # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the one Lightning trainer
         self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir)
+        self._inputs = {**self._tokenizer.annotations, **data_record(train_data_loader)}
+        self._allow_data_change = allow_data_change
         csv_log = CsvLog(self.log_file) if master_process else None
         sinks = MetricSinks(csv_log) if master_process else None
         self._bridge = HookBridge(self, hooks)
         self._checkpoints.listeners.append(self._bridge.checkpoint_written)
         self._cadence = StepCadence(log_steps, validation_steps, checkpoint_steps, self._checkpoints, sinks,
-                                    has_validation=val_data_loader is not None, tokenizer=self._tokenizer)
+                                    has_validation=val_data_loader is not None, tokenizer=self._tokenizer,
+                                    inputs=self._inputs)
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and master_process)
         self.master_process = master_process and self._trainer.is_global_zero
         self._requeue = take_over_requeue(self._trainer)  # SLURM: requeue the job after a preemption signal
@@ -304,7 +312,9 @@ class Trainer:
             if ckpt is None and self.master_process:  # Lightning would resume from these unasked under SLURM
                 set_aside_hpc_checkpoints(self.checkpoints_dir)
             if ckpt is not None:  # here, for every kind: a sharded run's strategy loads without our checkpoint IO
-                check_resumable(read_checkpoint(ckpt, tensors=False), ckpt, self.model.config.to_dict())
+                saved = read_checkpoint(ckpt, tensors=False)
+                check_resumable(saved, ckpt, self.model.config.to_dict())
+                check_same_inputs(saved, ckpt, self._inputs, allow_data_change=self._allow_data_change)
             if self.master_process:
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()
@@ -312,8 +322,15 @@ class Trainer:
                 print_start(self, ckpt)
             self._trained = True
             with quiet_lightning(self.verbose and self.master_process), stop_on_signals(self._on_stop_signal):
-                self._trainer.fit(self._module, train_dataloaders=self.train_data_loader,
-                                  val_dataloaders=self.val_data_loader, ckpt_path=ckpt)
+                try:
+                    self._trainer.fit(self._module, train_dataloaders=self.train_data_loader,
+                                      val_dataloaders=self.val_data_loader, ckpt_path=ckpt)
+                except RuntimeError as err:  # a peer's death reaches the others as a collective's backend error
+                    log = self.logs_dir / f"traceback-rank{self._trainer.global_rank}.txt"
+                    lost = peer_lost(err, self._trainer.world_size, log, find_last_checkpoint(self.checkpoints_dir))
+                    if lost is None:
+                        raise
+                    raise lost from None
         finally:
             if self._csv is not None:
                 self._csv.close()
