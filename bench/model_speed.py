@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-from tlama_core.models import TlamaConfig, Transformer, to_hf
+from tlama_core.models import TlamaConfig, Transformer, generate, to_hf
 
 # The two ends of the sizes a CPU trains: a toy and a small model (GQA: 2 key/value heads).
 SHAPES = {
@@ -71,7 +71,7 @@ def generation(model: Transformer, hf: torch.nn.Module, batch: int, rounds: int)
     outputs = {}
 
     def ours() -> None:
-        outputs["ours"] = model.generate(prompt, NEW_TOKENS, temperature=0)
+        outputs["ours"] = generate(model, prompt, NEW_TOKENS, temperature=0)
 
     def theirs() -> None:
         with torch.inference_mode():

@@ -30,12 +30,14 @@ SHORTHAND = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monito
              "--trainer.callbacks+=test_cli.StepFile", "--trainer.callbacks.path=steps.jsonl",
              "--trainer.logger+=csv", "--trainer.logger+=TensorBoardLogger", "--trainer.logger.save_dir=tb"]
 
+TLAMA = str(Path(sys.executable).with_name("tlama"))  # this environment's, whatever PATH holds
+
 
 def test_callback_and_logger_shorthand_flags_build_what_they_name_and_the_saved_config_builds_them_again(
         tmp_path, monkeypatch):
     write_yaml(tmp_path / "run.yaml", TINY_RUN)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # test_cli.StepFile, importable by the run
-    done = subprocess.run(["tlama", "fit", "--config", "run.yaml", "--trainer.validation_steps", "1", *SHORTHAND],
+    done = subprocess.run([TLAMA, "fit", "--config", "run.yaml", "--trainer.validation_steps", "1", *SHORTHAND],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = read_rows(tmp_path / "logs/train_log.csv")
@@ -172,7 +174,7 @@ def test_an_unreadable_data_file_is_one_line_naming_the_flag_and_path(tmp_path):
     (tmp_path / "secret.txt").write_text("To be, or not to be. " * 500)
     (tmp_path / "secret.txt").chmod(0)
     write_yaml(tmp_path / "run.yaml", TINY_RUN)
-    command = ["tlama", "fit", "--config", "run.yaml", "--data.train_path", "secret.txt"]
+    command = [TLAMA, "fit", "--config", "run.yaml", "--data.train_path", "secret.txt"]
     if os.geteuid() == 0:  # root reads any file: drop the capabilities that let it
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")

@@ -14,7 +14,7 @@ import yaml
 from tlama_core.cli import main
 from tlama_core.cli.generate import configured_tokenizer, resolve_tokenizer
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
-from tlama_core.models import load_model
+from tlama_core.models import generate, load_model
 from tlama_core.models.loading import CHECKPOINT, Weights
 
 TINY = ["--model.config.d_model", "32", "--model.config.n_layers", "2", "--model.config.n_heads", "4",
@@ -42,7 +42,7 @@ def test_generate_prints_the_prompt_and_the_requested_number_of_tokens(run, caps
     sp = load_tokenizer(builtin_tokenizer_path())
     model = load_model(run / "checkpoints" / "step=00000004.ckpt")  # the directory's newest
     prompt = sp.encode("ROMEO:")
-    ids = model.generate(torch.tensor([prompt]), max_new_tokens=12, temperature=0)[0].tolist()
+    ids = generate(model, torch.tensor([prompt]), max_new_tokens=12, temperature=0)[0].tolist()
     assert len(ids) == len(prompt) + 12
     assert printed == sp.decode(ids) + "\n"
     assert printed.startswith("ROMEO:")

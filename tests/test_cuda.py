@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, create_dataloader
-from tlama_core.models import TlamaConfig, Transformer
+from tlama_core.models import TlamaConfig, Transformer, generate
 from tlama_core.training import Trainer
 from tlama_core.training.batching import peak_flops
 from tlama_core.training.checkpointing import find_last_checkpoint, step_checkpoint_name, step_of
@@ -218,7 +218,7 @@ def test_cached_generation_equals_recompute(figures, fp32_matmuls):
     fp32_matmuls()
     model = small_model(max_seq_len=128).cuda().eval()
     prompt = torch.randint(0, 1024, (2, 16), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    cached = model.generate(prompt, max_new_tokens=64, temperature=0)
+    cached = generate(model, prompt, max_new_tokens=64, temperature=0)
     recomputed = prompt
     with torch.no_grad():
         for _ in range(64):  # no cache: every token from a forward pass over the whole prefix

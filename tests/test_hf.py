@@ -16,6 +16,7 @@ from tlama_core.models import (  # noqa: E402
     Transformer,
     find_weights,
     from_hf,
+    generate,
     load_model,
     save_safetensors,
     to_hf,
@@ -113,7 +114,7 @@ def test_hf_greedy_generate_from_exported_weights_equals_ours(tmp_path):
     prompt = torch.randint(0, 100, (2, 6))
     theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=24,
                          min_new_tokens=24, eos_token_id=None, pad_token_id=0)
-    assert torch.equal(ours.generate(prompt, max_new_tokens=24, temperature=0), theirs)
+    assert torch.equal(generate(ours, prompt, max_new_tokens=24, temperature=0), theirs)
 
 
 @pytest.mark.parametrize(("field", "value"), [

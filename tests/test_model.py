@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlama_core.models import TlamaConfig, Transformer, transformer
+from tlama_core.models import TlamaConfig, Transformer, generate, transformer
 from tlama_core.models.transformer import EXPLICIT_ATTENTION_MAX_LEN, apply_rope, causal_attention, rope_table
 
 
@@ -180,7 +180,7 @@ def test_loss_falls_when_overfitting_one_batch():
 def test_cached_greedy_generation_equals_recomputing_without_cache():
     model = tiny_model().eval()
     prompt = torch.randint(0, 100, (2, 5))
-    generated = model.generate(prompt, max_new_tokens=20, temperature=0)
+    generated = generate(model, prompt, max_new_tokens=20, temperature=0)
     expected = prompt
     with torch.no_grad():
         for _ in range(20):
@@ -206,21 +206,21 @@ def test_padded_vocabulary_rows_are_never_sampled():
     prompt = torch.zeros(4, 1, dtype=torch.long)
     assert model(prompt)[0].shape[-1] == 100
     for temperature in (0, 1.0):
-        assert model.generate(prompt, max_new_tokens=30, temperature=temperature).max() < 100
+        assert generate(model, prompt, max_new_tokens=30, temperature=temperature).max() < 100
 
 
 def test_generation_past_max_seq_len_raises_unless_asked_to_crop():
     model = tiny_model(max_seq_len=16)
     with pytest.raises(ValueError, match="= 17 exceeds max_seq_len=16.*crop_context=True"):
-        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
-    assert model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=6).shape == (1, 16)
+        generate(model, torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
+    assert generate(model, torch.zeros(1, 10, dtype=torch.long), max_new_tokens=6).shape == (1, 16)
 
 
 @pytest.mark.parametrize("prompt_len", [5, 20])  # a prompt shorter and one longer than the window
 def test_generation_with_crop_context_reads_the_latest_window_as_nanogpt_does(prompt_len):
     model = tiny_model(max_seq_len=16).eval()
     prompt = torch.randint(0, 100, (2, prompt_len))
-    generated = model.generate(prompt, max_new_tokens=30, temperature=0, crop_context=True)
+    generated = generate(model, prompt, max_new_tokens=30, temperature=0, crop_context=True)
     expected = prompt
     with torch.no_grad():
         for _ in range(30):
@@ -238,8 +238,8 @@ def test_forward_past_max_seq_len_raises():
 def test_generation_stops_once_every_row_has_produced_eos():
     model = tiny_model().eval()
     prompt = torch.randint(0, 100, (1, 4))
-    first = model.generate(prompt, max_new_tokens=1, temperature=0)[0, -1].item()
-    out = model.generate(prompt, max_new_tokens=10, temperature=0, eos_id=first)
+    first = generate(model, prompt, max_new_tokens=1, temperature=0)[0, -1].item()
+    out = generate(model, prompt, max_new_tokens=10, temperature=0, eos_id=first)
     assert out.shape == (1, 5) and out[0, -1] == first
 
 
@@ -329,7 +329,7 @@ def test_short_bf16_cpu_windows_take_the_explicit_attention_and_the_rest_sdpa(mo
     assert kinds(16, bf16=False) == {"sdpa"}  # fp32: SDPA's CPU kernel is the faster one
     seen.clear()
     with torch.autocast("cpu", torch.bfloat16):
-        model.generate(torch.randint(0, 100, (1, 4)), max_new_tokens=3, temperature=0)
+        generate(model, torch.randint(0, 100, (1, 4)), max_new_tokens=3, temperature=0)
     assert [kind for kind, _ in seen] == ["explicit"] * 2 + ["sdpa"] * 4  # prefill (2 layers), then 2 steps
 
 
@@ -380,11 +380,11 @@ def test_generate_rejects_ids_and_arguments_it_cannot_honour():
     prompt = torch.tensor([[1, 2, 3]])
     for kwargs in (dict(temperature=float("nan")), dict(max_new_tokens=2.0), dict(eos_id=150)):
         with pytest.raises(ValueError, match="generate:"):
-            model.generate(prompt, **{"max_new_tokens": 2, **kwargs})
+            generate(model, prompt, **{"max_new_tokens": 2, **kwargs})
     with pytest.raises(ValueError, match=r"prompt ids must lie in \[0, vocab_size=100\), got 1..110"):  # padded row
-        model.generate(torch.tensor([[1, 110]]), 2)
-    tiny = model.generate(prompt, 4, temperature=1e-45)  # argmax-like, not NaN probabilities
-    assert torch.equal(tiny, model.generate(prompt, 4, temperature=0))
+        generate(model, torch.tensor([[1, 110]]), 2)
+    tiny = generate(model, prompt, 4, temperature=1e-45)  # argmax-like, not NaN probabilities
+    assert torch.equal(tiny, generate(model, prompt, 4, temperature=0))
 
 
 def test_vocab_limit_samples_only_ids_the_tokenizer_has():
@@ -392,13 +392,21 @@ def test_vocab_limit_samples_only_ids_the_tokenizer_has():
     model = Transformer(TlamaConfig(vocab_size=100, d_model=32, n_layers=1, n_heads=2, max_seq_len=64))
     with torch.no_grad():
         model.output.weight[90:100] += 5.0  # make the ids the tokenizer lacks the likeliest
-    out = model.generate(torch.tensor([[1, 2]]), 40, temperature=1.0, vocab_limit=90)
+    out = generate(model, torch.tensor([[1, 2]]), 40, temperature=1.0, vocab_limit=90)
     assert int(out.max()) < 90
-    assert int(model.generate(torch.tensor([[1, 2]]), 40, temperature=1.0).max()) >= 90
+    assert int(generate(model, torch.tensor([[1, 2]]), 40, temperature=1.0).max()) >= 90
 
 
 @pytest.mark.parametrize("limit", [0, -5, 2.0])
 def test_vocab_limit_must_be_a_positive_integer(limit):
     model = Transformer(TlamaConfig(vocab_size=100, d_model=32, n_layers=1, n_heads=2, max_seq_len=16))
     with pytest.raises(ValueError, match=f"vocab_limit={limit!r}"):
-        model.generate(torch.tensor([[1, 2]]), 2, vocab_limit=limit)
+        generate(model, torch.tensor([[1, 2]]), 2, vocab_limit=limit)
+
+
+def test_the_deprecated_generate_method_warns_and_samples_as_generate_does():
+    model = tiny_model()
+    prompt = torch.randint(0, 100, (1, 4))
+    with pytest.warns(DeprecationWarning, match="tlama_core.models.generate"):
+        old = model.generate(prompt, max_new_tokens=5, temperature=0)
+    assert torch.equal(old, generate(model, prompt, max_new_tokens=5, temperature=0))

@@ -256,7 +256,7 @@ def test_resuming_an_earlier_step_sets_the_later_ones_aside(uninterrupted, tmp_p
     shutil.copytree(root, tmp_path, dirs_exist_ok=True)
     with pytest.warns(UserWarning, match="superseded-"):
         make(tmp_path, callbacks=[StopAt(5)]).train(ckpt_path=str(tmp_path / "ckpt" / "step=00000004.ckpt"))
-    kept = sorted(p.name for p in (tmp_path / "ckpt").glob("step=*"))
+    kept = sorted(p.name for p in (tmp_path / "ckpt").glob("step=*.ckpt") if not p.name.endswith(".best.ckpt"))
     assert kept == ["step=00000002.ckpt", "step=00000004.ckpt", "step=00000005.ckpt"]
 
 

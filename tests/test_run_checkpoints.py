@@ -187,3 +187,13 @@ def test_a_model_checkpoint_of_yours_named_like_a_best_is_never_removed(tmp_path
     make(tmp_path, checkpoint_steps=100, callbacks=[BestAt({2: 0.9, 4: 0.5}), mine]).train()
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("best-*.ckpt")) == ["best-step=3.ckpt", "best-step=6.ckpt",
                                                                               "best-step=9.ckpt"]
+
+
+def test_a_tied_models_checkpoint_stores_the_shared_matrix_once(tmp_path):
+    tied = Trainer(tiny_model(tie_embeddings=True), WindowLoader(96, 4, 16), total_batch_size=128, steps=1,
+                   use_mixed_precision=False, checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"),
+                   verbose=False, accelerator="cpu", devices=1)
+    tied.train()
+    state = read_checkpoint(tmp_path / "ckpt" / "step=00000001.ckpt")["state_dict"]
+    embedding, output = state["model.tok_embeddings.weight"], state["model.output.weight"]
+    assert output.untyped_storage().data_ptr() == embedding.untyped_storage().data_ptr()  # one storage in the file

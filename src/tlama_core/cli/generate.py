@@ -11,6 +11,7 @@ from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
 from tlama_core.data.sources import list_files
 from tlama_core.data.tokenizer import Tokenizer
+from tlama_core.models import generation
 from tlama_core.models.loading import CHECKPOINT, Weights
 from tlama_core.training.run_files import run_tokenizer
 
@@ -89,6 +90,7 @@ def generate(checkpoint: str | os.PathLike, prompt: str, max_new_tokens: int = 2
         raise ValueError("prompt is empty: give some text to continue (--prompt).")
     if seed is not None:
         torch.manual_seed(seed)
-    out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature, top_k=top_k,
-                         crop_context=crop_context, vocab_limit=sp.vocab_size)  # ids the tokenizer can decode
+    out = generation.generate(model, torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
+                              top_k=top_k, crop_context=crop_context,
+                              vocab_limit=sp.vocab_size)  # ids the tokenizer can decode
     return sp.decode(out[0].tolist())

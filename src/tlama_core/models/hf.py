@@ -20,6 +20,7 @@ from tlama_core.models.weights import (
     CONFIG_FILE,
     SHARD_INDEX,
     WEIGHTS_FILE,
+    model_from_state,
     read_json,
     read_safetensors,
     write_weights_dir,
@@ -108,7 +109,7 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: TlamaConfig) ->
             padding = config.padded_vocab_size - tensor.size(0)
             tensor = torch.cat((tensor, tensor.new_zeros(padding, tensor.size(1))))  # (V_padded, C)
         state[mine] = tensor
-    return state  # a tied model's output layer is the embedding: Transformer.from_state_dict ties it
+    return state  # a tied model's output layer is the embedding: model_from_state ties it
 
 
 def hf_config(config: TlamaConfig, dtype: torch.dtype, bos_id: int | None = None,
@@ -253,4 +254,4 @@ def from_hf(directory: str | os.PathLike) -> Transformer:
         state = from_hf_state_dict(read_hf_tensors(directory), config)
     except ValueError as e:
         raise ValueError(f"{directory}: {e}") from e
-    return Transformer.from_state_dict(config, state, str(directory), CONFIG_FILE)
+    return model_from_state(config, state, str(directory), CONFIG_FILE)

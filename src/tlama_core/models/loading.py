@@ -23,7 +23,7 @@ from tlama_core.checkpoints import (
 from tlama_core.models.config import TlamaConfig
 from tlama_core.models.hf import config_from_hf, from_hf
 from tlama_core.models.transformer import Transformer
-from tlama_core.models.weights import CONFIG_FILE, load_safetensors, read_json
+from tlama_core.models.weights import CONFIG_FILE, load_safetensors, model_from_state, read_json
 
 CHECKPOINT, SAFETENSORS, HUGGING_FACE = "checkpoint", "safetensors", "hugging face"
 
@@ -87,7 +87,7 @@ def load_checkpoint(path: str | os.PathLike) -> Transformer:
     """The model of a training checkpoint, for inference (eval mode, CPU); any problem names the file."""
     path = Path(path)
     ckpt = read_checkpoint(path)
-    return Transformer.from_state_dict(checkpoint_config(ckpt, path), model_state(ckpt, path), str(path),
+    return model_from_state(checkpoint_config(ckpt, path), model_state(ckpt, path), str(path),
                                        "model_config")
 
 
@@ -106,7 +106,7 @@ def load_model(path: str | os.PathLike, expect: TlamaConfig | None = None) -> Tr
     if diff:
         raise ValueError(f"{weights.path}: the weights' config differs from the one given ({'; '.join(diff)}); "
                          "leave the config out to take the weights' own, or set those fields to match.")
-    return Transformer.from_state_dict(expect, weights.load().state_dict(), str(weights.path))
+    return model_from_state(expect, weights.load().state_dict(), str(weights.path))
 
 
 def weight_fields(config: TlamaConfig) -> dict[str, Any]:

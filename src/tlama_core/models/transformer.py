@@ -8,8 +8,10 @@ use another one and are converted on the way in and out (`tlama_core.models.hf`)
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tlama_core.models.config import RopeScaling, TlamaConfig
-from tlama_core.models.generation import generate
 from tlama_core.models.ops import cross_entropy, rms_norm, swiglu
 
 
@@ -70,10 +71,8 @@ def apply_rope(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 
 
 # Up to this many positions, bf16 causal attention on CPU runs faster written out (two matmuls and a softmax)
-# than through SDPA's CPU flash kernel, whose bf16 backward pass dominated short-window training steps.
-# Measured on a 2-core Xeon, forward + backward of the attention alone: 3-4.5x faster at T=64, 1.7-2.5x at
-# T=128, about even at T=256. In fp32 that kernel is the faster one (1.1-1.3x at T=64, 1.4-1.5x at T=128), so
-# fp32 keeps SDPA, as do GPUs (flash / memory-efficient kernels).
+# than through SDPA's CPU flash kernel, whose bf16 backward pass dominated short-window training steps; past it,
+# and in fp32, that kernel is the faster one, so fp32 keeps SDPA, as do GPUs (README: Speed on one machine).
 EXPLICIT_ATTENTION_MAX_LEN = 128
 
 
@@ -94,7 +93,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """F.dropout, skipped outright where it would return x: decoding calls it twice per block per token, and
-    even a no-op F.dropout costs a dispatch (3% of a 512-wide model's decoding time on CPU)."""
+    even a no-op F.dropout costs a dispatch, which shows in decoding's many small calls."""
     return F.dropout(x, p) if training and p > 0 else x
 
 
@@ -233,23 +232,6 @@ class Transformer(nn.Module):
         if self.config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
-    @classmethod
-    def from_state_dict(cls, config: TlamaConfig, state: dict[str, torch.Tensor], source: str = "weights",
-                        config_name: str = "config") -> Transformer:
-        """A model of `config` holding `state` (our parameter names, fp32 on the CPU), in eval mode.
-
-        The keys and shapes are checked against the config before anything is allocated (`check_weights`), so a
-        small file whose config declares a huge model is an error, not gigabytes of memory. A tied model's
-        output layer is the embedding (a stored copy must equal it). Errors name `source` and `config_name`.
-        """
-        state = check_weights(config, state, source, config_name)
-        with torch.device("meta"):  # the modules' shapes without their memory: the state supplies it
-            model = cls(config)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True, strict=False)
-        model.tie_weights()
-        model.rope = rope_table(config)
-        return model.eval()
-
     def init_weights(self) -> None:
         """Draw every weight (`init_parameter`, in `named_parameters` order) from the random state recorded at
         construction, and build the rotary table, on the device the model is on. torch's global generator then
@@ -295,11 +277,14 @@ class Transformer(nn.Module):
                 x = layer(x, turns, start_pos)
         return self.norm(x)
 
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, eos_id: int | None = None, crop_context: bool = False,
-                 vocab_limit: int | None = None) -> torch.Tensor:
-        """Continue prompt (B, T) by max_new_tokens sampled tokens: `tlama_core.models.generation.generate`."""
-        return generate(self, prompt, max_new_tokens, temperature, top_k, eos_id, crop_context, vocab_limit)
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Deprecated since 0.2: `tlama_core.models.generate(model, prompt, ...)`; decoding lives beside the network,
+        which only computes hidden states and holds per-layer caches. Removed in 0.3."""
+        warnings.warn("Transformer.generate(prompt, ...) is deprecated: call tlama_core.models.generate(model, prompt, "
+                      "...); it will be removed in 0.3.", DeprecationWarning, stacklevel=2)
+        from tlama_core.models.generation import generate
+
+        return generate(self, *args, **kwargs)
 
     @contextmanager
     def kv_cache(self, batch_size: int, seq_len: int | None = None) -> Iterator[None]:
@@ -329,31 +314,3 @@ def too_large(model: Transformer, device: torch.device) -> MemoryError:
         f"fp32 (training with AdamW needs about 4x that). Use a smaller model, build it in bf16 (half the bytes: "
         "torch.set_default_dtype(torch.bfloat16) first), or shard it across N processes: strategy='fsdp2' "
         "(tlama fit --trainer.strategy fsdp2) builds it on the meta device and each process holds 1/N.")
-
-
-def check_weights(config: TlamaConfig, state: dict[str, torch.Tensor], source: str,
-                  config_name: str = "config") -> dict[str, torch.Tensor]:
-    """`state` with every parameter of a `config` model, each of its shape; else a ValueError naming `source`.
-
-    Compared with a model built on the meta device (shapes, no memory). A tied model needs no `output.weight`;
-    a stored one must equal the embedding and is dropped. Returns the state to load.
-    """
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in Transformer(config).state_dict().items()}
-    state = dict(state)
-    if config.tie_embeddings:
-        del expected["output.weight"]
-        head, embedding = state.pop("output.weight", None), state.get("tok_embeddings.weight")
-        if head is not None and embedding is not None and not (head.shape == embedding.shape
-                                                               and torch.equal(head, embedding)):
-            raise ValueError(f"{source}: tie_embeddings is true but output.weight differs from tok_embeddings.")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshapen = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
-                 for k in expected if k in state and state[k].shape != expected[k]]
-    if missing or unexpected or misshapen:
-        problems = [f"{what} {names[:6]}" + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-                    for what, names in (("missing", missing), ("unexpected", unexpected), ("shapes", misshapen))
-                    if names]
-        raise ValueError(f"{source}: the weights do not fit its {config_name} ({'; '.join(problems)}).")
-    return state

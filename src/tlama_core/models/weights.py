@@ -16,11 +16,56 @@ from safetensors.torch import load_file, save
 
 from tlama_core.atomic import atomic_write
 from tlama_core.models.config import TlamaConfig
-from tlama_core.models.transformer import Transformer
+from tlama_core.models.transformer import Transformer, rope_table
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SHARD_INDEX = "model.safetensors.index.json"  # a sharded Hugging Face model
+
+
+def model_from_state(config: TlamaConfig, state: dict[str, torch.Tensor], source: str = "weights",
+                     config_name: str = "config") -> Transformer:
+    """A model of `config` holding `state` (our parameter names, fp32 on the CPU), in eval mode.
+
+    The keys and shapes are checked against the config before anything is allocated (`check_weights`), so a
+    small file whose config declares a huge model is an error, not gigabytes of memory. A tied model's
+    output layer is the embedding (a stored copy must equal it). Errors name `source` and `config_name`.
+    """
+    state = check_weights(config, state, source, config_name)
+    with torch.device("meta"):  # the modules' shapes without their memory: the state supplies it
+        model = Transformer(config)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True, strict=False)
+    model.tie_weights()
+    model.rope = rope_table(config)
+    return model.eval()
+
+
+def check_weights(config: TlamaConfig, state: dict[str, torch.Tensor], source: str,
+                  config_name: str = "config") -> dict[str, torch.Tensor]:
+    """`state` with every parameter of a `config` model, each of its shape; else a ValueError naming `source`.
+
+    Compared with a model built on the meta device (shapes, no memory). A tied model needs no `output.weight`;
+    a stored one must equal the embedding and is dropped. Returns the state to load.
+    """
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in Transformer(config).state_dict().items()}
+    state = dict(state)
+    if config.tie_embeddings:
+        del expected["output.weight"]
+        head, embedding = state.pop("output.weight", None), state.get("tok_embeddings.weight")
+        if head is not None and embedding is not None and not (head.shape == embedding.shape
+                                                               and torch.equal(head, embedding)):
+            raise ValueError(f"{source}: tie_embeddings is true but output.weight differs from tok_embeddings.")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+                 for k in expected if k in state and state[k].shape != expected[k]]
+    if missing or unexpected or misshapen:
+        problems = [f"{what} {names[:6]}" + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                    for what, names in (("missing", missing), ("unexpected", unexpected), ("shapes", misshapen))
+                    if names]
+        raise ValueError(f"{source}: the weights do not fit its {config_name} ({'; '.join(problems)}).")
+    return state
 
 
 def read_json(path: Path) -> dict:
@@ -74,5 +119,5 @@ def load_safetensors(directory: str | os.PathLike) -> Transformer:
         config = TlamaConfig.from_dict(values)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{directory / CONFIG_FILE}: not a TlamaConfig ({e}).") from e
-    return Transformer.from_state_dict(config, read_safetensors(directory / WEIGHTS_FILE), str(directory),
+    return model_from_state(config, read_safetensors(directory / WEIGHTS_FILE), str(directory),
                                        CONFIG_FILE)

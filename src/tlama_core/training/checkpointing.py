@@ -247,15 +247,20 @@ def _write(checkpoint: dict[str, Any], tmp: Path, path: Path) -> None:
     commit(tmp, path)
 
 
-def host_copy(obj: Any) -> Any:
+def host_copy(obj: Any, copies: dict[tuple, torch.Tensor] | None = None) -> Any:
     """The checkpoint dict with every tensor copied to host memory, so that it can be written while training
-    changes the originals."""
+    changes the originals. Tensors that are the same memory (tied embeddings: two state-dict entries) are copied
+    once, so that the file still stores them once and they load tied."""
+    copies = {} if copies is None else copies
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        key = (obj.device, obj.untyped_storage().data_ptr(), obj.storage_offset(), obj.shape, obj.stride(), obj.dtype)
+        if key not in copies:
+            copies[key] = obj.detach().to("cpu", copy=True)
+        return copies[key]
     if isinstance(obj, dict):
-        return {k: host_copy(v) for k, v in obj.items()}
+        return {k: host_copy(v, copies) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(host_copy(v) for v in obj)
+        return type(obj)(host_copy(v, copies) for v in obj)
     return obj
 
 
