@@ -11,6 +11,7 @@ import torch
 
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training.batching import micro_batch_shape, user_stacklevel
+from tlama_core.training.checks import check_weight_averaging
 from tlama_core.training.module import TlamaLightningModule
 
 # lightning.Trainer keywords the facade computes from its own parameters: giving them in trainer_kwargs would
@@ -117,6 +118,7 @@ def split_callbacks(callbacks: Any, extra: list[Any] | None, loggers: list[Any],
     callbacks = [*(callbacks or []), *(extra or [])]
     hooks = [cb for cb in callbacks if not isinstance(cb, Callback)]
     lightning_callbacks = [cb for cb in callbacks if isinstance(cb, Callback)]
+    check_weight_averaging("Trainer", lightning_callbacks)
     for callback in lightning_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
             callback.dirpath = str(checkpoints_dir)

@@ -75,3 +75,16 @@ def check_counts(**counts: int | None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"Trainer: {name}={value!r} must be an integer >= 1" + (
                 " (or None)." if name in ("steps", "validation_batches", "max_steps", "keep_checkpoints") else "."))
+
+
+def check_weight_averaging(owner: str, callbacks: list[Any]) -> None:
+    """Refuse Lightning's StochasticWeightAveraging, naming the per-step averaging callbacks that replace it."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    if any(isinstance(c, StochasticWeightAveraging) for c in callbacks):
+        raise ValueError(
+            f"{owner}: StochasticWeightAveraging averages the weights as they stand at the start of each epoch and "
+            "swaps the module's per-step learning-rate schedule for SWALR: a run within one epoch (counted in steps) "
+            "would end holding the initial weights. Use lightning.pytorch.callbacks.WeightAveraging (SWA's equal "
+            "average, updated every optimizer step; override should_update to start later) or "
+            "EMAWeightAveraging(decay=...): both keep the module's schedule.")

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 from torch.distributed.tensor import DTensor
-from torchmetrics import MeanMetric
 
 from tlama_core.checkpoints import CheckpointError
 from tlama_core.models import TlamaConfig, Transformer, load_model
 from tlama_core.training import lightning_internals
 from tlama_core.training.batching import StepPlan, ends_step, starts_step
-from tlama_core.training.checks import check_rate
+from tlama_core.training.checks import check_rate, check_weight_averaging
 from tlama_core.training.finite import check_weights_finite
+from tlama_core.training.held_out import HeldOutLoss
 from tlama_core.training.optim import (
     MuonAdamW,
     build_optimizer,
@@ -29,7 +29,13 @@ from tlama_core.training.optim import (
     check_muon_strategy,
     keyed_by_name,
 )
-from tlama_core.training.scheduler import LRSchedule, StepFunctionLR, constant_schedule, fit_schedule_to_run
+from tlama_core.training.scheduler import (
+    LRSchedule,
+    StepFunctionLR,
+    constant_schedule,
+    fit_schedule_to_run,
+    follow_rate,
+)
 from tlama_core.training.sharding import (
     compile_blocks,
     data_parallel,
@@ -103,7 +109,6 @@ class TlamaLightningModule(L.LightningModule):
         if muon and optimizer is not None:
             raise ValueError("TlamaLightningModule: muon=True builds its own optimizer; pass either muon=True or "
                              "optimizer=..., e.g. optimizer=build_optimizer(model, lr, weight_decay, muon=True).")
-        check_rate("TlamaLightningModule", "learning_rate", learning_rate)
         check_rate("TlamaLightningModule", "weight_decay", weight_decay)
         with torch.device("meta") if model is None and _EMPTY_INIT.get() else contextlib.nullcontext():
             self.model = model if model is not None else Transformer(config)
@@ -118,7 +123,7 @@ class TlamaLightningModule(L.LightningModule):
         # `self.log` feeds Lightning's callbacks (ModelCheckpoint, EarlyStopping) always, and its loggers unless
         # the facade's own metrics row reaches them (one row, one x axis): it sets this False.
         self.log_to_loggers = True
-        self.val_loss = MeanMetric()
+        self.val_metrics, self.test_metrics = HeldOutLoss("val"), HeldOutLoss("test")
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
@@ -133,6 +138,22 @@ class TlamaLightningModule(L.LightningModule):
     @property
     def config(self) -> TlamaConfig:
         return self.model.config
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate of every step when no scheduler is given. Setting it, as Lightning's `Tuner.lr_find` does with
+        its suggestion, moves that flat schedule to the new rate; with a scheduler it warns (the scheduler's rates
+        stand)."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        old, self._learning_rate = getattr(self, "_learning_rate", None), check_rate(type(self).__name__,
+                                                                                     "learning_rate", value)
+        if old is not None and value != old:
+            self.schedule = follow_rate(self.schedule, old, value)
+            if hasattr(self, "_lr_scheduler"):
+                self._lr_scheduler.fn = self.schedule
 
     def _reset_step_accumulators(self) -> None:
         self._loss_sum: torch.Tensor | float = 0.0
@@ -153,6 +174,11 @@ class TlamaLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._restart_step_clock()  # the first step's time includes loading its first batch
+        configs = self.trainer.lr_scheduler_configs
+        if configs and configs[0].scheduler is getattr(self, "_lr_scheduler", None):
+            # The schedule's rate from the first step, whatever was written into the optimizer (lr_find's
+            # suggestion). A scheduler Lightning swapped in (the finder's own range) sets the rate alone.
+            self._lr_scheduler.refresh()
         rank, readers = data_parallel(self.trainer.strategy, self.global_rank, self.trainer.world_size)
         if readers != self.trainer.world_size:  # a tensor-parallel group's processes read the same batches (the
             val = self.trainer.val_dataloaders  # facade shards its loaders so; on a plain lightning.Trainer, here)
@@ -188,6 +214,10 @@ class TlamaLightningModule(L.LightningModule):
         if self.compile_model and not is_sharded(self.model) and getattr(self.model, "_compiled_call_impl",
                                                                          None) is None:
             self.model.compile()
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            check_weight_averaging(type(self).__name__, self.trainer.callbacks)
 
     def on_fit_start(self) -> None:
         # Lightning only checks that configure_model is overridden: one that shards nothing would train
@@ -276,23 +306,26 @@ class TlamaLightningModule(L.LightningModule):
             if to_loggers:  # a float: Lightning copies it to the device, a sync each step on a GPU; the facade's
                 self.log("learning_rate", self.last_step.lr)  # metrics row carries it to its loggers instead
 
-    # ---- validation ---------------------------------------------------------------------------------
+    # ---- validation and test: the token-weighted loss over the loader (HeldOutLoss) ---------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.start(self.trainer.val_dataloaders)
+
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        _, loss = self.model(x, targets=y)
-        self.val_loss.update(loss, weight=y.numel())
+        self.val_metrics.update(self.model(x, targets=y)[1], y.numel())
 
     def on_validation_epoch_end(self) -> None:
-        val_loss = float(self.val_loss.compute())  # weighted by tokens and reduced over processes
-        self.val_loss.reset()
-        metrics = {"val_loss": val_loss}
-        loader = self.trainer.val_dataloaders
-        chars, tokens = getattr(loader, "text_chars", None), getattr(loader, "num_tokens", None)
-        if chars and tokens:
-            metrics["val_bpc"] = val_loss * tokens / chars / math.log(2)
-        self.last_val = metrics
-        for name, value in metrics.items():
-            self.log(name, value, prog_bar=name == "val_loss", logger=self.log_to_loggers and bool(self.loggers))
+        self.last_val = self.val_metrics.log(self, logger=self.log_to_loggers)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.start(self.trainer.test_dataloaders)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self.test_metrics.update(self.model(x, targets=y)[1], y.numel())
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics.log(self, logger=self.log_to_loggers)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -137,6 +138,17 @@ def constant_schedule(lr: float) -> Callable[[int], float]:
     return LRSchedule(max_lr=lr, min_lr=lr, warmup_steps=0, max_steps=1, decay_type="constant")
 
 
+def follow_rate(schedule: Callable[[int], float], old: float, new: float) -> Callable[[int], float]:
+    """The schedule after a module's `learning_rate` changed from `old` to `new` (as Lightning's `Tuner.lr_find`
+    sets its suggestion): the flat schedule at `old` (the default) becomes flat at `new`; any other stays as it is,
+    with a warning that `new` is not used."""
+    if schedule == constant_schedule(old):
+        return constant_schedule(new)
+    rank_zero_warn(f"learning_rate set to {new} (as Tuner.lr_find sets its suggestion) is not used: the rate comes "
+                   f"from the module's scheduler, {schedule}; to train at it, give a scheduler whose max_lr is {new}.")
+    return schedule
+
+
 class StepFunctionLR(LRScheduler):
     """Sets every parameter group's lr to `fn(step)` before each optimizer step.
 
@@ -175,7 +187,8 @@ class StepFunctionLR(LRScheduler):
                 stacklevel=user_stacklevel())
 
     def refresh(self) -> None:
-        """Apply the schedule at the current step again: a run planned in time moves its position between steps."""
+        """Set every group's lr to the schedule's at the current step (whatever was written there before): a resume,
+        a run planned in time moving its position between steps, a module whose optimizer was just rebuilt."""
         self._last_lr = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
