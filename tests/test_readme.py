@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tlama_core.cli import main
 from tlama_core.data import builtin_corpus_path
@@ -58,9 +59,13 @@ def readme_commands() -> list[list[str]]:
 
 
 def shrunk(argv: list[str]) -> list[str]:
-    """`tlama fit ...` with TINY_FIT inserted after `fit` or after its `--config FILE`."""
+    """`tlama fit ...` with TINY_FIT inserted after `fit` or after its `--config FILE` (a recipe planned in time
+    planned in TINY_FIT's steps instead)."""
     at = argv.index("--config") + 2 if "--config" in argv else 2
-    return argv[:at] + TINY_FIT + argv[at:]
+    config = yaml.safe_load((REPO / argv[at - 1]).read_text()) if "--config" in argv else {}
+    timed = (config.get("trainer") or {}).get("max_time") is not None
+    untimed = ["--trainer.max_time", "null", "--trainer.max_steps", "null"] if timed else []
+    return argv[:at] + TINY_FIT + untimed + argv[at:]
 
 
 def test_readme_commands_are_found():
