@@ -17,7 +17,7 @@ from tlama_core.cli.fit import RunSettings
 from tlama_core.data import TlamaDataModule
 from tlama_core.models import TlamaConfig
 from tlama_core.training import TlamaLightningModule, Trainer, get_lr_scheduler
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.records.metrics import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

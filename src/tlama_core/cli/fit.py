@@ -32,15 +32,15 @@ from tlama_core.checkpoints import is_sharded_checkpoint
 from tlama_core.cli.errors import build_error, one_line, unreadable_error
 from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, keep_untyped_values_as_data
 from tlama_core.data import TlamaDataModule, load_tokenizer
+from tlama_core.locks import RunLockError
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
-from tlama_core.training.checkpointing import CheckpointError
-from tlama_core.training.checks import check_seed
-from tlama_core.training.module import empty_init
-from tlama_core.training.run_lock import RunLockError
+from tlama_core.training.arguments import check_seed
+from tlama_core.training.files.checkpoint_io import CheckpointError
+from tlama_core.training.lightning.module import empty_init
+from tlama_core.training.lightning.signals import PeerLostError
 from tlama_core.training.sharding import is_model_parallel
-from tlama_core.training.signals import PeerLostError
 
 CONFIG_NAME = "config.yaml"  # written into trainer.checkpoints_dir by every run
 

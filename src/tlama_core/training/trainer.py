@@ -25,12 +25,12 @@ from lightning.pytorch.strategies import Strategy
 from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
 from tlama_core.data.workers import shield_workers
+from tlama_core.locks import RunLock
 from tlama_core.models import Transformer
 from tlama_core.models.transformer import out_of_memory, training_too_large
-from tlama_core.training import arguments, checks, lightning_internals
-from tlama_core.training.batching import StepPlan, micro_batch_shape, plan_steps
-from tlama_core.training.cadence import StepCadence
-from tlama_core.training.checkpointing import (
+from tlama_core.training import arguments
+from tlama_core.training.arguments import micro_batch_shape
+from tlama_core.training.files.checkpoint_io import (
     MODEL_BEST_NAME,
     AtomicCheckpointIO,
     check_resumable,
@@ -42,21 +42,16 @@ from tlama_core.training.checkpointing import (
     set_aside_hpc_checkpoints,
     step_checkpoint_name,
 )
-from tlama_core.training.csv_log import CsvLog
-from tlama_core.training.finite import check_model_finite
-from tlama_core.training.hooks import HookBridge
-from tlama_core.training.loggers import build_loggers
-from tlama_core.training.metrics import MetricSinks, hook_metrics, run_hyperparameters
-from tlama_core.training.module import TlamaLightningModule
-from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
-from tlama_core.training.precision import allow_tf32, device_type, resolve_precision
-from tlama_core.training.progress import StepProgressBar, print_end, print_start, quiet_lightning
-from tlama_core.training.run_checkpoints import RunCheckpoints
-from tlama_core.training.run_files import RunTokenizer
-from tlama_core.training.run_lock import RunLock
-from tlama_core.training.scheduler import fit_schedule_to_run
-from tlama_core.training.sharding import check_tensor_parallel, data_parallel, has_meta, shard_loaders
-from tlama_core.training.signals import (
+from tlama_core.training.files.finite import check_model_finite
+from tlama_core.training.files.run_checkpoints import RunCheckpoints
+from tlama_core.training.files.tokenizer import RunTokenizer
+from tlama_core.training.lightning import internals
+from tlama_core.training.lightning.cadence import StepCadence, StepLoader
+from tlama_core.training.lightning.hooks import HookBridge
+from tlama_core.training.lightning.module import TlamaLightningModule
+from tlama_core.training.lightning.precision import allow_tf32, device_type, resolve_precision
+from tlama_core.training.lightning.progress import StepProgressBar, print_end, print_start, quiet_lightning
+from tlama_core.training.lightning.signals import (
     PREEMPTION,
     TakeBackSigterm,
     peer_lost,
@@ -64,7 +59,12 @@ from tlama_core.training.signals import (
     stop_on_signals,
     take_over_requeue,
 )
-from tlama_core.training.stepping import StepLoader
+from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
+from tlama_core.training.plan import StepPlan, plan_steps
+from tlama_core.training.records.loggers import build_loggers
+from tlama_core.training.records.metrics import CsvLog, MetricSinks, hook_metrics, run_hyperparameters
+from tlama_core.training.scheduler import fit_schedule_to_run
+from tlama_core.training.sharding import check_tensor_parallel, data_parallel, has_meta, shard_loaders
 from tlama_core.training.time_budget import TimeBudget, parse_max_time
 
 LOG_NAME = "train_log.csv"
@@ -92,14 +92,15 @@ class Trainer:
                  max_steps: int | None = None, keep_checkpoints: int | None = None,
                  allow_data_change: bool = False, max_time: float | str | timedelta | None = None) -> None:
         # ---- arguments, checked before anything runs
-        checks.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
+        arguments.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
                             validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
                             validation_batches=validation_batches, max_steps=max_steps,
                             keep_checkpoints=keep_checkpoints)
-        checks.check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
+        arguments.check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
                                          "weight_decay": weight_decay}, seed=seed, devices=devices,
                                   directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
-        arguments.check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay, _DEFAULTS)
+        arguments.check_model_and_optimisation(model, isinstance(model, TlamaLightningModule), optimizer, scheduler,
+                                               learning_rate, weight_decay, _DEFAULTS)
         overrides = arguments.check_trainer_kwargs(trainer_kwargs)
         seconds = parse_max_time(max_time)
         shield_workers(train_data_loader, val_data_loader)  # loader workers leave SIGTERM to this process
@@ -208,10 +209,7 @@ class Trainer:
 
     def _count_in_steps(self, trainer: L.Trainer) -> None:
         """Set the trainer's loop counters (micro-batches) from the step plan (optimizer steps)."""
-        p = self.plan
-        lightning_internals.set_loop_counts(
-            trainer, max_epochs=p.epochs, max_steps=p.max_steps, limit_train_batches=p.steps_per_epoch * p.grad_accum,
-            accumulate_grad_batches=p.grad_accum, val_check_interval=self._cadence.validation_steps * p.grad_accum)
+        internals.set_loop_counts(trainer, **self.plan.lightning_counts(self._cadence.validation_steps))
 
     # ---- documented attributes -----------------------------------------------------------------------
     @property
@@ -299,9 +297,9 @@ class Trainer:
             self._cadence = self._cadence.stepping_copy()
             self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False,
                                                     strategy=self._stepper_strategy, limit_val_batches=0)
-            lightning_internals.set_loop_counts(self._stepper, **StepLoader.loop_counts(self.plan.grad_accum))
+            internals.set_loop_counts(self._stepper, **self.plan.stepping_counts())
             self._step_loader = StepLoader(self.train_data_loader, self.plan.grad_accum)
-        lightning_internals.allow_one_more_step(self._stepper)
+        internals.allow_one_more_step(self._stepper)
         with quiet_lightning(False):
             self._stepper.fit(self._module, train_dataloaders=self._step_loader)
         return hook_metrics(self._module.reduce_step_loss())
@@ -380,7 +378,7 @@ class Trainer:
 
     def _on_stop_signal(self, signum, frame) -> None:
         self._cadence.request_stop("preempt" if signum == PREEMPTION else "signal")
-        lightning_internals.clear_sigterm_flag(self._trainer)
+        internals.clear_sigterm_flag(self._trainer)
 
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()}

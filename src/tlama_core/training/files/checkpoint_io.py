@@ -32,7 +32,7 @@ from tlama_core.checkpoints import (
 )
 from tlama_core.models import TlamaConfig, check_weights
 from tlama_core.models.loading import checkpoint_config
-from tlama_core.training.run_files import TOKENIZER_KEY
+from tlama_core.training.files.tokenizer import TOKENIZER_KEY
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "step_checkpoint_name"]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from tlama_core.atomic import fsync_dir
 from tlama_core.checkpoints import step_checkpoint_name, step_of
-from tlama_core.training.checkpointing import BEST_NAME, AtomicCheckpointIO, best_only_name, best_only_step
-from tlama_core.training.sharded_saves import ShardedSaves, writes_shards
+from tlama_core.training.files.checkpoint_io import BEST_NAME, AtomicCheckpointIO, best_only_name, best_only_step
+from tlama_core.training.files.sharded_saves import ShardedSaves, writes_shards
 
 
 class RunCheckpoints:

@@ -12,21 +12,22 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tlama_core.training import lightning_internals
-from tlama_core.training.batching import StepPlan, ends_step
-from tlama_core.training.checkpointing import set_aside_later_checkpoints
-from tlama_core.training.finite import check_weights_finite
-from tlama_core.training.metrics import MetricSinks, metrics_row
-from tlama_core.training.run_checkpoints import RunCheckpoints
-from tlama_core.training.run_files import RunTokenizer
+from tlama_core.training.files.checkpoint_io import set_aside_later_checkpoints
+from tlama_core.training.files.finite import check_weights_finite
+from tlama_core.training.files.run_checkpoints import RunCheckpoints
+from tlama_core.training.files.tokenizer import RunTokenizer
+from tlama_core.training.lightning import internals
+from tlama_core.training.plan import StepPlan
+from tlama_core.training.records.metrics import MetricSinks, metrics_row
+from tlama_core.training.records.throughput import Throughput
 from tlama_core.training.scheduler import StepFunctionLR
-from tlama_core.training.throughput import Throughput
 from tlama_core.training.time_budget import TimeBudget
 
 STOP_CODES = (None, "request", "signal", "preempt")  # agreed across processes as their maximum: a signal wins
@@ -101,14 +102,14 @@ class StepCadence(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.plan = pl_module.plan
-        self.throughput = Throughput(self.plan.world_size)
+        self.throughput = Throughput(self.plan)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
         if self.budget is not None and self.budget.reached:  # resumed at the end of its time budget: train nothing
             trainer.should_stop = True
-        lightning_internals.mark_resume_step_saved(trainer)
-        self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config, self.plan.seq_length)
+        internals.mark_resume_step_saved(trainer)
+        self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config)
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and
         # step files past it (all of them, starting fresh) belong to a run this one does not continue.
         if self.enabled and self.sinks is not None and trainer.is_global_zero:
@@ -175,7 +176,7 @@ class StepCadence(Callback):
         return step >= self.plan.max_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not ends_step(batch_idx, trainer.accumulate_grad_batches):
+        if not self.plan.ends_step(batch_idx):
             return
         rec = pl_module.last_step
         self.throughput.add(rec.tokens, rec.seconds)
@@ -261,3 +262,23 @@ class StepCadence(Callback):
         self.progress = {"loss": row["train_loss"], "lr": row["learning_rate"], "tok/s": row["tokens_per_sec"] or 0.0}
         if self.sinks is not None and trainer.is_global_zero:
             self.sinks.write(row, trainer.loggers)
+
+
+class StepLoader:
+    """`Trainer.train_step()`'s loader: `accum` micro-batches at a time from one iterator over the train loader, kept
+    across calls (each call re-enters Lightning's fit for one more step: Lightning has no public single-step call)."""
+
+    def __init__(self, loader: Any, accum: int) -> None:
+        self.loader, self.accum = loader, accum
+        self._it: Iterator | None = None
+
+    def __len__(self) -> int:
+        return self.accum
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.accum):
+            batch = next(self._it, None) if self._it is not None else None
+            if batch is None:  # first call, or the loader's pass is over: start the next pass
+                self._it = iter(self.loader)
+                batch = next(self._it)
+            yield batch

@@ -16,11 +16,10 @@ from torch.distributed.tensor import DTensor
 
 from tlama_core.checkpoints import CheckpointError
 from tlama_core.models import TlamaConfig, Transformer, load_model
-from tlama_core.training import lightning_internals
-from tlama_core.training.batching import StepPlan, ends_step, starts_step
-from tlama_core.training.checks import check_rate, check_weight_averaging
-from tlama_core.training.finite import check_weights_finite
-from tlama_core.training.held_out import HeldOutLoss
+from tlama_core.training.arguments import check_rate, check_weight_averaging
+from tlama_core.training.files.finite import check_weights_finite
+from tlama_core.training.lightning import internals
+from tlama_core.training.lightning.held_out import HeldOutLoss
 from tlama_core.training.optim import (
     MuonAdamW,
     build_optimizer,
@@ -29,6 +28,7 @@ from tlama_core.training.optim import (
     check_muon_strategy,
     keyed_by_name,
 )
+from tlama_core.training.plan import Accumulation, MicroBatches, StepPlan
 from tlama_core.training.scheduler import (
     LRSchedule,
     StepFunctionLR,
@@ -229,6 +229,12 @@ class TlamaLightningModule(L.LightningModule):
                 "train unsynchronised copies. Call super().configure_model() in your configure_model, or use "
                 "strategy='ddp'.")
 
+    @property
+    def accumulation(self) -> MicroBatches:
+        """How micro-batches make optimizer steps: the run's plan, or on a plain lightning.Trainer its
+        `accumulate_grad_batches` (the one place that reads it)."""
+        return self.plan if self.plan is not None else Accumulation(self.trainer.accumulate_grad_batches)
+
     def readers(self) -> int:
         """Processes reading distinct batches (every process, less tensor parallelism's duplicates)."""
         if self.plan is not None:
@@ -253,7 +259,7 @@ class TlamaLightningModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": self._lr_scheduler, "interval": "step", "frequency": 1}}
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if starts_step(batch_idx, self.trainer.accumulate_grad_batches):
+        if self.accumulation.starts_step(batch_idx):
             # Random ops (dropout) depend only on (seed, step, rank): a resumed run draws what an uninterrupted
             # one would, with no RNG state in the checkpoint.
             torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % 2**63)
@@ -281,7 +287,7 @@ class TlamaLightningModule(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         lr = optimizer.param_groups[0]["lr"]
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        loss = self._loss_sum / self.trainer.accumulate_grad_batches
+        loss = self._loss_sum / self.accumulation.grad_accum
         step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
         seconds = time.perf_counter() - self._step_clock - self._excluded_seconds
         self._restart_step_clock()
@@ -299,7 +305,7 @@ class TlamaLightningModule(L.LightningModule):
         return rec
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if ends_step(batch_idx, self.trainer.accumulate_grad_batches) and self.last_step is not None:
+        if self.accumulation.ends_step(batch_idx) and self.last_step is not None:
             # A tensor, not prog_bar: Lightning reads it on the host only when a logger writes (log_every_n_steps).
             to_loggers = self.log_to_loggers and bool(self.loggers)
             self.log("train_loss", self.last_step.loss, logger=to_loggers)
@@ -364,8 +370,8 @@ class TlamaLightningModule(L.LightningModule):
                                   f"{str(saved_muon).lower()} (muon={saved_muon}), the setting the run started with.")
         if self.optimizer is not None and states[0] and keyed_by_name(states[0]):  # written by a sharded run
             checkpoint["optimizer_states"] = [by_index(states[0], self, self.optimizer)]
-        epoch_batches = self.plan.steps_per_epoch * self.plan.grad_accum if self.plan else 0
-        lightning_internals.restore_epoch_position(checkpoint, epoch_batches)
+        epoch_batches = self.plan.micro_batches(self.plan.steps_per_epoch) if self.plan else 0
+        internals.restore_epoch_position(checkpoint, epoch_batches)
 
     def _check_step_shape(self, saved: dict[str, int], checkpoint: dict) -> None:
         """A resume may change the number of processes when its steps keep their tokens: the accumulation is then
@@ -376,7 +382,7 @@ class TlamaLightningModule(L.LightningModule):
         same_micro = (saved["batch_size"], saved["seq_length"]) == (p.batch_size, p.seq_length)
         if same_micro and saved_tokens == p.tokens_per_step:
             if saved["grad_accum"] != p.grad_accum:
-                lightning_internals.rescale_batch_progress(checkpoint, saved["grad_accum"], p.grad_accum)
+                internals.rescale_batch_progress(checkpoint, saved["grad_accum"], p.grad_accum)
             return
         diff = ", ".join(f"{k} {v} (this run {shape[k]})" for k, v in saved.items() if v != shape.get(k, v))
         raise CheckpointError(
