@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.data import sized_len
 
 from tlama_core.models import TlamaConfig, Transformer
 
@@ -136,6 +137,17 @@ OWNED_KEYWORDS = {
     "devices": "devices", "num_nodes": "num_nodes", "strategy": "strategy", "enable_progress_bar": "verbose",
     "use_distributed_sampler": "train_data_loader (the facade keeps your sampler)",
 }
+
+
+def validation_tokens(val_loader: Any, validation_batches: int | None) -> int | None:
+    """One process's tokens per validation (the time budget's first estimate of its cost)."""
+    if val_loader is None:
+        return None
+    batches = sized_len(val_loader) or validation_batches or 0
+    if validation_batches:
+        batches = min(batches, validation_batches)
+    batch_size, seq_length = micro_batch_shape(val_loader, "val_data_loader")
+    return batches * batch_size * seq_length
 
 
 def check_trainer_kwargs(trainer_kwargs: dict[str, Any] | None) -> dict[str, Any]:

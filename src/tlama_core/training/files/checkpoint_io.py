@@ -175,15 +175,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     checkpoints. Writes run in order on one thread; `wait()` (also Lightning's `teardown`) joins them. The copy
     holds the checkpoint's tensors until it is written: host memory for one more checkpoint while a save runs.
 
-    `listeners` are called with the final path once a file is complete and durable, always on the caller's thread:
-    from `poll()` (non-blocking, at step ends) or `wait()`. `writes` False (a process that is not the master)
-    makes saving a no-op.
+    `listener` (and any added to `listeners`) is called with the final path once a file is complete and durable,
+    always on the caller's thread: from `poll()` (non-blocking, at step ends) or `wait()`. `writes` False (a
+    process that is not the master) makes saving a no-op. `expected_config` (a TlamaConfig dict): loading another
+    model shape is an error.
     """
 
-    def __init__(self, expected_config: dict[str, Any] | None = None) -> None:
-        self.writes = True
-        self.listeners: list[Callable[[Path], None]] = []
-        self.expected_config = expected_config  # a TlamaConfig dict: loading another model shape is an error
+    def __init__(self, expected_config: dict[str, Any] | None = None, *, writes: bool = True,
+                 listener: Callable[[Path], None] | None = None) -> None:
+        self.writes = writes
+        self.listeners: list[Callable[[Path], None]] = [listener] if listener is not None else []
+        self.expected_config = expected_config
         self._committer: ThreadPoolExecutor | None = None  # created at the first save: the IO stays picklable
         self._pending: deque[tuple[Path, int, Future]] = deque()
 

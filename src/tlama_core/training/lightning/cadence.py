@@ -56,7 +56,6 @@ class StepCadence(Callback):
         self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
         self.inputs = inputs or {}  # what the run reads (tokenizer, data fingerprints): recorded in every checkpoint
         self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
-        self.checkpoints_dir = checkpoints.directory
         self.sinks = sinks
         self.has_validation = has_validation
         self.best_val_loss = math.inf
@@ -116,14 +115,18 @@ class StepCadence(Callback):
             if self.tokenizer is not None:
                 self.tokenizer.keep()
             resume_step = trainer.global_step if trainer.ckpt_path else None
-            self.sinks.open(trainer.loggers, resume_step=resume_step)
-            aside = set_aside_later_checkpoints(self.checkpoints_dir, resume_step)
+            self.sinks.open(trainer.loggers, resume_step, pl_module, self.plan)
+            aside = set_aside_later_checkpoints(self.checkpoints.directory, resume_step)
             if aside is not None:
                 warnings.warn(f"checkpoints of a run this one does not continue were moved to {aside}/ so that "
                               "ckpt_path='last' finds this run's.", stacklevel=2)
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = max(self.stop_reason, reason, key=STOP_CODES.index)
+
+    def record_val_loss(self, val_loss: float) -> None:
+        """A validation loss measured outside the run's own validations (`Trainer.validate()`, an explicit save)."""
+        self.best_val_loss = min(self.best_val_loss, val_loss)
 
     def request_save(self, val_loss: float | None, is_best: bool) -> None:
         self.save_request = SaveRequest(val_loss, is_best)
@@ -247,7 +250,7 @@ class StepCadence(Callback):
         if kept or best:  # one save of the step: best.ckpt links to it
             if self.budget is not None:
                 self.budget.mark("checkpoint")
-            check_weights_finite(trainer, pl_module, step, self.checkpoints_dir)
+            check_weights_finite(trainer, pl_module, step, self.checkpoints.directory)
             pl_module.weights_checked_step = step
             try:
                 self.checkpoints.save(trainer, step, kept=kept, best=best)

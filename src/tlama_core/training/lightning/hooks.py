@@ -24,10 +24,10 @@ HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_
 class HookBridge(Callback):
     """Translates Lightning's hooks into the documented ones, counting steps in optimizer steps."""
 
-    def __init__(self, owner: Any, callbacks: list[Any]) -> None:
+    def __init__(self, owner: Any, callbacks: list[Any], *, run_hooks: bool = True) -> None:
         self.owner = owner
         self.callbacks = list(callbacks)
-        self.run_hooks = True  # False while `Trainer.train_step()` drives single steps: run-level hooks stay quiet
+        self.run_hooks = run_hooks  # False while `Trainer.train_step()` drives single steps: run-level hooks stay quiet
 
     def fire(self, name: str, *args: Any) -> None:
         for hook in self._receivers(name):

@@ -115,13 +115,12 @@ class TlamaLightningModule(L.LightningModule):
         self.learning_rate, self.weight_decay, self.muon = learning_rate, weight_decay, muon
         self.schedule: Callable[[int], float] = scheduler or constant_schedule(learning_rate)
         self.optimizer = optimizer
-        # Set by the run that trains this module (the `Trainer` facade): its seed (reseeds every optimizer step,
-        # see on_train_batch_start), its step plan (tokens per step) and whether to torch.compile the model.
-        self.seed = 1337
+        # What a run of the `Trainer` facade gives it (`attach_run`); these defaults serve a plain lightning.Trainer.
+        self.seed = 1337  # reseeds every optimizer step, see on_train_batch_start
         self.plan: StepPlan | None = None
         self.compile_model = False
         # `self.log` feeds Lightning's callbacks (ModelCheckpoint, EarlyStopping) always, and its loggers unless
-        # the facade's own metrics row reaches them (one row, one x axis): it sets this False.
+        # the facade's own metrics row reaches them (one row, one x axis).
         self.log_to_loggers = True
         self.val_metrics, self.test_metrics = HeldOutLoss("val"), HeldOutLoss("test")
         self.last_step: StepRecord | None = None
@@ -228,6 +227,21 @@ class TlamaLightningModule(L.LightningModule):
                 "sharding to the module's configure_model, and the model was not sharded: its processes would "
                 "train unsynchronised copies. Call super().configure_model() in your configure_model, or use "
                 "strategy='ddp'.")
+
+    def attach_run(self, plan: StepPlan, *, seed: int, compile: bool, schedule: Callable[[int], float],
+                   activation_checkpointing: bool, optimizer_device: str | None) -> None:
+        """Take the facade's run: its step plan, seed, compile setting and the schedule fitted to its length; the
+        facade's metrics row then reaches the loggers. With `optimizer_device`, build the default optimizer now,
+        on the parameters that will train (a sharded or meta model gets it in configure_optimizers instead).
+
+        A method, not constructor arguments: the plan needs the built lightning.Trainer's world size, and a user's
+        module exists before the facade does."""
+        self.plan, self.seed, self.compile_model, self.schedule = plan, seed, compile, schedule
+        self.log_to_loggers = False
+        self.model.activation_checkpointing = activation_checkpointing
+        if self.optimizer is None and optimizer_device is not None:
+            self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, optimizer_device,
+                                             muon=self.muon)
 
     @property
     def accumulation(self) -> MicroBatches:

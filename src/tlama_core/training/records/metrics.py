@@ -147,21 +147,20 @@ def run_hyperparameters(module: Any, plan: Any, **run: Any) -> dict[str, Any]:
 class MetricSinks:
     """Where rows go: the CSV log (None on a process that writes no files) and the run's Lightning loggers.
 
-    `hyperparameters` (plain values, nested dicts allowed) go to every logger once, when the run's log opens.
+    `run`: the run's settings that loggers record beside the module's and the plan's (`run_hyperparameters`), once,
+    when the run's log opens.
     """
 
-    def __init__(self, csv_log: CsvLog | None, hyperparameters: dict[str, Any] | None = None) -> None:
-        self.csv_log = csv_log
-        self.hyperparameters = hyperparameters or {}
+    def __init__(self, csv_log: CsvLog | None, run: dict[str, Any]) -> None:
+        self.csv_log, self.run = csv_log, run
 
-    def open(self, loggers: Sequence[Logger], resume_step: int | None) -> None:
+    def open(self, loggers: Sequence[Logger], resume_step: int | None, module: Any, plan: Any) -> None:
         """Start the run's log (`CsvLog.open`: a resumed run keeps its rows up to `resume_step`) and log the
-        hyperparameters."""
+        hyperparameters of `module` and `plan`."""
         if self.csv_log is not None:
             self.csv_log.open(resume_step=resume_step)
-        if self.hyperparameters:
-            for logger in loggers:
-                logger.log_hyperparams(self.hyperparameters)
+        for logger in loggers:
+            logger.log_hyperparams(run_hyperparameters(module, plan, **self.run))
 
     def write(self, row: dict[str, Any], loggers: Sequence[Logger]) -> None:
         if self.csv_log is not None:
