@@ -31,7 +31,7 @@ from tlama_core.models.transformer import out_of_memory, training_too_large
 from tlama_core.training import arguments
 from tlama_core.training.files.checkpoint_io import (
     check_resumable,
-    check_same_inputs,
+    check_same_data,
     data_record,
     model_checkpoint,
     resolve_ckpt_path,
@@ -228,8 +228,7 @@ class Trainer:
         self._bridge.fire("on_init_end")
 
     # ---- translation ---------------------------------------------------------------------------------
-    def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
-                           **overrides: Any) -> L.Trainer:
+    def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool, **overrides) -> L.Trainer:
         # The user's Lightning callbacks come before the cadence: an EarlyStopping's stop is then seen by the cadence
         # at the same validation, which finishes that step with its row and final checkpoint.
         callbacks = [bridge, *self._lightning_callbacks, cadence]
@@ -346,7 +345,8 @@ class Trainer:
             if ckpt is not None:  # here, for every kind: a sharded run's strategy loads without our checkpoint IO
                 saved = read_checkpoint(ckpt, tensors=False)
                 check_resumable(saved, ckpt, self.model.config.to_dict())
-                check_same_inputs(saved, ckpt, self._inputs, allow_data_change=self._allow_data_change)
+                self._tokenizer.check_resume(saved, ckpt)
+                check_same_data(saved, ckpt, self._inputs, allow_data_change=self._allow_data_change)
             if self.master_process:
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()

@@ -32,7 +32,6 @@ from tlama_core.checkpoints import (
 )
 from tlama_core.models import TlamaConfig, check_weights
 from tlama_core.models.loading import checkpoint_config
-from tlama_core.training.files.tokenizer import TOKENIZER_KEY
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "step_checkpoint_name"]
 
@@ -277,19 +276,11 @@ def data_record(train_loader: Any) -> dict[str, Any]:
     return {DATA_KEY: {"train": fingerprint}} if isinstance(fingerprint, str) else {}
 
 
-def check_same_inputs(checkpoint: dict[str, Any], path: str | Path, inputs: dict[str, Any], *,
-                      allow_data_change: bool = False) -> None:
-    """A resumed run reads what the checkpoint's run read: the same tokenizer (else its weights' ids would mean
-    other pieces) and the same training data (else the position it resumes at indexes other text), unless
-    `allow_data_change`. Checkpoints that record neither (older ones, runs on a loader without a fingerprint) pass."""
-    old, new = checkpoint.get(TOKENIZER_KEY), inputs.get(TOKENIZER_KEY)
-    key = "content_sha256" if old and "content_sha256" in old else "sha256"  # records before content_sha256
-    if old and new and old[key] != new[key]:
-        raise CheckpointError(
-            f"checkpoint {path} was trained with the tokenizer {old['file']} (sha256 {old[key][:12]}), and this "
-            f"run reads its data with {new['file']} ({new[key][:12]}): the weights learnt other ids. Resume with "
-            f"the run's tokenizer (its copy: {Path(path).parent / old['dir'] / old['file']}), or start a new run "
-            "from these weights with init_from.")
+def check_same_data(checkpoint: dict[str, Any], path: str | Path, inputs: dict[str, Any], *,
+                    allow_data_change: bool = False) -> None:
+    """A resumed run reads the training data the checkpoint's run read (else the position it resumes at indexes
+    other text), unless `allow_data_change`. Checkpoints that record none (older ones, runs on a loader without a
+    fingerprint) pass. The tokenizer is the run's tokenizer's to check (`RunTokenizer.check_resume`)."""
     old, new = (checkpoint.get(DATA_KEY) or {}).get("train"), (inputs.get(DATA_KEY) or {}).get("train")
     if old and new and old != new and not allow_data_change:
         raise CheckpointError(

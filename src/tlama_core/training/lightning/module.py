@@ -8,7 +8,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -29,6 +28,7 @@ from tlama_core.training.optim import (
     keyed_by_name,
 )
 from tlama_core.training.plan import Accumulation, MicroBatches, StepPlan
+from tlama_core.training.records.metrics import StepRecord
 from tlama_core.training.scheduler import (
     LRSchedule,
     StepFunctionLR,
@@ -60,19 +60,6 @@ def empty_init(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _EMPTY_INIT.reset(token)
-
-
-@dataclass
-class StepRecord:
-    """What one optimizer step produced; tensors stay on the device until a number is asked for."""
-
-    step: int  # optimizer steps completed, this one included
-    loss: torch.Tensor  # mean over the step's micro-batches
-    lr: float
-    grad_norm: torch.Tensor | None  # before clipping
-    seconds: float
-    tokens: int  # on all devices
-    reduced: bool = False  # `loss` is the mean over processes (`TlamaLightningModule.reduce_step_loss`)
 
 
 class TlamaLightningModule(L.LightningModule):

@@ -13,9 +13,11 @@ import io
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.loggers import Logger
 
 from tlama_core.atomic import atomic_write
@@ -113,13 +115,26 @@ VALUES = ("train_loss", "learning_rate", "grad_norm", "val_loss", "val_bpc", "to
           "tokens_per_sec_per_device", "mfu")
 
 
-def step_values(rec: Any) -> dict[str, float | None]:
+@dataclass
+class StepRecord:
+    """What one optimizer step produced; tensors stay on the device until a number is asked for."""
+
+    step: int  # optimizer steps completed, this one included
+    loss: torch.Tensor  # mean over the step's micro-batches
+    lr: float
+    grad_norm: torch.Tensor | None  # before clipping
+    seconds: float
+    tokens: int  # on all devices
+    reduced: bool = False  # `loss` is the mean over processes (`TlamaLightningModule.reduce_step_loss`)
+
+
+def step_values(rec: StepRecord) -> dict[str, float | None]:
     """An optimizer step's own numbers from its `StepRecord` (this reads device values: a sync on GPUs)."""
     return {"train_loss": float(rec.loss), "learning_rate": rec.lr,
             "grad_norm": float(rec.grad_norm) if rec.grad_norm is not None else None}
 
 
-def metrics_row(epoch: int, step: int, rec: Any, rates: dict[str, float | None],
+def metrics_row(epoch: int, step: int, rec: StepRecord, rates: dict[str, float | None],
                 val: dict[str, float] | None) -> dict[str, Any]:
     """The row of one logged optimizer step: its values, the throughput since the previous row and, at a
     validated step, its validation metrics."""
@@ -127,7 +142,7 @@ def metrics_row(epoch: int, step: int, rec: Any, rates: dict[str, float | None],
             "val_loss": val["val_loss"] if val else None, "val_bpc": val.get("val_bpc") if val else None, **rates}
 
 
-def hook_metrics(rec: Any) -> dict[str, float]:
+def hook_metrics(rec: StepRecord) -> dict[str, float]:
     """What `on_step_end` receives after every step: the step's values (`lr` is `learning_rate`'s documented
     name there) and this step's own tokens/s; nan where a value is unknown."""
     values = {k: (math.nan if v is None else v) for k, v in step_values(rec).items()}
