@@ -1,10 +1,11 @@
 """Training: the `Trainer` facade on Lightning, its LightningModule, optimizers and learning-rate schedules.
 
 Layout: trainer.py (the facade), arguments.py (its checks), plan.py (optimizer steps <-> Lightning's micro-batch
-counters), optim.py, scheduler.py, sharding.py, time_budget.py; lightning/ (the adapters Lightning calls: the
-module, the hook bridge, the step cadence, signals, progress, precision, the one file of Lightning's private
-names); records/ (the metrics row, its CSV log and loggers, throughput and MFU); files/ (checkpoint IO, the run's
-checkpoints, sharded saves, finite-weight checks, the run's tokenizer).
+counters), optim.py, scheduler.py, sharding.py, time_budget.py, lightning_internals.py (the one file of Lightning's
+private names, at the bottom: every layer may need one); lightning/ (the adapters Lightning calls: the module, the
+hook bridge, the step cadence, signals, progress, precision); records/ (the metrics row, its CSV log and loggers,
+throughput and MFU); files/ (checkpoint IO, the run's checkpoints, sharded saves, finite-weight checks, the run's
+tokenizer).
 """
 
 from tlama_core.training import moved

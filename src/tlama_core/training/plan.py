@@ -113,7 +113,7 @@ class StepPlan(MicroBatches):
 
     def stepping_counts(self) -> dict[str, Any]:
         """The counters of `Trainer.train_step()`'s fit loop: no epochs, no limits, no validation (its steps are
-        granted one at a time: `internals.allow_one_more_step`)."""
+        granted one at a time: `lightning_internals.allow_one_more_step`)."""
         return {"max_epochs": -1, "max_steps": -1, "limit_train_batches": None,
                 "accumulate_grad_batches": self.grad_accum, "val_check_interval": None}
 

@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 
 from tlama_core.models.config import TlamaConfig
 from tlama_core.models.transformer import Transformer, init_parameter, rope_table
-from tlama_core.training.lightning import internals
+from tlama_core.training import lightning_internals
 
 FSDP2 = "fsdp2"
 
@@ -29,7 +29,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     the devices of a node tensor-parallel)."""
 
     def setup_environment(self) -> None:
-        internals.set_model_parallel_sizes(self, self.num_nodes * self.num_processes, 1)
+        lightning_internals.set_model_parallel_sizes(self, self.num_nodes * self.num_processes, 1)
         super().setup_environment()
 
 
@@ -49,7 +49,7 @@ def data_parallel(strategy: Strategy, global_rank: int, world_size: int) -> tupl
     are a ValueError naming both, now rather than when the processes have started."""
     if not isinstance(strategy, ModelParallelStrategy) or isinstance(strategy, FSDP2Strategy):
         return global_rank, world_size
-    dp, tp = internals.model_parallel_sizes(strategy, world_size)
+    dp, tp = lightning_internals.model_parallel_sizes(strategy, world_size)
     if dp * tp != world_size:
         raise ValueError(f"Trainer: strategy={type(strategy).__name__}(data_parallel_size={dp}, tensor_parallel_size="
                          f"{tp}) needs {dp * tp} processes, and devices x num_nodes gives {world_size}; make the "

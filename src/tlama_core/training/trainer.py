@@ -28,7 +28,7 @@ from tlama_core.data.workers import shield_workers
 from tlama_core.locks import RunLock
 from tlama_core.models import Transformer
 from tlama_core.models.transformer import out_of_memory, training_too_large
-from tlama_core.training import arguments
+from tlama_core.training import arguments, lightning_internals
 from tlama_core.training.files.checkpoint_io import (
     check_resumable,
     check_same_data,
@@ -40,7 +40,6 @@ from tlama_core.training.files.checkpoint_io import (
 )
 from tlama_core.training.files.run_checkpoints import RunCheckpoints
 from tlama_core.training.files.tokenizer import RunTokenizer
-from tlama_core.training.lightning import internals
 from tlama_core.training.lightning.cadence import StepCadence, StepLoader
 from tlama_core.training.lightning.hooks import HookBridge
 from tlama_core.training.lightning.module import TlamaLightningModule
@@ -211,7 +210,7 @@ class Trainer:
                              train_data_loader, val_data_loader)
         self.plan: StepPlan = plan_steps(batch_size, seq_length, sized_len(train_data_loader), total_batch_size,
                                          gradient_accumulation, steps, epochs, world, max_steps, readers)
-        internals.set_loop_counts(self._trainer, **self.plan.lightning_counts(validation_steps))
+        lightning_internals.set_loop_counts(self._trainer, **self.plan.lightning_counts(validation_steps))
         self.grad_accum_steps = self.plan.grad_accum
         schedule = (self._budget.plan(module.schedule) if self._budget is not None
                     else fit_schedule_to_run(module.schedule, self.plan.max_steps))
@@ -320,9 +319,9 @@ class Trainer:
             self._cadence = self._cadence.stepping_copy()
             self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False,
                                                     strategy=self._stepper_strategy, limit_val_batches=0)
-            internals.set_loop_counts(self._stepper, **self.plan.stepping_counts())
+            lightning_internals.set_loop_counts(self._stepper, **self.plan.stepping_counts())
             self._step_loader = StepLoader(self.train_data_loader, self.plan.grad_accum)
-        internals.allow_one_more_step(self._stepper)
+        lightning_internals.allow_one_more_step(self._stepper)
         with quiet_lightning(False):
             self._stepper.fit(self._module, train_dataloaders=self._step_loader)
         return hook_metrics(self._module.reduce_step_loss())
@@ -392,7 +391,7 @@ class Trainer:
 
     def _on_stop_signal(self, signum, frame) -> None:
         self._cadence.request_stop("preempt" if signum == PREEMPTION else "signal")
-        internals.clear_sigterm_flag(self._trainer)
+        lightning_internals.clear_sigterm_flag(self._trainer)
 
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()}

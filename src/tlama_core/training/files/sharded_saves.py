@@ -24,8 +24,8 @@ import torch.distributed as dist
 
 from tlama_core.atomic import TMP_SUFFIX, disk_full_error, fsync_dir, fsync_file
 from tlama_core.checkpoints import META_FILE
+from tlama_core.training import lightning_internals
 from tlama_core.training.files.checkpoint_io import resume_hint, tensor_bytes
-from tlama_core.training.lightning import internals
 
 
 class ShardedSaves:
@@ -46,7 +46,7 @@ class ShardedSaves:
         if self._group is None:  # every process reaches the first save together
             self._group = dist.new_group(backend="gloo")
         tmp = path.with_name(path.name + TMP_SUFFIX)
-        checkpoint = internals.dump_checkpoint(trainer)
+        checkpoint = lightning_internals.dump_checkpoint(trainer)
         shards = {"state_dict": checkpoint.pop("state_dict")}
         shards.update({f"optimizer_{i}": state for i, state in enumerate(checkpoint.pop("optimizer_states", []))})
         size = tensor_bytes(shards)
@@ -105,4 +105,4 @@ def writes_shards(strategy: Any) -> bool:
     """Whether the strategy saves sharded checkpoints: ModelParallelStrategy, unless told to gather them."""
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return isinstance(strategy, ModelParallelStrategy) and internals.saves_distributed(strategy)
+    return isinstance(strategy, ModelParallelStrategy) and lightning_internals.saves_distributed(strategy)

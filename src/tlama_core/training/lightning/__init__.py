@@ -1,2 +1,2 @@
-"""The adapters Lightning calls: the LightningModule, the hook bridge, the step cadence, signals, progress, precision
-and the one file of Lightning's private names."""
+"""The adapters Lightning calls: the LightningModule, the hook bridge, the step cadence, signals, progress and
+precision."""

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tlama_core.training import lightning_internals
 from tlama_core.training.files.checkpoint_io import set_aside_later_checkpoints
 from tlama_core.training.files.finite import check_weights_finite
 from tlama_core.training.files.run_checkpoints import RunCheckpoints
 from tlama_core.training.files.tokenizer import RunTokenizer
-from tlama_core.training.lightning import internals
 from tlama_core.training.plan import StepPlan
 from tlama_core.training.records.metrics import MetricSinks, metrics_row
 from tlama_core.training.records.throughput import Throughput
@@ -107,7 +107,7 @@ class StepCadence(Callback):
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
         if self.budget is not None and self.budget.reached:  # resumed at the end of its time budget: train nothing
             trainer.should_stop = True
-        internals.mark_resume_step_saved(trainer)
+        lightning_internals.mark_resume_step_saved(trainer)
         self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config)
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and
         # step files past it (all of them, starting fresh) belong to a run this one does not continue.

@@ -15,9 +15,9 @@ from torch.distributed.tensor import DTensor
 
 from tlama_core.checkpoints import CheckpointError
 from tlama_core.models import TlamaConfig, Transformer, load_model
+from tlama_core.training import lightning_internals
 from tlama_core.training.arguments import check_rate, check_weight_averaging
 from tlama_core.training.files.finite import check_weights_finite
-from tlama_core.training.lightning import internals
 from tlama_core.training.lightning.held_out import HeldOutLoss
 from tlama_core.training.optim import (
     MuonAdamW,
@@ -372,7 +372,7 @@ class TlamaLightningModule(L.LightningModule):
         if self.optimizer is not None and states[0] and keyed_by_name(states[0]):  # written by a sharded run
             checkpoint["optimizer_states"] = [by_index(states[0], self, self.optimizer)]
         epoch_batches = self.plan.micro_batches(self.plan.steps_per_epoch) if self.plan else 0
-        internals.restore_epoch_position(checkpoint, epoch_batches)
+        lightning_internals.restore_epoch_position(checkpoint, epoch_batches)
 
     def _check_step_shape(self, saved: dict[str, int], checkpoint: dict) -> None:
         """A resume may change the number of processes when its steps keep their tokens: the accumulation is then
@@ -383,7 +383,7 @@ class TlamaLightningModule(L.LightningModule):
         same_micro = (saved["batch_size"], saved["seq_length"]) == (p.batch_size, p.seq_length)
         if same_micro and saved_tokens == p.tokens_per_step:
             if saved["grad_accum"] != p.grad_accum:
-                internals.rescale_batch_progress(checkpoint, saved["grad_accum"], p.grad_accum)
+                lightning_internals.rescale_batch_progress(checkpoint, saved["grad_accum"], p.grad_accum)
             return
         diff = ", ".join(f"{k} {v} (this run {shape[k]})" for k, v in saved.items() if v != shape.get(k, v))
         raise CheckpointError(

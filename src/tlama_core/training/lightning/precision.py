@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tlama_core.training.lightning.internals import canonical_precision, precision_names
+from tlama_core.training.lightning_internals import canonical_precision, precision_names
 
 
 def device_type(accelerator: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 
-from tlama_core.training.lightning import internals
+from tlama_core.training import lightning_internals
 
 Handler = Callable[[int, Any], None]
 PREEMPTION = signal.SIGUSR1  # `#SBATCH --signal=USR1@120`: SLURM's warning, 120 s before it stops the job
@@ -62,7 +62,7 @@ def stop_on_signals(handler: Handler) -> Iterator[None]:
 def take_over_requeue(trainer: Any) -> bool:
     """Turn Lightning's SLURM auto-requeue off (its handler saves mid-step) and return whether the job is to be
     requeued after a preemption signal: SLURMEnvironment's `auto_requeue`, True unless the user set it False."""
-    environment = internals.cluster_environment(trainer)
+    environment = lightning_internals.cluster_environment(trainer)
     if not isinstance(environment, SLURMEnvironment):
         return False
     requeue, environment.auto_requeue = environment.auto_requeue, False
