@@ -244,18 +244,14 @@ class StepCadence(Callback):
         if request is not None and request.is_best and request.val_loss is not None:
             self.best_val_loss = min(self.best_val_loss, request.val_loss)
         saving = time.perf_counter()
-        pl_module.saving_val_loss = request.val_loss if request is not None else None
         kept = step % self.checkpoint_steps == 0 or final or request is not None
         best = improved or (request is not None and request.is_best)
         if kept or best:  # one save of the step: best.ckpt links to it
             if self.budget is not None:
                 self.budget.mark("checkpoint")
             check_weights_finite(trainer, pl_module, step, self.checkpoints.directory)
-            pl_module.weights_checked_step = step
-            try:
+            with pl_module.saving(step, request.val_loss if request is not None else None):
                 self.checkpoints.save(trainer, step, kept=kept, best=best)
-            finally:
-                pl_module.saving_val_loss = None
             if self.budget is not None:
                 self.budget.measured("checkpoint")
         pl_module.exclude_time(time.perf_counter() - saving)

@@ -113,7 +113,7 @@ class TlamaLightningModule(L.LightningModule):
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
-        self.saving_val_loss: float | None = None  # an explicit `Trainer._save_checkpoint(val_loss=...)`
+        self.saving_val_loss: float | None = None  # see `saving`
         self.weights_checked_step: int | None = None  # the step whose weights were checked before a save
         # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
         # would synchronise the device; the cadence reads it at logged and checkpointed steps.
@@ -217,12 +217,9 @@ class TlamaLightningModule(L.LightningModule):
 
     def attach_run(self, plan: StepPlan, *, seed: int, compile: bool, schedule: Callable[[int], float],
                    activation_checkpointing: bool, optimizer_device: str | None) -> None:
-        """Take the facade's run: its step plan, seed, compile setting and the schedule fitted to its length; the
-        facade's metrics row then reaches the loggers. With `optimizer_device`, build the default optimizer now,
-        on the parameters that will train (a sharded or meta model gets it in configure_optimizers instead).
-
-        A method, not constructor arguments: the plan needs the built lightning.Trainer's world size, and a user's
-        module exists before the facade does."""
+        """Take the facade's run (its plan, seed, compile setting, schedule fitted to its length; its metrics row
+        reaches the loggers); with `optimizer_device`, build the default optimizer now, on the parameters that will
+        train. A method, not constructor arguments: the plan needs the built lightning.Trainer's world size."""
         self.plan, self.seed, self.compile_model, self.schedule = plan, seed, compile, schedule
         self.log_to_loggers = False
         self.model.activation_checkpointing = activation_checkpointing
@@ -335,6 +332,16 @@ class TlamaLightningModule(L.LightningModule):
         self.test_metrics.log(self, logger=self.log_to_loggers)
 
     # ---- checkpoints --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def saving(self, step: int, val_loss: float | None) -> Iterator[None]:
+        """A save of the run's (the cadence's) at `step`, whose weights it has checked; `val_loss` (an explicit
+        `Trainer._save_checkpoint(val_loss=...)`) is the one the checkpoint records."""
+        self.weights_checked_step, self.saving_val_loss = step, val_loss
+        try:
+            yield
+        finally:
+            self.saving_val_loss = None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Every save (a ModelCheckpoint's, a plain lightning.Trainer's) refuses non-finite weights; the facade
         # checks before its own saves, naming the checkpoint "last" keeps, and is not checked twice. Lightning
