@@ -67,6 +67,14 @@ def test_callback_and_logger_shorthand_flags_build_what_they_name_and_the_saved_
     (["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitr=val_loss"],
      "lightning.pytorch.callbacks.ModelCheckpoint takes no argument 'monitr'"),
     (["--trainer.callbacks+=ModelCheckpointt"], "'ModelCheckpointt' is neither a class name known here"),
+    (["--trainer.strategy", "DDPStrategy", "--trainer.strategy.timeout=600"],
+     "lightning.pytorch.strategies.DDPStrategy: timeout='600' is not timedelta or None (Expected a string with "
+     'form "h:m:s"'),
+    (["--trainer.callbacks+=EarlyStopping"],
+     "lightning.pytorch.callbacks.EarlyStopping needs monitor: give it after the class "
+     "(--trainer.callbacks.monitor=VALUE)"),
+    (["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=abc"],
+     "lightning.pytorch.callbacks.ModelCheckpoint: every_n_train_steps='abc' is not int or None."),
     (["--trainer.logger", "tensorbord"], "'tensorbord' is neither one of 'tensorboard', 'csv'"),
 ])
 def test_a_shorthand_argument_that_applies_to_nothing_exits_2_in_one_line(flags, says, tmp_path, monkeypatch,
@@ -168,6 +176,20 @@ def test_a_missing_data_file_is_one_line_naming_the_flag_and_path(flags, says, t
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(f"error: {says}")
     assert "Union" not in err and "Namespace" not in err
+
+
+@pytest.mark.parametrize("command, says", [
+    (["prepare", "--verify", "nope"], "--verify='nope': no such file or directory."),
+    (["prepare", "--data", "nope", "--tokenizer", "t.model", "--out", "out"], "--data='nope': no such file or"),
+    (["tokenizer", "train", "--input", "nope", "--vocab_size", "64", "--output", "t.model"],
+     "train_tokenizer: input 'nope': no such file or directory."),
+])
+def test_the_tools_name_the_flag_of_a_missing_input(command, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(command)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: {says}")
 
 
 def test_an_unreadable_data_file_is_one_line_naming_the_flag_and_path(tmp_path):

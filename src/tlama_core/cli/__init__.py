@@ -47,7 +47,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         run(cfg[".".join(path)])
     except (ValueError, FileNotFoundError, ImportError, LockError, DiskFullError) as err:  # user errors, named
-        sub_parser.error(str(err))
+        sub_parser.error(_flag_named(str(err), " ".join(path), cfg[".".join(path)]))
+
+
+def _flag_named(message: str, command: str, cfg: Namespace) -> str:
+    """A data reader's error names its parameter (`data_path='x': ...`); the user typed a flag: name that."""
+    flag = {"prepare": "--verify" if cfg.get("verify") is not None else "--data", "evaluate": "--data",
+            "tokenizer train": "--input"}.get(command)
+    return f"{flag}{message[len('data_path'):]}" if flag and message.startswith("data_path=") else message
 
 
 def build_parser() -> tuple[ArgumentParser, dict[str, tuple[ArgumentParser, Callable[[Namespace], Any]]]]:

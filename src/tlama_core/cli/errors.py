@@ -16,6 +16,9 @@ _PROBLEM = re.compile(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)")
 _OPTION = re.compile(r"Option '([^']+)' is not accepted")
 _UNKNOWN_NAME = re.compile(r"Expected a dot import path string: (.+)")
 _CHOICES = re.compile(r"Expected a typing\.Literal\[([^\]]+)\]")
+_REQUIRED = re.compile(r"the following arguments are required: (.+)")
+_ARGUMENT = re.compile(r'Parser key "([^"]+)":')
+_EXPECTED = re.compile(r"^\s*- (?:Expected a <class '([\w.]+)'>|Not of type (\w+): (.+))$", re.M)
 
 
 def one_line(message: str) -> str:
@@ -25,10 +28,18 @@ def one_line(message: str) -> str:
     name = head.group(1) if head else ""
     key = f'Parser key "{name}": ' if head else ""
     problems = [(path, reason.strip()) for path, reason in _PROBLEM.findall(message)]
-    for path, reason in problems:  # an argument the class given before it does not take
-        option = _OPTION.match(reason)
-        if option and not _is_slot_base(path):
+    for path, reason in problems:  # the class given was found; its arguments were not right
+        if _is_slot_base(path):
+            continue
+        option, required, argument = _OPTION.match(reason), _REQUIRED.match(reason), _ARGUMENT.match(reason)
+        if option:
             return f"{key}{path} takes no argument {option.group(1)!r}."
+        if required:
+            first = required.group(1).split(",")[0].strip()
+            return (f"{key}{path} needs {required.group(1)}: give it after the class (--{name}.{first}=VALUE) "
+                    "or under init_args in YAML.")
+        if argument:
+            return f"{key}{path}: {_bad_argument(argument.group(1), _block(message, reason))}."
     nested = _NESTED.search(message)
     if nested:  # an argument before any class (or after a name): jsonargparse tried the slot's base type
         return (f"{key}--{name}.{nested.group(1)}={nested.group(2)} applies to no class: name the class first, "
@@ -50,6 +61,32 @@ def one_line(message: str) -> str:
         return (f"{key}{unknown.group(1)!r} is neither {names}a class name known here (Lightning's own, e.g. "
                 "ModelCheckpoint, TensorBoardLogger, DDPStrategy) nor an import path (package.module.Class).")
     return message
+
+
+def _block(message: str, first_line: str) -> str:
+    """The lines of jsonargparse's indented report that begins with `first_line`: it and those indented deeper."""
+    lines = message[message.index(first_line):].splitlines()
+    start = message.rfind("\n", 0, message.index(first_line)) + 1
+    indent = message.index(first_line) - start
+    block = [lines[0]]
+    for line in lines[1:]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def _bad_argument(argument: str, block: str) -> str:
+    """`argument='value' is not int or None`, out of jsonargparse's report of one argument of a class."""
+    given = _GIVEN.search(block)
+    kinds, details = [], []
+    for expected, kind, detail in _EXPECTED.findall(block):
+        kinds.append("None" if (expected or kind) == "NoneType" else expected or kind)
+        if detail:
+            details.append(detail.strip())
+    value = repr(given.group(1)) if given else "its value"
+    reason = f"is not {' or '.join(kinds)}" if kinds else "is not accepted"
+    return f"{argument}={value} {reason}" + (f" ({'; '.join(details)})" if details else "")
 
 
 def _is_slot_base(path: str) -> bool:

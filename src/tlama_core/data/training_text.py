@@ -33,7 +33,8 @@ def training_sources(owner: str, inputs: Any, text_field: str = "text", split: s
         try:
             source = resolve_source(data, split, text_field)
         except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"{owner}: input {name}: {e}") from e
+            said = str(e).removeprefix(f"data_path={name}: ")  # the reader names its parameter; this names the input
+            raise type(e)(f"{owner}: input {name}: {said}") from e
         if source.kind == "tokens":
             raise ValueError(f"{owner}: input {name} holds token ids; a tokenizer is trained on text or records.")
         sources.append(source)
