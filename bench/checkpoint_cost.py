@@ -25,8 +25,7 @@ import torch
 
 from tlama_core.atomic import atomic_path
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training.checkpointing import AtomicCheckpointIO
-from tlama_core.training.optim import build_optimizer
+from tlama_core.training import AtomicCheckpointIO, build_optimizer
 
 CONFIG = TlamaConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, max_seq_len=256)
 BATCH, SEQ = 4, 256

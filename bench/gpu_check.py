@@ -53,10 +53,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tlama_core.atomic import atomic_write
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training import Trainer
-from tlama_core.training.batching import flops_per_token, peak_flops
-from tlama_core.training.csv_log import read_rows
-from tlama_core.training.precision import has_fast_bf16
+from tlama_core.training import Trainer, flops_per_token, has_fast_bf16, peak_flops, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "gpt2-compiled", "bare-loop", "llama-1b", "llama-1b-fsdp2", "gpt2-eager")

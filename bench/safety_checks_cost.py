@@ -23,8 +23,7 @@ import torch
 
 from tlama_core.data import create_dataloader
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training.finite import weights_finite
-from tlama_core.training.optim import build_optimizer
+from tlama_core.training import build_optimizer, weights_finite
 
 CONFIG = TlamaConfig(vocab_size=8192, d_model=384, n_layers=6, n_heads=6, max_seq_len=256)
 BATCH, SEQ = 16, 256

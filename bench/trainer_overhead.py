@@ -23,9 +23,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training import Trainer
-from tlama_core.training.optim import build_optimizer
-from tlama_core.training.precision import has_fast_bf16
+from tlama_core.training import Trainer, build_optimizer, has_fast_bf16
 
 CONFIG = TlamaConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=8, max_seq_len=128)
 BATCH, SEQ, ACCUM = 4, 64, 4  # small enough for 3 alternating rounds in ~3 minutes on 2 shared CPU cores

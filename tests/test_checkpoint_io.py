@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tlama_core.atomic import commit as real_commit
-from tlama_core.training import checkpointing
-from tlama_core.training.checkpointing import AtomicCheckpointIO, find_last_checkpoint, step_checkpoint_name
+from tlama_core.training.files import checkpoint_io as checkpointing
+from tlama_core.training.files.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint, step_checkpoint_name
 
 
 class HeldCommits:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import json
+import re
 from pathlib import Path
 
+import docstring_parser
 import lightning as L
 import pytest
 import torch
 import yaml
 
 from tlama_core.cli import main
-from tlama_core.cli.fit import RunSettings
+from tlama_core.cli.fit import BUILTIN_RUN, PYTHON_ONLY, RunSettings
 from tlama_core.data import TlamaDataModule
 from tlama_core.models import TlamaConfig
 from tlama_core.training import TlamaLightningModule, Trainer, get_lr_scheduler
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.records.metrics import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,13 +45,30 @@ def losses(log: str | Path) -> list[tuple[str, ...]]:
     return [(r["step"], r["train_loss"], r["learning_rate"], r["grad_norm"], r["val_loss"]) for r in read_rows(log)]
 
 
-def test_run_settings_are_the_trainer_parameters_with_their_defaults():
-    trainer = inspect.signature(Trainer.__init__).parameters
-    not_run_settings = {"self", "model", "train_data_loader", "val_data_loader", "optimizer", "scheduler",
-                        "learning_rate", "weight_decay"}
-    fields = {f.name: f.default for f in dataclasses.fields(RunSettings)}
-    assert set(fields) == set(trainer) - not_run_settings
-    assert fields == {name: trainer[name].default for name in fields}
+def test_the_readme_parameter_table_is_the_trainer_signature_with_its_defaults():
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("### Parameters"):].split("\n\n")[1]
+    rows = [re.match(r"^\| `(\w+)` \| (.+?) \|", line).groups() for line in table.splitlines()[2:]]
+    parameters = [p for name, p in inspect.signature(Trainer.__init__).parameters.items() if name != "self"]
+    assert [name for name, _ in rows] == [p.name for p in parameters]
+    for (name, default), p in zip(rows, parameters, strict=True):
+        expected = "—" if p.default is inspect.Parameter.empty else p.default
+        assert (default if default == "—" else ast.literal_eval(default.strip("`"))) == expected, name
+
+
+def test_fit_help_shows_every_run_setting_with_the_trainer_docs_and_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = capsys.readouterr().out
+    docs = {p.arg_name: " ".join(p.description.split()) for p in docstring_parser.parse(Trainer.__doc__).params}
+    settings = [f.name for f in dataclasses.fields(RunSettings)]
+    assert set(settings) == set(inspect.signature(Trainer.__init__).parameters) - set(PYTHON_ONLY)
+    for name in settings:
+        option = " ".join(help_text[help_text.index(f"\n  --trainer.{name} "):].split())  # its entry in the options
+        default = BUILTIN_RUN.get(f"trainer.{name}", inspect.signature(Trainer.__init__).parameters[name].default)
+        assert docs[name][:40] in option, name
+        shown = re.split(r"[,)]", option.split("(type: ", 1)[1].split("default: ", 1)[1])[0]
+        assert shown == ("null" if default is None else str(default)), name
 
 
 def test_print_config_without_a_config_is_the_shakespeare_cpu_run(capsys):

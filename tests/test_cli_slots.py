@@ -23,7 +23,7 @@ from test_cli import TINY_RUN, StepFile, write_yaml
 from tlama_core.cli import main
 from tlama_core.cli.fit import TlamaCLI
 from tlama_core.data import TlamaDataModule
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.records.metrics import read_rows
 
 SHORTHAND = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val_loss",
              "--trainer.callbacks.save_top_k=2", "--trainer.callbacks.filename=best-{step}",

@@ -30,9 +30,9 @@ import torch
 from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, create_dataloader
 from tlama_core.models import TlamaConfig, Transformer, generate
 from tlama_core.training import Trainer
-from tlama_core.training.batching import peak_flops
-from tlama_core.training.checkpointing import find_last_checkpoint, step_checkpoint_name, step_of
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.files.checkpoint_io import find_last_checkpoint, step_checkpoint_name, step_of
+from tlama_core.training.records.metrics import read_rows
+from tlama_core.training.records.throughput import peak_flops
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.py)")]

@@ -19,8 +19,8 @@ import pytest
 from kill_run import build_trainer
 
 from tlama_core.checkpoints import read_checkpoint
-from tlama_core.training.checkpointing import find_last_checkpoint
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.files.checkpoint_io import find_last_checkpoint
+from tlama_core.training.records.metrics import read_rows
 
 SCRIPT = Path(__file__).with_name("kill_run.py")
 STEPS = 30

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from trainer_utils import WindowLoader
 
 from tlama_core.training import Trainer, get_lr_scheduler
-from tlama_core.training.checkpointing import find_last_checkpoint
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.files.checkpoint_io import find_last_checkpoint
+from tlama_core.training.records.metrics import read_rows
 
 
 def make_trainer(tmp_path, **kw) -> Trainer:

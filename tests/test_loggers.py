@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from trainer_utils import WindowLoader, tiny_model
 
 from tlama_core.training import TlamaLightningModule, Trainer
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.records.metrics import read_rows
 
 LOGGED = ("train_loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_per_sec_per_device", "val_loss")
 

@@ -10,7 +10,7 @@ import torch
 from trainer_utils import Recorder, ResumableLoader, tiny_model
 
 from tlama_core.training import MuonAdamW, TlamaLightningModule, Trainer, get_lr_scheduler
-from tlama_core.training.checkpointing import CheckpointError, find_last_checkpoint, set_aside_later_checkpoints
+from tlama_core.training.files.checkpoint_io import CheckpointError, find_last_checkpoint, set_aside_later_checkpoints
 
 
 def make(root, model=None, loader=None, **kw) -> Trainer:

@@ -99,3 +99,30 @@ def test_the_same_tokenizer_under_another_name_resumes(tmp_path):
     renamed = tmp_path / "renamed.model"
     renamed.write_bytes(Path(builtin_tokenizer_path()).read_bytes())
     assert run(tmp_path, data, 4, tokenizer=renamed).train(ckpt_path="last")["steps_completed"] == 4
+
+
+def legacy_record(tmp_path: Path, tokenizer: Path) -> None:
+    """Rewrite the run's last checkpoint's tokenizer record as checkpoints before 0.2 wrote it (sha256 hashes)."""
+    import hashlib
+
+    import torch
+
+    path = tmp_path / "ckpt" / "step=00000002.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    data = tokenizer.read_bytes()
+    record = checkpoint["tokenizer"]
+    record.pop("content_hash")
+    record.update(sha256=hashlib.sha256(tokenizer.name.encode() + b"\0" + data).hexdigest(),
+                  content_sha256=hashlib.sha256(data).hexdigest())
+    torch.save(checkpoint, path)
+
+
+def test_a_checkpoint_recording_the_tokenizer_by_sha256_resumes_with_it_and_refuses_another(tmp_path):
+    data = write_text(tmp_path / "corpus.txt", 0)
+    run(tmp_path, data, 2).train()
+    assert run(tmp_path, data, 2)._tokenizer.annotations["tokenizer"]["content_hash"].startswith("blake2b-256:")
+    legacy_record(tmp_path, Path(builtin_tokenizer_path()))
+    other = train_tokenizer(write_text(tmp_path / "other.txt", 200_000), tmp_path / "other.model", 1024)
+    with pytest.raises(CheckpointError, match="tokenizer shakespeare-bpe-1024.model .* other.model .*init_from"):
+        run(tmp_path, data, 4, tokenizer=Path(other)).train(ckpt_path="last")
+    assert run(tmp_path, data, 4).train(ckpt_path="last")["steps_completed"] == 4

@@ -14,9 +14,9 @@ from trainer_utils import WindowLoader, make_trainer, tiny_model
 from tlama_core.checkpoints import CheckpointError, find_last_checkpoint, read_checkpoint
 from tlama_core.models import Transformer, load_model
 from tlama_core.training import Trainer
-from tlama_core.training.checkpointing import AtomicCheckpointIO
-from tlama_core.training.csv_log import read_rows
-from tlama_core.training.run_files import run_tokenizer
+from tlama_core.training.files.checkpoint_io import AtomicCheckpointIO
+from tlama_core.training.files.tokenizer import run_tokenizer
+from tlama_core.training.records.metrics import read_rows
 
 
 def make(tmp_path: Path, **kwargs) -> Trainer:

@@ -25,10 +25,10 @@ import tlama_core.atomic
 from tlama_core.checkpoints import read_checkpoint
 from tlama_core.data import create_dataloader
 from tlama_core.data.workers import IgnoreStopSignals
+from tlama_core.locks import LOCK_NAME, RunLock, RunLockError
 from tlama_core.training import TlamaLightningModule, Trainer, get_lr_scheduler
-from tlama_core.training.checkpointing import find_last_checkpoint
-from tlama_core.training.csv_log import CsvLog, read_rows
-from tlama_core.training.run_lock import LOCK_NAME, RunLock, RunLockError
+from tlama_core.training.files.checkpoint_io import find_last_checkpoint
+from tlama_core.training.records.metrics import CsvLog, read_rows
 
 
 def make(root: Path, **kw) -> Trainer:
@@ -108,7 +108,7 @@ def test_weights_are_checked_once_a_step_however_many_checkpoints_it_saves(tmp_p
     """The step file, best.ckpt and a ModelCheckpoint's two files (its own and last.ckpt) share one check; at
     the 2 validated steps ModelCheckpoint saves before the validation and the run's own files after it (the
     step's hooks run in between and may change the weights), so those steps are checked twice."""
-    from tlama_core.training import finite
+    from tlama_core.training.files import finite
 
     checked, check = [], finite.weights_finite
     monkeypatch.setattr(finite, "weights_finite", lambda params: checked.append(1) or check(params))

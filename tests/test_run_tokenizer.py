@@ -15,7 +15,7 @@ from tlama_core.data import builtin_corpus_path, create_dataloader, load_tokeniz
 from tlama_core.models import TlamaConfig, Transformer, generation, load_model
 from tlama_core.models.loading import CHECKPOINT, Weights
 from tlama_core.training import Trainer
-from tlama_core.training.run_files import TOKENIZER_KEY, keep_tokenizer
+from tlama_core.training.files.tokenizer import TOKENIZER_KEY, keep_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")

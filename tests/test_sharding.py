@@ -19,7 +19,7 @@ from trainer_utils import WindowLoader, make_trainer, tiny_model
 from tlama_core.data import builtin_corpus_path
 from tlama_core.models import TlamaConfig
 from tlama_core.training import TlamaLightningModule, Trainer
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.records.metrics import read_rows
 from tlama_core.training.sharding import check_tensor_parallel
 
 HERE = Path(__file__).parent

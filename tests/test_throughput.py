@@ -5,7 +5,7 @@ import torch
 from lightning.fabric.utilities.throughput import measure_flops
 
 from tlama_core.models import TlamaConfig, Transformer
-from tlama_core.training.batching import flops_per_token, peak_flops
+from tlama_core.training.records.throughput import flops_per_token, peak_flops
 
 
 @pytest.mark.parametrize("config, seq", [

@@ -15,8 +15,8 @@ from trainer_utils import VOCAB, Recorder, SlowLoader, WindowLoader, make_traine
 
 from tlama_core.checkpoints import read_checkpoint
 from tlama_core.training import Trainer, get_lr_scheduler
-from tlama_core.training.batching import grad_accum_steps
-from tlama_core.training.precision import has_fast_bf16
+from tlama_core.training.lightning.precision import has_fast_bf16
+from tlama_core.training.plan import grad_accum_steps
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -341,8 +341,8 @@ def test_compile_trains_the_compiled_model_to_the_eager_losses(tmp_path):
 
 
 def test_mfu_is_the_per_device_rate_times_flops_per_token_over_the_peak(tmp_path, monkeypatch):
-    from tlama_core.training import throughput
-    from tlama_core.training.batching import flops_per_token
+    from tlama_core.training.records import throughput
+    from tlama_core.training.records.throughput import flops_per_token
 
     monkeypatch.setattr(throughput, "peak_flops", lambda device, precision: 1e10)  # a device with a known peak
     t = make_trainer(tmp_path, steps=2)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training import Trainer
-from tlama_core.training.hooks import HOOKS
+from tlama_core.training.lightning.hooks import HOOKS
 
 VOCAB = 64
 

@@ -2,21 +2,22 @@
 
 The YAML has three sections: `model:` (TlamaLightningModule: the TlamaConfig, learning rate, weight decay and
 LRSchedule), `data:` (TlamaDataModule, or any LightningDataModule given by class_path) and `trainer:` (the
-facade's own parameters, under the same names, see
-`RunSettings`). LightningCLI parses, validates and instantiates; the facade then translates and trains, so a YAML
-run and a Python run with the same values write the same CSV log and checkpoints and reach the same losses.
+facade's own parameters, under the same names: `RunSettings`, read from its signature). LightningCLI parses,
+validates and instantiates; the facade then translates and trains, so a YAML run and a Python run with the same
+values write the same CSV log and checkpoints and reach the same losses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 import shlex
 import sys
 import time
+import typing
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,100 +33,43 @@ from tlama_core.checkpoints import is_sharded_checkpoint
 from tlama_core.cli.errors import build_error, one_line, unreadable_error
 from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, keep_untyped_values_as_data
 from tlama_core.data import TlamaDataModule, load_tokenizer
+from tlama_core.locks import RunLockError
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
 from tlama_core.training import TlamaLightningModule, Trainer
-from tlama_core.training.checkpointing import CheckpointError
-from tlama_core.training.checks import check_seed
-from tlama_core.training.module import empty_init
-from tlama_core.training.run_lock import RunLockError
+from tlama_core.training.arguments import check_seed
+from tlama_core.training.files.checkpoint_io import CheckpointError
+from tlama_core.training.lightning.module import empty_init
+from tlama_core.training.lightning.signals import PeerLostError
 from tlama_core.training.sharding import is_model_parallel
-from tlama_core.training.signals import PeerLostError
 
 CONFIG_NAME = "config.yaml"  # written into trainer.checkpoints_dir by every run
 
 
-@dataclass
-class RunSettings:
-    """The `trainer:` section: the Trainer facade's run parameters, with the same names and defaults.
+# The `trainer:` section is the facade's own signature and docs, less what a YAML cannot hold (an existing model,
+# loaders, optimizer or schedule function) or the `model:` section owns (learning rate, weight decay). The slots
+# type what a YAML builds by class_path, where the facade takes any object.
+PYTHON_ONLY = ("self", "model", "train_data_loader", "val_data_loader", "optimizer", "scheduler", "learning_rate",
+               "weight_decay")
+SLOT_TYPES: dict[str, Any] = {"callbacks": list[CallbackSlot] | None, "devices": int | str | list[int],
+                              "strategy": StrategySlot, "logger": LoggerSlot | None, "max_time": float | str | None,
+                              "trainer_kwargs": dict | None}
 
-    The model, its optimisation (learning rate, weight decay, schedule) and the data are the `model:` and
-    `data:` sections.
 
-    Args:
-        total_batch_size: Tokens per optimizer step on all devices; turned into gradient accumulation steps
-            (floor division, with a warning when it is not a multiple of one micro-batch).
-        gradient_accumulation: Accumulate gradients to reach total_batch_size (false: one micro-batch per step).
-        epochs: Passes over the training data.
-        steps: Optimizer steps per epoch; null: as many as the training data holds.
-        validation_steps: Validate every N optimizer steps (and at the end of the run).
-        checkpoint_steps: Save `checkpoints_dir/step=NNNNNNNN.ckpt` every N optimizer steps (and at the end).
-        log_steps: Append a row to `logs_dir/train_log.csv` every N optimizer steps.
-        gradient_clip_val: Clip the gradient norm to this value (0: no clipping).
-        use_mixed_precision: bf16 autocast on CUDA and on CPUs with bf16 units (AMX/AVX512-BF16); fp32 elsewhere.
-        checkpoints_dir: Directory of the checkpoints, `best.ckpt` and this run's `config.yaml`.
-        logs_dir: Directory of `train_log.csv`.
-        seed: Seeds Python, NumPy and torch before the model is built, so a run is reproducible.
-        verbose: Print the run summary and a progress bar.
-        callbacks: Classes with any of the Trainer's hook methods (on_step_end, on_validate_end, ...) and
-            Lightning callbacks (ModelCheckpoint, EarlyStopping, LearningRateMonitor, ...), each given as
-            `{class_path: package.module.Class, init_args: {...}}`, or by flags: `--trainer.callbacks+=CLASS`
-            then `--trainer.callbacks.ARG=VALUE` (CLASS: a Lightning callback's name or an import path).
-        master_process: Whether this process writes logs and checkpoints (false on non-zero ranks).
-        compile: torch.compile the model.
-        activation_checkpointing: Recompute each block in the backward pass instead of storing its activations
-            (less memory for long sequences, ~30% more compute).
-        validation_batches: Validate on the first N validation batches only; null: all of them.
-        accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps.
-        devices: Devices per node: auto, a count, or a list of device indices.
-        num_nodes: Machines taking part in the run.
-        strategy: Lightning strategy: a name (auto, ddp, fsdp, fsdp2, ...) or a Lightning Strategy as
-            `{class_path: ..., init_args: {...}}`, or by flags: `--trainer.strategy DDPStrategy
-            --trainer.strategy.find_unused_parameters=true`.
-        trainer_kwargs: Any other `lightning.Trainer` keyword arguments (they override the facade's defaults),
-            typed as lightning.Trainer's own parameters (a class_path builds only what that parameter takes).
-        logger: Lightning loggers: tensorboard, csv, mlflow or wandb (built under logs_dir), a list of them, or
-            `{class_path: lightning.pytorch.loggers.X, init_args: {...}}` entries, or by flags:
-            `--trainer.logger+=NAME_OR_CLASS` then `--trainer.logger.ARG=VALUE`; null: the CSV log only.
-        precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
-        max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
-        keep_checkpoints: Keep only the newest N step checkpoints (and the best's); null: keep them all.
-        allow_data_change: Resume on training data other than the checkpoint's, from the same position (counted
-            in windows of the new data's order); false: such a resume is refused.
-        max_time: A time budget for the whole run, from the start of training (a resumed run's earlier time
-            counts): seconds or "DD:HH:MM:SS". The run stops in time for its final validation and checkpoint,
-            and a schedule with max_steps null decays over the budget; null: the run is planned in steps.
-    """
+def run_settings_class() -> type:
+    """A dataclass of the Trainer's run parameters (their types, defaults and docstring), which jsonargparse reads
+    as the `trainer:` section."""
+    hints = typing.get_type_hints(Trainer.__init__)
+    fields = [(name, SLOT_TYPES.get(name, hints[name]), dataclasses.field(default=p.default))
+              for name, p in inspect.signature(Trainer.__init__).parameters.items() if name not in PYTHON_ONLY]
+    doc = inspect.getdoc(Trainer)
+    settings = dataclasses.make_dataclass("RunSettings", fields)
+    settings.__module__ = __name__
+    settings.__doc__ = "The `trainer:` section: the Trainer's run parameters.\n\n" + doc[doc.index("Args:"):]
+    return settings
 
-    total_batch_size: int = 524288
-    gradient_accumulation: bool = True
-    epochs: int = 1
-    steps: int | None = None
-    validation_steps: int = 250
-    checkpoint_steps: int = 5000
-    log_steps: int = 10
-    gradient_clip_val: float = 1.0
-    use_mixed_precision: bool = True
-    checkpoints_dir: str = "checkpoints"
-    logs_dir: str = "logs"
-    seed: int = 1337
-    verbose: bool = True
-    callbacks: list[CallbackSlot] | None = None
-    master_process: bool = True
-    compile: bool = False
-    activation_checkpointing: bool = False
-    validation_batches: int | None = None
-    accelerator: str = "auto"
-    devices: int | str | list[int] = "auto"
-    num_nodes: int = 1
-    strategy: StrategySlot = "auto"
-    trainer_kwargs: dict | None = None
-    logger: LoggerSlot | None = None
-    precision: str | None = None
-    max_steps: int | None = None
-    keep_checkpoints: int | None = None
-    allow_data_change: bool = False
-    max_time: float | str | None = None
+
+RunSettings = run_settings_class()
 
 
 def shards(strategy: Any) -> bool:
@@ -243,7 +187,7 @@ class TlamaCLI(LightningCLI):
         return dict(data.get("init_args") or {}) if data else {}
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        settings: RunSettings = self.config_init.trainer
+        settings = self.config_init.trainer
         values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         values["callbacks"] = list(settings.callbacks or [])
         try:

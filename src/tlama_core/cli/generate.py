@@ -13,7 +13,7 @@ from tlama_core.data.sources import list_files
 from tlama_core.data.tokenizer import Tokenizer
 from tlama_core.models import generation
 from tlama_core.models.loading import CHECKPOINT, Weights
-from tlama_core.training.run_files import run_tokenizer
+from tlama_core.training.files.tokenizer import run_tokenizer
 
 
 def configured_tokenizer(checkpoint: Path) -> Path | None:

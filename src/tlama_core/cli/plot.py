@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tlama_core.training.csv_log import read_rows
+from tlama_core.training.records.metrics import read_rows
 
 
 def plot_log(log: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:

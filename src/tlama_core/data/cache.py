@@ -55,10 +55,12 @@ class CacheEntry:
         return np.dtype(self.meta["dtype"])
 
 
-def cached_tokens(source: Source, tokenizer_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+def cached_tokens(source: Source, tokenizer: Tokenizer | str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                   processes: int | None = None) -> CacheEntry:
-    """Ids of the text or records `source` under the tokenizer: read from the cache, or built into it first."""
-    tokenizer = load_tokenizer(tokenizer_path)
+    """Ids of the text or records `source` under the tokenizer (loaded, or its path): read from the cache, or built
+    into it first."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
     model = tokenizer.path.read_bytes()
     key = cache_key(source, model)
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()

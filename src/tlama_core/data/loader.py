@@ -137,7 +137,7 @@ def create_dataloader(
         if tokenizer is None:
             raise ValueError(f"{where} is {source.kind}: pass tokenizer_path (a sentencepiece "
                              ".model or a tokenizer.json) to tokenize it, e.g. builtin_tokenizer_path().")
-        entry = cached_tokens(source, tokenizer_path, cache_dir)
+        entry = cached_tokens(source, tokenizer, cache_dir)
         tokens = TokenStream([TokenFile(entry.path, entry.meta["dtype"], 0, entry.meta["num_tokens"])])
         meta = entry.meta
         info = CorpusInfo(meta["vocab_size"], meta["text_chars"], meta["eos_id"], meta["bos_id"], source.describe())

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from tlama_core.training.batching import user_stacklevel
+from tlama_core.training.arguments import user_stacklevel
 
 DECAY_TYPES = ("cosine", "linear", "exponential", "constant", "wsd")
 WSD_DECAY_FRACTION = 0.2  # the decay's share of the run when a wsd schedule gives none

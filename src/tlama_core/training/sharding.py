@@ -121,6 +121,17 @@ def tensor_parallel(model: Transformer, tp_mesh: Any) -> None:
         })
 
 
+def share_data(strategy: Strategy, global_rank: int, world_size: int, config: TlamaConfig, *loaders: Any) -> int:
+    """Give each loader this process's share of the data (`shard_loaders`), checking that the model splits over a
+    tensor-parallel group; return the number of processes that read distinct batches."""
+    reader, readers = data_parallel(strategy, global_rank, world_size)
+    if readers != world_size:
+        check_tensor_parallel(config, world_size // readers)
+    if world_size > 1:
+        shard_loaders(reader, readers, *loaders)
+    return readers
+
+
 def check_tensor_parallel(config: TlamaConfig, tp: int) -> None:
     """A model `tensor_parallel_size=tp` can split: whole heads per process, and untied embeddings."""
     problems = [f"{name}={value}" for name, value in (("n_heads", config.n_heads), ("n_kv_heads", config.n_kv_heads))

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from tlama_core.training.batching import StepPlan, user_stacklevel
+from tlama_core.training.arguments import user_stacklevel
+from tlama_core.training.plan import StepPlan
 from tlama_core.training.scheduler import LRSchedule
 
 _clock: Callable[[], float] = time.perf_counter  # read at each call: tests put a clock driven by steps here

@@ -25,38 +25,27 @@ from lightning.pytorch.strategies import Strategy
 from tlama_core.atomic import remove_stale_temporaries
 from tlama_core.checkpoints import find_last_checkpoint, read_checkpoint
 from tlama_core.data.workers import shield_workers
+from tlama_core.locks import RunLock
 from tlama_core.models import Transformer
 from tlama_core.models.transformer import out_of_memory, training_too_large
-from tlama_core.training import arguments, checks, lightning_internals
-from tlama_core.training.batching import StepPlan, micro_batch_shape, plan_steps
-from tlama_core.training.cadence import StepCadence
-from tlama_core.training.checkpointing import (
-    MODEL_BEST_NAME,
-    AtomicCheckpointIO,
+from tlama_core.training import arguments, lightning_internals
+from tlama_core.training.files.checkpoint_io import (
     check_resumable,
-    check_same_inputs,
+    check_same_data,
     data_record,
     model_checkpoint,
-    model_checkpoint_name,
     resolve_ckpt_path,
     set_aside_hpc_checkpoints,
     step_checkpoint_name,
 )
-from tlama_core.training.csv_log import CsvLog
-from tlama_core.training.finite import check_model_finite
-from tlama_core.training.hooks import HookBridge
-from tlama_core.training.loggers import build_loggers
-from tlama_core.training.metrics import MetricSinks, hook_metrics, run_hyperparameters
-from tlama_core.training.module import TlamaLightningModule
-from tlama_core.training.optim import build_optimizer, check_muon_strategy, shards_parameters
-from tlama_core.training.precision import allow_tf32, device_type, resolve_precision
-from tlama_core.training.progress import StepProgressBar, print_end, print_start, quiet_lightning
-from tlama_core.training.run_checkpoints import RunCheckpoints
-from tlama_core.training.run_files import RunTokenizer
-from tlama_core.training.run_lock import RunLock
-from tlama_core.training.scheduler import fit_schedule_to_run
-from tlama_core.training.sharding import check_tensor_parallel, data_parallel, has_meta, shard_loaders
-from tlama_core.training.signals import (
+from tlama_core.training.files.run_checkpoints import RunCheckpoints
+from tlama_core.training.files.tokenizer import RunTokenizer
+from tlama_core.training.lightning.cadence import StepCadence, StepLoader
+from tlama_core.training.lightning.hooks import HookBridge
+from tlama_core.training.lightning.module import TlamaLightningModule
+from tlama_core.training.lightning.precision import allow_tf32, device_type, resolve_precision
+from tlama_core.training.lightning.progress import StepProgressBar, print_end, print_start, quiet_lightning
+from tlama_core.training.lightning.signals import (
     PREEMPTION,
     TakeBackSigterm,
     peer_lost,
@@ -64,18 +53,71 @@ from tlama_core.training.signals import (
     stop_on_signals,
     take_over_requeue,
 )
-from tlama_core.training.stepping import StepLoader
+from tlama_core.training.optim import check_muon_strategy, shards_parameters
+from tlama_core.training.plan import StepPlan, plan_steps
+from tlama_core.training.records.loggers import build_loggers
+from tlama_core.training.records.metrics import CsvLog, MetricSinks, hook_metrics
+from tlama_core.training.scheduler import fit_schedule_to_run
+from tlama_core.training.sharding import has_meta, share_data
 from tlama_core.training.time_budget import TimeBudget, parse_max_time
 
 LOG_NAME = "train_log.csv"
 
 
 class Trainer:
-    """Trains a Tlama model on Lightning; every documented parameter keeps its documented default.
+    """Trains a Tlama model on Lightning. These docs are `tlama fit`'s too (its `trainer:` section is this signature).
 
-    Keyword-only extras (README, "Parameters"): compile, activation_checkpointing, validation_batches,
-    accelerator, devices, num_nodes, strategy, trainer_kwargs, logger, precision, max_steps, keep_checkpoints,
-    allow_data_change and max_time.
+    Args:
+        model: A Transformer, or a TlamaLightningModule wrapping one (which then holds the optimisation settings).
+        train_data_loader: Yields (x, y); its batch_size and seq_length attributes (else its first batch) size
+            the micro-batch.
+        optimizer: None: AdamW (weight decay on 2-D weight matrices only), or any torch optimizer.
+        scheduler: A function step -> learning rate, applied before every optimizer step; None: learning_rate.
+        val_data_loader: Validation data; val_loss is the token-weighted mean over it.
+        total_batch_size: Tokens per optimizer step on all devices; turned into gradient accumulation steps
+            (floor division, with a warning when it is not a multiple of one micro-batch).
+        gradient_accumulation: Accumulate gradients to reach total_batch_size (false: one micro-batch per step).
+        weight_decay: Weight decay of the default optimizer.
+        learning_rate: The learning rate when no scheduler is given.
+        epochs: Passes over the training data.
+        steps: Optimizer steps per epoch; null: as many as the training data holds.
+        validation_steps: Validate every N optimizer steps (and at the end of the run).
+        checkpoint_steps: Save `checkpoints_dir/step=NNNNNNNN.ckpt` every N optimizer steps (and at the end).
+        log_steps: Append a row to `logs_dir/train_log.csv` every N optimizer steps.
+        gradient_clip_val: Clip the gradient norm to this value (0: no clipping).
+        use_mixed_precision: bf16 autocast on CUDA and on CPUs with bf16 units (AMX/AVX512-BF16); fp32 elsewhere.
+        checkpoints_dir: Directory of the checkpoints, `best.ckpt` and this run's `config.yaml`.
+        logs_dir: Directory of `train_log.csv`.
+        seed: Seeds Python, NumPy and torch before the model is built, so a run is reproducible.
+        verbose: Print the run summary and a progress bar.
+        callbacks: Classes with any of the Trainer's hook methods (on_step_end, on_validate_end, ...) and
+            Lightning callbacks (ModelCheckpoint, EarlyStopping, LearningRateMonitor, ...), each given as
+            `{class_path: package.module.Class, init_args: {...}}`, or by flags: `--trainer.callbacks+=CLASS`
+            then `--trainer.callbacks.ARG=VALUE` (CLASS: a Lightning callback's name or an import path).
+        master_process: Whether this process writes logs and checkpoints (false on non-zero ranks).
+        compile: torch.compile the model.
+        activation_checkpointing: Recompute each block in the backward pass instead of storing its activations
+            (less memory for long sequences, ~30% more compute).
+        validation_batches: Validate on the first N validation batches only; null: all of them.
+        accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps.
+        devices: Devices per node: auto, a count, or a list of device indices.
+        num_nodes: Machines taking part in the run.
+        strategy: Lightning strategy: a name (auto, ddp, fsdp, fsdp2, ...) or a Lightning Strategy as
+            `{class_path: ..., init_args: {...}}`, or by flags: `--trainer.strategy DDPStrategy
+            --trainer.strategy.find_unused_parameters=true`.
+        trainer_kwargs: Any other `lightning.Trainer` keyword arguments (they override the facade's defaults),
+            typed as lightning.Trainer's own parameters (a class_path builds only what that parameter takes).
+        logger: Lightning loggers: tensorboard, csv, mlflow or wandb (built under logs_dir), a list of them, or
+            `{class_path: lightning.pytorch.loggers.X, init_args: {...}}` entries, or by flags:
+            `--trainer.logger+=NAME_OR_CLASS` then `--trainer.logger.ARG=VALUE`; null: the CSV log only.
+        precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
+        max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
+        keep_checkpoints: Keep only the newest N step checkpoints (and the best's); null: keep them all.
+        allow_data_change: Resume on training data other than the checkpoint's, from the same position (counted
+            in windows of the new data's order); false: such a resume is refused.
+        max_time: A time budget for the whole run, from the start of training (a resumed run's earlier time
+            counts): seconds or "DD:HH:MM:SS". The run stops in time for its final validation and checkpoint,
+            and a schedule with max_steps null decays over the budget; null: the run is planned in steps.
     """
 
     def __init__(self, model: torch.nn.Module, train_data_loader: Any, optimizer: torch.optim.Optimizer | None = None,
@@ -92,14 +134,15 @@ class Trainer:
                  max_steps: int | None = None, keep_checkpoints: int | None = None,
                  allow_data_change: bool = False, max_time: float | str | timedelta | None = None) -> None:
         # ---- arguments, checked before anything runs
-        checks.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
+        arguments.check_counts(total_batch_size=total_batch_size, epochs=epochs, steps=steps,
                             validation_steps=validation_steps, checkpoint_steps=checkpoint_steps, log_steps=log_steps,
                             validation_batches=validation_batches, max_steps=max_steps,
                             keep_checkpoints=keep_checkpoints)
-        checks.check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
+        arguments.check_run_settings(rates={"gradient_clip_val": gradient_clip_val, "learning_rate": learning_rate,
                                          "weight_decay": weight_decay}, seed=seed, devices=devices,
                                   directories={"checkpoints_dir": checkpoints_dir, "logs_dir": logs_dir})
-        arguments.check_model_and_optimisation(model, optimizer, scheduler, learning_rate, weight_decay, _DEFAULTS)
+        arguments.check_model_and_optimisation(model, isinstance(model, TlamaLightningModule), optimizer, scheduler,
+                                               learning_rate, weight_decay, _DEFAULTS)
         overrides = arguments.check_trainer_kwargs(trainer_kwargs)
         seconds = parse_max_time(max_time)
         shield_workers(train_data_loader, val_data_loader)  # loader workers leave SIGTERM to this process
@@ -124,11 +167,12 @@ class Trainer:
         allow_tf32(self.device_type)
         self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
-        self._checkpoint_io = AtomicCheckpointIO(expected_config=self.model.config.to_dict())
-        self._checkpoints = RunCheckpoints(checkpoints_dir, self._checkpoint_io, keep=keep_checkpoints)
         loggers = build_loggers(logger, logs_dir)
         hooks, self._lightning_callbacks = arguments.split_callbacks(callbacks, overrides.pop("callbacks", None),
                                                                      loggers, checkpoints_dir)
+        self._bridge = HookBridge(self, hooks)
+        self._checkpoints = RunCheckpoints(checkpoints_dir, self._bridge.checkpoint_written, keep=keep_checkpoints,
+                                           expected_config=self.model.config.to_dict(), writes=master_process)
         # train_step() builds a second lightning.Trainer, which needs a strategy object of its own: a Trainer
         # configures the one it is given in place (accelerator, checkpoint IO), so keep an unused copy.
         self._stepper_strategy = copy.deepcopy(strategy) if isinstance(strategy, Strategy) else strategy
@@ -140,7 +184,7 @@ class Trainer:
             "enable_checkpointing": any(isinstance(cb, ModelCheckpoint) for cb in self._lightning_callbacks),
             "use_distributed_sampler": False, "default_root_dir": checkpoints_dir,
             "limit_val_batches": validation_batches or 1.0,
-            **overrides, "plugins": [self._checkpoint_io, *overrides.get("plugins", [])],
+            **overrides, "plugins": [self._checkpoints.io, *overrides.get("plugins", [])],
         }
 
         # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the one Lightning trainer
@@ -148,9 +192,8 @@ class Trainer:
         self._inputs = {**self._tokenizer.annotations, **data_record(train_data_loader)}
         self._allow_data_change = allow_data_change
         csv_log = CsvLog(self.log_file) if master_process else None
-        sinks = MetricSinks(csv_log) if master_process else None
-        self._bridge = HookBridge(self, hooks)
-        self._checkpoints.listeners.append(self._bridge.checkpoint_written)
+        sinks = MetricSinks(csv_log, {"total_batch_size": total_batch_size, "seed": seed, "gradient_clip_val":
+                                      gradient_clip_val, "precision": self.precision}) if master_process else None
         self._budget = TimeBudget(seconds) if seconds is not None else None  # max_time: the run planned in time
         self._cadence = StepCadence(log_steps, validation_steps, checkpoint_steps, self._checkpoints, sinks,
                                     has_validation=val_data_loader is not None, tokenizer=self._tokenizer,
@@ -158,44 +201,33 @@ class Trainer:
         self._trainer = self._lightning_trainer(self._cadence, self._bridge, progress=verbose and master_process)
         self.master_process = master_process and self._trainer.is_global_zero
         self._requeue = take_over_requeue(self._trainer)  # SLURM: requeue the job after a preemption signal
-        self._checkpoint_io.writes = self.master_process  # Lightning asks global rank 0 only; master_process too
         self._csv = csv_log if self.master_process else None
         self.device: torch.device = self._trainer.strategy.root_device
 
         # ---- the step arithmetic: the built trainer knows the world size; the loaders read this process's share
-        world, rank = self._trainer.world_size, self._trainer.global_rank
-        reader, readers = data_parallel(self._trainer.strategy, rank, world)
-        if readers != world:
-            check_tensor_parallel(self.model.config, world // readers)
-        if world > 1:
-            shard_loaders(reader, readers, train_data_loader, val_data_loader)
+        world = self._trainer.world_size
+        readers = share_data(self._trainer.strategy, self._trainer.global_rank, world, self.model.config,
+                             train_data_loader, val_data_loader)
         self.plan: StepPlan = plan_steps(batch_size, seq_length, sized_len(train_data_loader), total_batch_size,
                                          gradient_accumulation, steps, epochs, world, max_steps, readers)
-        self._count_in_steps(self._trainer)
+        lightning_internals.set_loop_counts(self._trainer, **self.plan.lightning_counts(validation_steps))
         self.grad_accum_steps = self.plan.grad_accum
-        module.seed, module.plan, module.compile_model = seed, self.plan, compile
-        module.schedule = (self._budget.plan(module.schedule) if self._budget is not None
-                           else fit_schedule_to_run(module.schedule, self.plan.max_steps))
-        self._validation_batches = validation_batches
-        module.log_to_loggers = False  # the metrics row reaches the loggers (one producer, one x axis)
-        self.model.activation_checkpointing = activation_checkpointing
-        # The default optimizer is built now, on the parameters that will train; a sharded or meta-device model gets
-        # its parameters in configure_model, and its optimizer after them (configure_optimizers). A module's own stays.
-        if module.optimizer is None and not shards_parameters(strategy) and not has_meta(self.model):
-            module.optimizer = build_optimizer(self.model, module.learning_rate, module.weight_decay, self.device_type,
-                                               muon=module.muon)
+        schedule = (self._budget.plan(module.schedule) if self._budget is not None
+                    else fit_schedule_to_run(module.schedule, self.plan.max_steps))
+        module.attach_run(self.plan, seed=seed, compile=compile, schedule=schedule,
+                          activation_checkpointing=activation_checkpointing,
+                          optimizer_device=None if shards_parameters(strategy) or has_meta(self.model)
+                          else self.device_type)
+        self._validation_tokens = (arguments.validation_tokens(val_data_loader, validation_batches)
+                                   if self._budget is not None else None)  # the time budget's first estimate
         self.optimizer = module.optimizer
-        if sinks is not None:
-            sinks.hyperparameters = run_hyperparameters(module, self.plan, total_batch_size=total_batch_size, seed=seed,
-                                                        gradient_clip_val=gradient_clip_val, precision=self.precision)
         self._stepper: L.Trainer | None = None  # train_step()'s own lightning.Trainer, built at its first call
         self._trained = False
         self._run_lock: RunLock | None = None  # held by train() on the master process
         self._bridge.fire("on_init_end")
 
     # ---- translation ---------------------------------------------------------------------------------
-    def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool,
-                           **overrides: Any) -> L.Trainer:
+    def _lightning_trainer(self, cadence: StepCadence, bridge: HookBridge, progress: bool, **overrides) -> L.Trainer:
         # The user's Lightning callbacks come before the cadence: an EarlyStopping's stop is then seen by the cadence
         # at the same validation, which finishes that step with its row and final checkpoint.
         callbacks = [bridge, *self._lightning_callbacks, cadence]
@@ -205,13 +237,6 @@ class Trainer:
                   "callbacks": callbacks + ([StepProgressBar(cadence)] if progress else []), **overrides}
         with quiet_lightning(self.verbose and progress):
             return L.Trainer(**kwargs)
-
-    def _count_in_steps(self, trainer: L.Trainer) -> None:
-        """Set the trainer's loop counters (micro-batches) from the step plan (optimizer steps)."""
-        p = self.plan
-        lightning_internals.set_loop_counts(
-            trainer, max_epochs=p.epochs, max_steps=p.max_steps, limit_train_batches=p.steps_per_epoch * p.grad_accum,
-            accumulate_grad_batches=p.grad_accum, val_check_interval=self._cadence.validation_steps * p.grad_accum)
 
     # ---- documented attributes -----------------------------------------------------------------------
     @property
@@ -260,19 +285,15 @@ class Trainer:
             self._cadence.request_save(val_loss, is_best)
             path = self.checkpoints_dir / step_checkpoint_name(self.current_step)
             return str(path) if self.master_process else None
-        path = self.checkpoints_dir / model_checkpoint_name(self.current_step)
         checkpoint = model_checkpoint(self._module, self.optimizer, self.current_epoch, self.current_step, val_loss)
         checkpoint.update(self._tokenizer.annotations)
+        path = None
         if self.master_process:
-            check_model_finite(checkpoint["state_dict"].values(), path)
             self._tokenizer.keep()
-            self._checkpoint_io.save_checkpoint(checkpoint, path)
-            if is_best:
-                self._checkpoint_io.save_checkpoint(checkpoint, self.checkpoints_dir / MODEL_BEST_NAME)
-            self._checkpoint_io.wait()  # an explicit save returns once its files are in place (and announced)
+            path = str(self._checkpoints.save_model(checkpoint, self.current_step, best=is_best))
         if is_best and val_loss is not None:
-            self._cadence.best_val_loss = min(self._cadence.best_val_loss, val_loss)
-        return str(path) if self.master_process else None
+            self._cadence.record_val_loss(val_loss)
+        return path
 
     def validate(self) -> float | None:
         """Mean validation loss over the val loader (its first `validation_batches`), or None without one."""
@@ -284,7 +305,7 @@ class Trainer:
         with quiet_lightning(False):
             self._trainer.validate(self._module, dataloaders=self.val_data_loader, verbose=False)
         val_loss = self._module.last_val["val_loss"]
-        self._cadence.best_val_loss = min(self._cadence.best_val_loss, val_loss)
+        self._cadence.record_val_loss(val_loss)
         return val_loss
 
     def train_step(self) -> dict[str, float]:
@@ -293,13 +314,12 @@ class Trainer:
         if self._trained:
             raise RuntimeError("Trainer.train_step(): this Trainer already ran train(); build a new Trainer to step.")
         if self._stepper is None:  # quiet run-level hooks, no rows or periodic checkpoints: a step at a time
-            bridge = HookBridge(self, self._bridge.callbacks)
-            bridge.run_hooks = False
-            self._checkpoints.listeners = [bridge.checkpoint_written]
+            bridge = HookBridge(self, self._bridge.callbacks, run_hooks=False)
+            self._checkpoints.announce_to(bridge.checkpoint_written)
             self._cadence = self._cadence.stepping_copy()
             self._stepper = self._lightning_trainer(self._cadence, bridge, progress=False,
                                                     strategy=self._stepper_strategy, limit_val_batches=0)
-            lightning_internals.set_loop_counts(self._stepper, **StepLoader.loop_counts(self.plan.grad_accum))
+            lightning_internals.set_loop_counts(self._stepper, **self.plan.stepping_counts())
             self._step_loader = StepLoader(self.train_data_loader, self.plan.grad_accum)
         lightning_internals.allow_one_more_step(self._stepper)
         with quiet_lightning(False):
@@ -324,13 +344,14 @@ class Trainer:
             if ckpt is not None:  # here, for every kind: a sharded run's strategy loads without our checkpoint IO
                 saved = read_checkpoint(ckpt, tensors=False)
                 check_resumable(saved, ckpt, self.model.config.to_dict())
-                check_same_inputs(saved, ckpt, self._inputs, allow_data_change=self._allow_data_change)
+                self._tokenizer.check_resume(saved, ckpt)
+                check_same_data(saved, ckpt, self._inputs, allow_data_change=self._allow_data_change)
             if self.master_process:
                 remove_stale_temporaries(self.checkpoints_dir, "*.ckpt")
             start = time.perf_counter()
             if self._budget is not None:
                 self._budget.start(self.plan, sum(p.numel() for p in self.model.parameters()),
-                                   self._validation_tokens())
+                                   self._validation_tokens)
             if self.verbose and self.master_process:
                 print_start(self, ckpt, self._budget.seconds if self._budget is not None else None)
             self._trained = True
@@ -367,16 +388,6 @@ class Trainer:
         if self.master_process:
             print_end(result, self._cadence.start_step, self.checkpoints_dir, self.verbose)
         return result
-
-    def _validation_tokens(self) -> int | None:
-        """One process's tokens per validation (the time budget's first estimate of its cost)."""
-        if self.val_data_loader is None:
-            return None
-        batches = sized_len(self.val_data_loader) or self._validation_batches or 0
-        if self._validation_batches:
-            batches = min(batches, self._validation_batches)
-        batch_size, seq_length = micro_batch_shape(self.val_data_loader, "val_data_loader")
-        return batches * batch_size * seq_length
 
     def _on_stop_signal(self, signum, frame) -> None:
         self._cadence.request_stop("preempt" if signum == PREEMPTION else "signal")

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tlama_core.atomic import TMP_SUFFIX, disk_full_error, fsync_dir, fsync_file
 from tlama_core.checkpoints import META_FILE
 from tlama_core.training import lightning_internals
-from tlama_core.training.checkpointing import resume_hint, tensor_bytes
+from tlama_core.training.files.checkpoint_io import resume_hint, tensor_bytes
 
 
 class ShardedSaves:

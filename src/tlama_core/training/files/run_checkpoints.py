@@ -18,19 +18,28 @@ from typing import Any
 
 from tlama_core.atomic import fsync_dir
 from tlama_core.checkpoints import step_checkpoint_name, step_of
-from tlama_core.training.checkpointing import BEST_NAME, AtomicCheckpointIO, best_only_name, best_only_step
-from tlama_core.training.sharded_saves import ShardedSaves, writes_shards
+from tlama_core.training.files.checkpoint_io import (
+    BEST_NAME,
+    MODEL_BEST_NAME,
+    AtomicCheckpointIO,
+    best_only_name,
+    best_only_step,
+    model_checkpoint_name,
+)
+from tlama_core.training.files.finite import check_model_finite
+from tlama_core.training.files.sharded_saves import ShardedSaves, writes_shards
 
 
 class RunCheckpoints:
-    """Saves the run's checkpoints into `directory` and tells `listeners` (on global rank 0) of each complete one,
-    and of `best.ckpt` once it points at a new checkpoint."""
+    """Saves the run's checkpoints into `directory` and tells `listener` (on global rank 0) of each complete one,
+    and of `best.ckpt` once it points at a new checkpoint. It owns the run's checkpoint IO (`io`, Lightning's
+    plugin): `expected_config` and `writes` are the IO's (see AtomicCheckpointIO)."""
 
-    def __init__(self, directory: str | Path, io: AtomicCheckpointIO, keep: int | None = None) -> None:
-        self.directory, self.io, self.keep = Path(directory), io, keep
-        self.listeners: list[Callable[[Path], None]] = []
+    def __init__(self, directory: str | Path, listener: Callable[[Path], None], *, keep: int | None = None,
+                 expected_config: dict[str, Any] | None = None, writes: bool = True) -> None:
+        self.directory, self.keep, self.listener = Path(directory), keep, listener
+        self.io = AtomicCheckpointIO(expected_config, writes=writes, listener=self._committed)
         self.sharded = ShardedSaves(self._committed)
-        io.listeners.append(self._committed)
         self._best_target: Path | None = None  # the checkpoint best.ckpt points at once it is complete
 
     def save(self, trainer: Any, step: int, *, kept: bool, best: bool) -> None:
@@ -44,6 +53,17 @@ class RunCheckpoints:
         else:
             trainer.save_checkpoint(path, weights_only=False)
 
+    def save_model(self, checkpoint: dict[str, Any], step: int, *, best: bool) -> Path:
+        """`Trainer._save_checkpoint()` outside training (master process): `model-step=N.ckpt` (and `model-best.ckpt`
+        when `best`), refused for non-finite weights; returns once its files are in place (and announced)."""
+        path = self.directory / model_checkpoint_name(step)
+        check_model_finite(checkpoint["state_dict"].values(), path)
+        self.io.save_checkpoint(checkpoint, path)
+        if best:
+            self.io.save_checkpoint(checkpoint, self.directory / MODEL_BEST_NAME)
+        self.io.wait()
+        return path
+
     def poll(self) -> None:
         """Tell the listeners of every checkpoint completed since the last call, without blocking."""
         self.io.poll()
@@ -54,14 +74,17 @@ class RunCheckpoints:
         self.io.wait()
         self.sharded.wait()
 
+    def announce_to(self, listener: Callable[[Path], None]) -> None:
+        """From now on tell `listener` of each complete checkpoint: `Trainer.train_step()`'s quiet hook bridge
+        takes over from the run's, whose hooks it keeps."""
+        self.listener = listener
+
     def _committed(self, path: Path) -> None:
-        for listener in self.listeners:
-            listener(path)
+        self.listener(path)
         if path == self._best_target:
             self._best_target = None
             link_best(path)
-            for listener in self.listeners:
-                listener(path.parent / BEST_NAME)
+            self.listener(path.parent / BEST_NAME)
         if self.keep is not None and step_of(path) is not None:
             prune(path.parent, self.keep)
 

@@ -1,38 +1,17 @@
-"""Token arithmetic in one place: micro-batch shape, gradient accumulation, tokens per step, FLOPs per token.
+"""The run counted in optimizer steps, and its one translation to Lightning's counters, which count micro-batches.
 
-Every number that users compare across runs (accumulation, tokens/s, MFU) is derived here, so the facade, the
-CLI and the benchmarks cannot disagree about them.
+`StepPlan` is the facade's unit (optimizer steps, tokens per step); every conversion between a step and Lightning's
+micro-batch counters (`limit_train_batches`, `accumulate_grad_batches`, `val_check_interval`, a batch index) is
+one of its methods, so no other module multiplies or divides by the accumulation.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from tlama_core.models.config import TlamaConfig
-
-
-def micro_batch_shape(loader: Any, name: str = "train_data_loader") -> tuple[int, int]:
-    """(batch_size, seq_length) of one micro-batch: the loader's attributes, else its first batch's shape."""
-    batch_size, seq_length = getattr(loader, "batch_size", None), getattr(loader, "seq_length", None)
-    if isinstance(batch_size, int) and isinstance(seq_length, int):
-        return batch_size, seq_length
-    try:
-        first = next(iter(loader))
-        x = first[0] if isinstance(first, (tuple, list)) else first
-        b, t = x.shape
-    except Exception as err:
-        raise ValueError(
-            f"{name}: cannot tell its batch size and sequence length ({err}); give it `batch_size` "
-            "and `seq_length` attributes (create_dataloader does) or make it yield (x, y) tensors of shape "
-            "(batch, seq_length)."
-        ) from err
-    return int(b), int(t)
+from tlama_core.training.arguments import user_stacklevel
 
 
 def grad_accum_steps(total_batch_size: int, micro_batch_tokens: int, world_size: int = 1,
@@ -61,28 +40,38 @@ def grad_accum_steps(total_batch_size: int, micro_batch_tokens: int, world_size:
     return steps
 
 
-def user_stacklevel() -> int:
-    """The `warnings.warn` stacklevel, for the function calling this, of the first frame outside tlama_core:
-    the warning then points at the user's line (a Trainer(...) call, or a direct call) rather than ours."""
-    package = str(Path(__file__).resolve().parents[1])
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
+class MicroBatches:
+    """Conversions between optimizer steps and micro-batches (`grad_accum` of them make one step)."""
 
+    grad_accum: int
 
-def starts_step(batch_idx: int, accum: int) -> bool:
-    """Whether micro-batch `batch_idx` (counted within the epoch) is the first of an optimizer step."""
-    return batch_idx % accum == 0
+    def starts_step(self, batch_idx: int) -> bool:
+        """Whether micro-batch `batch_idx` (counted within the epoch) is the first of an optimizer step."""
+        return batch_idx % self.grad_accum == 0
 
+    def ends_step(self, batch_idx: int) -> bool:
+        """Whether micro-batch `batch_idx` completes an optimizer step (epochs hold whole steps only)."""
+        return (batch_idx + 1) % self.grad_accum == 0
 
-def ends_step(batch_idx: int, accum: int) -> bool:
-    """Whether micro-batch `batch_idx` completes an optimizer step (epochs hold whole steps only)."""
-    return (batch_idx + 1) % accum == 0
+    def steps_in(self, micro_batches: int) -> int:
+        """Optimizer steps completed by `micro_batches` micro-batches."""
+        return micro_batches // self.grad_accum
+
+    def micro_batches(self, steps: int) -> int:
+        """Micro-batches that make `steps` optimizer steps."""
+        return steps * self.grad_accum
 
 
 @dataclass(frozen=True)
-class StepPlan:
+class Accumulation(MicroBatches):
+    """The step arithmetic of a run whose only plan is Lightning's `accumulate_grad_batches` (a
+    TlamaLightningModule on a plain lightning.Trainer)."""
+
+    grad_accum: int
+
+
+@dataclass(frozen=True)
+class StepPlan(MicroBatches):
     """How one run is counted: micro-batches per optimizer step, optimizer steps per epoch and in all.
 
     `world_size` counts every process (device); `data_parallel` those that read distinct batches (the processes
@@ -116,6 +105,18 @@ class StepPlan:
         """The run's optimizer steps in all."""
         return self.total_steps or self.steps_per_epoch * self.epochs
 
+    def lightning_counts(self, validation_steps: int) -> dict[str, Any]:
+        """The fit loop's counters (micro-batches) for this plan, validating every `validation_steps` steps."""
+        return {"max_epochs": self.epochs, "max_steps": self.max_steps,
+                "limit_train_batches": self.micro_batches(self.steps_per_epoch),
+                "accumulate_grad_batches": self.grad_accum, "val_check_interval": self.micro_batches(validation_steps)}
+
+    def stepping_counts(self) -> dict[str, Any]:
+        """The counters of `Trainer.train_step()`'s fit loop: no epochs, no limits, no validation (its steps are
+        granted one at a time: `lightning_internals.allow_one_more_step`)."""
+        return {"max_epochs": -1, "max_steps": -1, "limit_train_batches": None,
+                "accumulate_grad_batches": self.grad_accum, "val_check_interval": None}
+
 
 def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, total_batch_size: int,
                gradient_accumulation: bool, steps: int | None, epochs: int, world_size: int = 1,
@@ -145,38 +146,3 @@ def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, 
         return StepPlan(batch_size, seq_length, accum, world_size, steps, -(-max_steps // steps), max_steps,
                         data_parallel)
     return StepPlan(batch_size, seq_length, accum, world_size, steps, epochs, None, data_parallel)
-
-
-def flops_per_token(config: TlamaConfig, seq_length: int) -> int:
-    """Training FLOPs per token (forward + backward): 6N + 12*L*d*T (PaLM, appendix B), N without embeddings."""
-    d, n_layers = config.d_model, config.n_layers
-    kv = config.n_kv_heads * config.head_dim
-    per_layer = d * d * 2 + 2 * d * kv + 3 * d * config.ffn_hidden_dim  # wq, wo, wk, wv, SwiGLU
-    n = n_layers * per_layer + d * config.padded_vocab_size  # the output layer is a matmul too
-    return 6 * n + 12 * n_layers * d * seq_length
-
-
-# NVIDIA's H200 datasheet, dense (its table gives twice these, "with sparsity"). Lightning's table cannot be
-# used for the H200: it keys it "h200 sxm1" / "h200 nvl1", which no device reports ("NVIDIA H200"), and holds
-# the with-sparsity figures, which would halve the MFU.
-H200_DENSE_PEAKS = {
-    "h200 nvl": {torch.bfloat16: 835.5e12, "tfloat32": 417.5e12, torch.float32: 60e12},
-    "h200": {torch.bfloat16: 989.5e12, "tfloat32": 494.7e12, torch.float32: 67e12},  # SXM
-}
-
-
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    """The device's dense peak FLOP/s for the training precision (Lightning's table), None where unknown (CPU).
-
-    fp32 counts TF32 tensor cores where matmuls may use them (float32_matmul_precision not "highest")."""
-    if device.type != "cuda":
-        return None
-    from lightning.fabric.utilities.throughput import get_available_flops
-
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
-    name = torch.cuda.get_device_name(device).lower()
-    if "h200" in name:
-        peaks = H200_DENSE_PEAKS["h200 nvl" if "nvl" in name else "h200"]
-        tf32 = dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest"
-        return peaks["tfloat32" if tf32 else dtype]
-    return get_available_flops(device, dtype)

@@ -32,7 +32,6 @@ from tlama_core.checkpoints import (
 )
 from tlama_core.models import TlamaConfig, check_weights
 from tlama_core.models.loading import checkpoint_config
-from tlama_core.training.run_files import TOKENIZER_KEY
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "find_last_checkpoint", "step_checkpoint_name"]
 
@@ -175,15 +174,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     checkpoints. Writes run in order on one thread; `wait()` (also Lightning's `teardown`) joins them. The copy
     holds the checkpoint's tensors until it is written: host memory for one more checkpoint while a save runs.
 
-    `listeners` are called with the final path once a file is complete and durable, always on the caller's thread:
-    from `poll()` (non-blocking, at step ends) or `wait()`. `writes` False (a process that is not the master)
-    makes saving a no-op.
+    `listener` (and any added to `listeners`) is called with the final path once a file is complete and durable,
+    always on the caller's thread: from `poll()` (non-blocking, at step ends) or `wait()`. `writes` False (a
+    process that is not the master) makes saving a no-op. `expected_config` (a TlamaConfig dict): loading another
+    model shape is an error.
     """
 
-    def __init__(self, expected_config: dict[str, Any] | None = None) -> None:
-        self.writes = True
-        self.listeners: list[Callable[[Path], None]] = []
-        self.expected_config = expected_config  # a TlamaConfig dict: loading another model shape is an error
+    def __init__(self, expected_config: dict[str, Any] | None = None, *, writes: bool = True,
+                 listener: Callable[[Path], None] | None = None) -> None:
+        self.writes = writes
+        self.listeners: list[Callable[[Path], None]] = [listener] if listener is not None else []
+        self.expected_config = expected_config
         self._committer: ThreadPoolExecutor | None = None  # created at the first save: the IO stays picklable
         self._pending: deque[tuple[Path, int, Future]] = deque()
 
@@ -275,19 +276,11 @@ def data_record(train_loader: Any) -> dict[str, Any]:
     return {DATA_KEY: {"train": fingerprint}} if isinstance(fingerprint, str) else {}
 
 
-def check_same_inputs(checkpoint: dict[str, Any], path: str | Path, inputs: dict[str, Any], *,
-                      allow_data_change: bool = False) -> None:
-    """A resumed run reads what the checkpoint's run read: the same tokenizer (else its weights' ids would mean
-    other pieces) and the same training data (else the position it resumes at indexes other text), unless
-    `allow_data_change`. Checkpoints that record neither (older ones, runs on a loader without a fingerprint) pass."""
-    old, new = checkpoint.get(TOKENIZER_KEY), inputs.get(TOKENIZER_KEY)
-    key = "content_sha256" if old and "content_sha256" in old else "sha256"  # records before content_sha256
-    if old and new and old[key] != new[key]:
-        raise CheckpointError(
-            f"checkpoint {path} was trained with the tokenizer {old['file']} (sha256 {old[key][:12]}), and this "
-            f"run reads its data with {new['file']} ({new[key][:12]}): the weights learnt other ids. Resume with "
-            f"the run's tokenizer (its copy: {Path(path).parent / old['dir'] / old['file']}), or start a new run "
-            "from these weights with init_from.")
+def check_same_data(checkpoint: dict[str, Any], path: str | Path, inputs: dict[str, Any], *,
+                    allow_data_change: bool = False) -> None:
+    """A resumed run reads the training data the checkpoint's run read (else the position it resumes at indexes
+    other text), unless `allow_data_change`. Checkpoints that record none (older ones, runs on a loader without a
+    fingerprint) pass. The tokenizer is the run's tokenizer's to check (`RunTokenizer.check_resume`)."""
     old, new = (checkpoint.get(DATA_KEY) or {}).get("train"), (inputs.get(DATA_KEY) or {}).get("train")
     if old and new and old != new and not allow_data_change:
         raise CheckpointError(

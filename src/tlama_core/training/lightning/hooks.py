@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tlama_core.training.batching import ends_step, starts_step
-from tlama_core.training.metrics import hook_metrics
+from tlama_core.training.records.metrics import hook_metrics
 
 HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end", "on_step_start",
          "on_step_end", "on_backward_start", "on_backward_end", "on_optimizer_step_start", "on_optimizer_step_end",
@@ -25,10 +24,10 @@ HOOKS = ("on_init_end", "on_train_start", "on_train_end", "on_epoch_start", "on_
 class HookBridge(Callback):
     """Translates Lightning's hooks into the documented ones, counting steps in optimizer steps."""
 
-    def __init__(self, owner: Any, callbacks: list[Any]) -> None:
+    def __init__(self, owner: Any, callbacks: list[Any], *, run_hooks: bool = True) -> None:
         self.owner = owner
         self.callbacks = list(callbacks)
-        self.run_hooks = True  # False while `Trainer.train_step()` drives single steps: run-level hooks stay quiet
+        self.run_hooks = run_hooks  # False while `Trainer.train_step()` drives single steps: run-level hooks stay quiet
 
     def fire(self, name: str, *args: Any) -> None:
         for hook in self._receivers(name):
@@ -58,7 +57,7 @@ class HookBridge(Callback):
             self.fire("on_epoch_end")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if starts_step(batch_idx, trainer.accumulate_grad_batches):
+        if pl_module.accumulation.starts_step(batch_idx):
             self.fire("on_step_start")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
@@ -72,7 +71,7 @@ class HookBridge(Callback):
         self.fire("on_optimizer_step_start")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if ends_step(batch_idx, trainer.accumulate_grad_batches):
+        if pl_module.accumulation.ends_step(batch_idx):
             # No Lightning hook follows the optimizer step itself; nothing user-visible happens between it and here.
             self.fire("on_optimizer_step_end")
             # Its metrics read device values and average the loss over processes (a collective, which every process

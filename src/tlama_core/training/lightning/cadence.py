@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +20,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlama_core.training import lightning_internals
-from tlama_core.training.batching import StepPlan, ends_step
-from tlama_core.training.checkpointing import set_aside_later_checkpoints
-from tlama_core.training.finite import check_weights_finite
-from tlama_core.training.metrics import MetricSinks, metrics_row
-from tlama_core.training.run_checkpoints import RunCheckpoints
-from tlama_core.training.run_files import RunTokenizer
+from tlama_core.training.files.checkpoint_io import set_aside_later_checkpoints
+from tlama_core.training.files.finite import check_weights_finite
+from tlama_core.training.files.run_checkpoints import RunCheckpoints
+from tlama_core.training.files.tokenizer import RunTokenizer
+from tlama_core.training.plan import StepPlan
+from tlama_core.training.records.metrics import MetricSinks, metrics_row
+from tlama_core.training.records.throughput import Throughput
 from tlama_core.training.scheduler import StepFunctionLR
-from tlama_core.training.throughput import Throughput
 from tlama_core.training.time_budget import TimeBudget
 
 STOP_CODES = (None, "request", "signal", "preempt")  # agreed across processes as their maximum: a signal wins
@@ -55,7 +56,6 @@ class StepCadence(Callback):
         self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
         self.inputs = inputs or {}  # what the run reads (tokenizer, data fingerprints): recorded in every checkpoint
         self.log_steps, self.validation_steps, self.checkpoint_steps = log_steps, validation_steps, checkpoint_steps
-        self.checkpoints_dir = checkpoints.directory
         self.sinks = sinks
         self.has_validation = has_validation
         self.best_val_loss = math.inf
@@ -101,28 +101,32 @@ class StepCadence(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.plan = pl_module.plan
-        self.throughput = Throughput(self.plan.world_size)
+        self.throughput = Throughput(self.plan)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # after a resume: the checkpoint's step
         if self.budget is not None and self.budget.reached:  # resumed at the end of its time budget: train nothing
             trainer.should_stop = True
         lightning_internals.mark_resume_step_saved(trainer)
-        self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config, self.plan.seq_length)
+        self.throughput.start(pl_module.device, str(trainer.precision), pl_module.config)
         # Lightning has restored the checkpoint by now: a resumed run keeps the log's rows up to its step, and
         # step files past it (all of them, starting fresh) belong to a run this one does not continue.
         if self.enabled and self.sinks is not None and trainer.is_global_zero:
             if self.tokenizer is not None:
                 self.tokenizer.keep()
             resume_step = trainer.global_step if trainer.ckpt_path else None
-            self.sinks.open(trainer.loggers, resume_step=resume_step)
-            aside = set_aside_later_checkpoints(self.checkpoints_dir, resume_step)
+            self.sinks.open(trainer.loggers, resume_step, pl_module, self.plan)
+            aside = set_aside_later_checkpoints(self.checkpoints.directory, resume_step)
             if aside is not None:
                 warnings.warn(f"checkpoints of a run this one does not continue were moved to {aside}/ so that "
                               "ckpt_path='last' finds this run's.", stacklevel=2)
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = max(self.stop_reason, reason, key=STOP_CODES.index)
+
+    def record_val_loss(self, val_loss: float) -> None:
+        """A validation loss measured outside the run's own validations (`Trainer.validate()`, an explicit save)."""
+        self.best_val_loss = min(self.best_val_loss, val_loss)
 
     def request_save(self, val_loss: float | None, is_best: bool) -> None:
         self.save_request = SaveRequest(val_loss, is_best)
@@ -175,7 +179,7 @@ class StepCadence(Callback):
         return step >= self.plan.max_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not ends_step(batch_idx, trainer.accumulate_grad_batches):
+        if not self.plan.ends_step(batch_idx):
             return
         rec = pl_module.last_step
         self.throughput.add(rec.tokens, rec.seconds)
@@ -240,18 +244,14 @@ class StepCadence(Callback):
         if request is not None and request.is_best and request.val_loss is not None:
             self.best_val_loss = min(self.best_val_loss, request.val_loss)
         saving = time.perf_counter()
-        pl_module.saving_val_loss = request.val_loss if request is not None else None
         kept = step % self.checkpoint_steps == 0 or final or request is not None
         best = improved or (request is not None and request.is_best)
         if kept or best:  # one save of the step: best.ckpt links to it
             if self.budget is not None:
                 self.budget.mark("checkpoint")
-            check_weights_finite(trainer, pl_module, step, self.checkpoints_dir)
-            pl_module.weights_checked_step = step
-            try:
+            check_weights_finite(trainer, pl_module, step, self.checkpoints.directory)
+            with pl_module.saving(step, request.val_loss if request is not None else None):
                 self.checkpoints.save(trainer, step, kept=kept, best=best)
-            finally:
-                pl_module.saving_val_loss = None
             if self.budget is not None:
                 self.budget.measured("checkpoint")
         pl_module.exclude_time(time.perf_counter() - saving)
@@ -261,3 +261,23 @@ class StepCadence(Callback):
         self.progress = {"loss": row["train_loss"], "lr": row["learning_rate"], "tok/s": row["tokens_per_sec"] or 0.0}
         if self.sinks is not None and trainer.is_global_zero:
             self.sinks.write(row, trainer.loggers)
+
+
+class StepLoader:
+    """`Trainer.train_step()`'s loader: `accum` micro-batches at a time from one iterator over the train loader, kept
+    across calls (each call re-enters Lightning's fit for one more step: Lightning has no public single-step call)."""
+
+    def __init__(self, loader: Any, accum: int) -> None:
+        self.loader, self.accum = loader, accum
+        self._it: Iterator | None = None
+
+    def __len__(self) -> int:
+        return self.accum
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.accum):
+            batch = next(self._it, None) if self._it is not None else None
+            if batch is None:  # first call, or the loader's pass is over: start the next pass
+                self._it = iter(self.loader)
+                batch = next(self._it)
+            yield batch

@@ -12,8 +12,6 @@ from typing import Any
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from tlama_core.training.batching import ends_step
-
 
 class StepProgressBar(TQDMProgressBar):
     """Lightning's bar, counting optimizer steps (Lightning's counts micro-batches) and showing the metrics of the
@@ -26,11 +24,12 @@ class StepProgressBar(TQDMProgressBar):
     @property
     def total_train_batches(self) -> int | float:
         total = super().total_train_batches
-        return total if math.isinf(total) else total // self.trainer.accumulate_grad_batches
+        return total if math.isinf(total) else self.trainer.lightning_module.accumulation.steps_in(total)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if ends_step(batch_idx, trainer.accumulate_grad_batches):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx // trainer.accumulate_grad_batches)
+        steps = pl_module.accumulation
+        if steps.ends_step(batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, steps.steps_in(batch_idx))
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         metrics = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in self.cadence.progress.items()}

@@ -8,7 +8,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -17,10 +16,9 @@ from torch.distributed.tensor import DTensor
 from tlama_core.checkpoints import CheckpointError
 from tlama_core.models import TlamaConfig, Transformer, load_model
 from tlama_core.training import lightning_internals
-from tlama_core.training.batching import StepPlan, ends_step, starts_step
-from tlama_core.training.checks import check_rate, check_weight_averaging
-from tlama_core.training.finite import check_weights_finite
-from tlama_core.training.held_out import HeldOutLoss
+from tlama_core.training.arguments import check_rate, check_weight_averaging
+from tlama_core.training.files.finite import check_weights_finite
+from tlama_core.training.lightning.held_out import HeldOutLoss
 from tlama_core.training.optim import (
     MuonAdamW,
     build_optimizer,
@@ -29,6 +27,8 @@ from tlama_core.training.optim import (
     check_muon_strategy,
     keyed_by_name,
 )
+from tlama_core.training.plan import Accumulation, MicroBatches, StepPlan
+from tlama_core.training.records.metrics import StepRecord
 from tlama_core.training.scheduler import (
     LRSchedule,
     StepFunctionLR,
@@ -60,19 +60,6 @@ def empty_init(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _EMPTY_INIT.reset(token)
-
-
-@dataclass
-class StepRecord:
-    """What one optimizer step produced; tensors stay on the device until a number is asked for."""
-
-    step: int  # optimizer steps completed, this one included
-    loss: torch.Tensor  # mean over the step's micro-batches
-    lr: float
-    grad_norm: torch.Tensor | None  # before clipping
-    seconds: float
-    tokens: int  # on all devices
-    reduced: bool = False  # `loss` is the mean over processes (`TlamaLightningModule.reduce_step_loss`)
 
 
 class TlamaLightningModule(L.LightningModule):
@@ -115,19 +102,18 @@ class TlamaLightningModule(L.LightningModule):
         self.learning_rate, self.weight_decay, self.muon = learning_rate, weight_decay, muon
         self.schedule: Callable[[int], float] = scheduler or constant_schedule(learning_rate)
         self.optimizer = optimizer
-        # Set by the run that trains this module (the `Trainer` facade): its seed (reseeds every optimizer step,
-        # see on_train_batch_start), its step plan (tokens per step) and whether to torch.compile the model.
-        self.seed = 1337
+        # What a run of the `Trainer` facade gives it (`attach_run`); these defaults serve a plain lightning.Trainer.
+        self.seed = 1337  # reseeds every optimizer step, see on_train_batch_start
         self.plan: StepPlan | None = None
         self.compile_model = False
         # `self.log` feeds Lightning's callbacks (ModelCheckpoint, EarlyStopping) always, and its loggers unless
-        # the facade's own metrics row reaches them (one row, one x axis): it sets this False.
+        # the facade's own metrics row reaches them (one row, one x axis).
         self.log_to_loggers = True
         self.val_metrics, self.test_metrics = HeldOutLoss("val"), HeldOutLoss("test")
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
-        self.saving_val_loss: float | None = None  # an explicit `Trainer._save_checkpoint(val_loss=...)`
+        self.saving_val_loss: float | None = None  # see `saving`
         self.weights_checked_step: int | None = None  # the step whose weights were checked before a save
         # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
         # would synchronise the device; the cadence reads it at logged and checkpointed steps.
@@ -229,6 +215,24 @@ class TlamaLightningModule(L.LightningModule):
                 "train unsynchronised copies. Call super().configure_model() in your configure_model, or use "
                 "strategy='ddp'.")
 
+    def attach_run(self, plan: StepPlan, *, seed: int, compile: bool, schedule: Callable[[int], float],
+                   activation_checkpointing: bool, optimizer_device: str | None) -> None:
+        """Take the facade's run (its plan, seed, compile setting, schedule fitted to its length; its metrics row
+        reaches the loggers); with `optimizer_device`, build the default optimizer now, on the parameters that will
+        train. A method, not constructor arguments: the plan needs the built lightning.Trainer's world size."""
+        self.plan, self.seed, self.compile_model, self.schedule = plan, seed, compile, schedule
+        self.log_to_loggers = False
+        self.model.activation_checkpointing = activation_checkpointing
+        if self.optimizer is None and optimizer_device is not None:
+            self.optimizer = build_optimizer(self.model, self.learning_rate, self.weight_decay, optimizer_device,
+                                             muon=self.muon)
+
+    @property
+    def accumulation(self) -> MicroBatches:
+        """How micro-batches make optimizer steps: the run's plan, or on a plain lightning.Trainer its
+        `accumulate_grad_batches` (the one place that reads it)."""
+        return self.plan if self.plan is not None else Accumulation(self.trainer.accumulate_grad_batches)
+
     def readers(self) -> int:
         """Processes reading distinct batches (every process, less tensor parallelism's duplicates)."""
         if self.plan is not None:
@@ -253,7 +257,7 @@ class TlamaLightningModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": self._lr_scheduler, "interval": "step", "frequency": 1}}
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if starts_step(batch_idx, self.trainer.accumulate_grad_batches):
+        if self.accumulation.starts_step(batch_idx):
             # Random ops (dropout) depend only on (seed, step, rank): a resumed run draws what an uninterrupted
             # one would, with no RNG state in the checkpoint.
             torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % 2**63)
@@ -281,7 +285,7 @@ class TlamaLightningModule(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         lr = optimizer.param_groups[0]["lr"]
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        loss = self._loss_sum / self.trainer.accumulate_grad_batches
+        loss = self._loss_sum / self.accumulation.grad_accum
         step = self.global_step + 1  # Lightning counts this step as completed only after this method returns
         seconds = time.perf_counter() - self._step_clock - self._excluded_seconds
         self._restart_step_clock()
@@ -299,7 +303,7 @@ class TlamaLightningModule(L.LightningModule):
         return rec
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if ends_step(batch_idx, self.trainer.accumulate_grad_batches) and self.last_step is not None:
+        if self.accumulation.ends_step(batch_idx) and self.last_step is not None:
             # A tensor, not prog_bar: Lightning reads it on the host only when a logger writes (log_every_n_steps).
             to_loggers = self.log_to_loggers and bool(self.loggers)
             self.log("train_loss", self.last_step.loss, logger=to_loggers)
@@ -328,6 +332,16 @@ class TlamaLightningModule(L.LightningModule):
         self.test_metrics.log(self, logger=self.log_to_loggers)
 
     # ---- checkpoints --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def saving(self, step: int, val_loss: float | None) -> Iterator[None]:
+        """A save of the run's (the cadence's) at `step`, whose weights it has checked; `val_loss` (an explicit
+        `Trainer._save_checkpoint(val_loss=...)`) is the one the checkpoint records."""
+        self.weights_checked_step, self.saving_val_loss = step, val_loss
+        try:
+            yield
+        finally:
+            self.saving_val_loss = None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Every save (a ModelCheckpoint's, a plain lightning.Trainer's) refuses non-finite weights; the facade
         # checks before its own saves, naming the checkpoint "last" keeps, and is not checked twice. Lightning
@@ -364,7 +378,7 @@ class TlamaLightningModule(L.LightningModule):
                                   f"{str(saved_muon).lower()} (muon={saved_muon}), the setting the run started with.")
         if self.optimizer is not None and states[0] and keyed_by_name(states[0]):  # written by a sharded run
             checkpoint["optimizer_states"] = [by_index(states[0], self, self.optimizer)]
-        epoch_batches = self.plan.steps_per_epoch * self.plan.grad_accum if self.plan else 0
+        epoch_batches = self.plan.micro_batches(self.plan.steps_per_epoch) if self.plan else 0
         lightning_internals.restore_epoch_position(checkpoint, epoch_batches)
 
     def _check_step_shape(self, saved: dict[str, int], checkpoint: dict) -> None:

@@ -3,8 +3,9 @@
 Ids mean nothing without the tokenizer that made them, and a path given at training time (a user's own file, a
 temporary directory) may be gone or changed when the checkpoint is sampled or exported. So the Trainer copies
 the tokenizer of its training data into `checkpoints_dir/tokenizer-<hash>/` (once per tokenizer version,
-atomically: a directory renamed into place) and records `{"dir", "file", "sha256"}` under TOKENIZER_KEY in every
-checkpoint; `run_tokenizer(checkpoint)` finds it again.
+atomically: a directory renamed into place) and records `{"dir", "file", "content_hash"}` under TOKENIZER_KEY in
+every checkpoint; `run_tokenizer(checkpoint)` finds it again. The files are hashed once per run, with the data's
+algorithm (blake2b-256, as shard sidecars and the token cache).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from tlama_core.atomic import fsync_dir
 from tlama_core.checkpoints import CheckpointError, read_checkpoint
+from tlama_core.data.integrity import HASH
 
 TOKENIZER_KEY = "tokenizer"
 _BESIDE = ("tokenizer_config.json",)  # a tokenizer.json's BOS/EOS are named there
@@ -29,16 +31,23 @@ def tokenizer_files(tokenizer_path: str | os.PathLike) -> tuple[list[Path], dict
     source = Path(tokenizer_path)
     files = [source] + [source.with_name(n) for n in _BESIDE if source.suffix == ".json"
                         and source.with_name(n).is_file()]
-    h, content = hashlib.sha256(), hashlib.sha256()
+    content = hashlib.blake2b(digest_size=32)
     for f in files:
-        data = f.read_bytes()
-        h.update(f.name.encode() + b"\0" + data)
-        content.update(data)
-    digest = h.hexdigest()
-    # "sha256" (names and bytes) names the copy's directory; "content_sha256" (the bytes alone: the file's own
-    # sha256 when it is one file) is what a resume compares, so the same tokenizer under another name is the same.
-    return files, {"dir": f"tokenizer-{digest[:16]}", "file": source.name, "sha256": digest,
-                   "content_sha256": content.hexdigest()}
+        content.update(f.read_bytes())
+    digest = content.hexdigest()
+    # The bytes alone are what a resume compares (the same tokenizer under another name is the same); the copy's
+    # directory is named by the bytes and the names, which its path holds.
+    names = hashlib.blake2b("\0".join([digest, *(f.name for f in files)]).encode(), digest_size=8).hexdigest()
+    return files, {"dir": f"tokenizer-{names}", "file": source.name, "content_hash": f"{HASH}:{digest}"}
+
+
+def sha256_of(files: list[Path], *, with_names: bool) -> str:
+    """The hash checkpoints written before 0.2 record: "content_sha256" (the bytes) or, older, "sha256" (names and
+    bytes); computed only to resume from such a checkpoint."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update((f.name.encode() + b"\0" if with_names else b"") + f.read_bytes())
+    return h.hexdigest()
 
 
 def copy_tokenizer(files: list[Path], record: dict[str, str], checkpoints_dir: str | os.PathLike) -> None:
@@ -82,6 +91,22 @@ class RunTokenizer:
     def keep(self) -> None:
         if self.annotations:
             copy_tokenizer(self._files, self.annotations[TOKENIZER_KEY], self.checkpoints_dir)
+
+    def check_resume(self, checkpoint: dict[str, Any], path: str | Path) -> None:
+        """A resumed run reads its data with the tokenizer the checkpoint's run had, else its weights learnt other
+        ids. Checkpoints that record none (older ones, runs on ids alone) pass; records before 0.2 hold sha256."""
+        old, new = checkpoint.get(TOKENIZER_KEY), self.annotations.get(TOKENIZER_KEY)
+        if not old or not new:
+            return
+        key = next(k for k in ("content_hash", "content_sha256", "sha256") if k in old)
+        mine = new[key] if key == "content_hash" else sha256_of(self._files, with_names=key == "sha256")
+        if old[key] != mine:
+            was, now = old[key].split(":")[-1][:12], mine.split(":")[-1][:12]
+            raise CheckpointError(
+                f"checkpoint {path} was trained with the tokenizer {old['file']} ({was}), and this run reads its "
+                f"data with {new['file']} ({now}): the weights learnt other ids. Resume with the run's tokenizer "
+                f"(its copy: {Path(path).parent / old['dir'] / old['file']}), or start a new run from these weights "
+                "with init_from.")
 
 
 def run_tokenizer(checkpoint: str | os.PathLike) -> Path | None:

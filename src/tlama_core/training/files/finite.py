@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
-from tlama_core.training.checkpointing import find_last_checkpoint
+from tlama_core.training.files.checkpoint_io import find_last_checkpoint
 
 
 def weights_finite(parameters: Iterable[torch.Tensor]) -> torch.Tensor:

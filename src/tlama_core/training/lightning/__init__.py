@@ -1,0 +1,2 @@
+"""The adapters Lightning calls: the LightningModule, the hook bridge, the step cadence, signals, progress and
+precision."""
