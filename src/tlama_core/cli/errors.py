@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tlama_core.training.hooks import HOOKS
+from tlama_core.training.lightning.hooks import HOOKS
 
 HEAD = re.compile(r'^Parser key "([^"]+)":')
 _NESTED = re.compile(r"NestedArg\(key='([^']*)', val=(.*)\)")

@@ -20,8 +20,8 @@ from lightning.pytorch.strategies import Strategy
 
 from tlama_core.cli.errors import HEAD, one_line
 from tlama_core.training.arguments import OWNED_KEYWORDS
-from tlama_core.training.hooks import HOOKS
-from tlama_core.training.loggers import NAMES
+from tlama_core.training.lightning.hooks import HOOKS
+from tlama_core.training.records.loggers import NAMES
 
 
 class HookObject(abc.ABC):  # noqa: B024 (no abstract methods: membership is __subclasshook__)
