@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,4 +156,5 @@ def test_a_process_whose_peer_died_ends_with_one_line_naming_the_checkpoint(tmp_
     assert last.startswith("error: the process at 127.0.0.1:") and "died" in last, done.stderr[-3000:]
     assert "resume from checkpoints/step=00000002.ckpt with ckpt_path='last'" in last  # relative to the run's cwd
     assert "Traceback" not in done.stderr and "gloo" not in done.stderr
-    assert "Connection reset by peer" in (tmp_path / "logs" / "traceback-rank0.txt").read_text()
+    hidden = (tmp_path / "logs" / "traceback-rank0.txt").read_text()  # gloo's words vary with the moment it noticed
+    assert hidden.startswith("Traceback") and re.search(r"Connection (reset|closed) by peer|remote worker", hidden)
