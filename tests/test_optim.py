@@ -8,7 +8,8 @@ import torch
 import trainer_utils
 
 from tlama_core.models import Transformer
-from tlama_core.training import MuonAdamW, build_optimizer
+from tlama_core.training import MuonAdamW, build_optimizer, has_fast_bf16
+from tlama_core.training.optim import Muon
 from tlama_core.training.scheduler import StepFunctionLR
 
 tiny_model = partial(trainer_utils.tiny_model, max_seq_len=16, multiple_of=16)
@@ -54,7 +55,7 @@ def test_a_step_is_the_two_torch_optimizers_stepped_by_hand():
     joined, by_hand = tiny_model(), tiny_model()
     optimizer = build_optimizer(joined, 2e-3, 0.1, muon=True)
     hidden = [p for p in by_hand.layers.parameters() if p.dim() == 2]
-    muon = torch.optim.Muon(hidden, lr=2e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    muon = Muon(hidden, lr=2e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", ns_dtype=optimizer.muon.ns_dtype)
     rest = [p for n, p in by_hand.named_parameters() if not (n.startswith("layers.") and p.dim() == 2)]
     adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() == 2], "weight_decay": 0.1},
                                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
@@ -161,3 +162,54 @@ def test_muon_and_an_explicit_optimizer_are_refused_together():
     model = tiny_model()
     with pytest.raises(ValueError, match="pass either muon=True or optimizer"):
         TlamaLightningModule(model=model, muon=True, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_muon_orthogonalises_in_bf16_where_it_is_fast_and_in_fp32_elsewhere():
+    cpu = build_optimizer(tiny_model(), 1e-3, 0.1, "cpu", muon=True).muon.ns_dtype
+    assert cpu == (torch.bfloat16 if has_fast_bf16("cpu") else torch.float32)
+    assert build_optimizer(tiny_model(), 1e-3, 0.1, "cuda", muon=True).muon.ns_dtype == torch.bfloat16
+
+
+def _muon_by_hand(weight, grads, lr, weight_decay, momentum=0.95):
+    """Muon's update written out in float64 (Keller Jordan's algorithm as torch documents it)."""
+    weight, buffer = weight.double().clone(), torch.zeros_like(weight, dtype=torch.float64)
+    for grad in grads:
+        grad = grad.double()
+        buffer = momentum * buffer + (1 - momentum) * grad
+        x = (1 - momentum) * grad + momentum * buffer  # nesterov: grad.lerp(buffer, momentum)
+        x = x.T if x.shape[0] > x.shape[1] else x
+        x = x / x.norm()
+        for _ in range(5):
+            gram = x @ x.T
+            x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+        x = x.T if grad.shape[0] > grad.shape[1] else x
+        weight = weight * (1 - lr * weight_decay) - lr * 0.2 * max(weight.shape) ** 0.5 * x
+    return weight
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48)])
+def test_muon_in_fp32_follows_the_algorithm_and_torchs_bf16_muon(shape):
+    torch.manual_seed(0)
+    start, grads = torch.randn(shape), [torch.randn(shape) for _ in range(3)]
+    ours, torchs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    fp32 = Muon([ours], lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", ns_dtype=torch.float32)
+    bf16 = torch.optim.Muon([torchs], lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for grad in grads:
+        ours.grad, torchs.grad = grad.clone(), grad.clone()
+        fp32.step()
+        bf16.step()
+    expected = _muon_by_hand(start, grads, 0.01, 0.1)
+    assert torch.allclose(ours.double(), expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(torchs.double(), expected, rtol=0, atol=1e-5)  # bf16 rounding: the test can tell
+    assert torch.allclose(ours, torchs, rtol=0, atol=2e-2 * 0.01 * 0.2 * max(shape) ** 0.5 * 3)
+
+
+def test_muon_keeps_its_orthogonalisation_dtype_through_a_state_dict_and_a_pickle():
+    model = tiny_model()
+    optimizer = build_optimizer(model, 1e-3, 0.1, muon=True)
+    optimizer.muon.ns_dtype = torch.float32
+    train_steps(model, optimizer, 1)
+    state = optimizer.state_dict()
+    optimizer.load_state_dict(state)
+    assert optimizer.muon.ns_dtype == torch.float32
+    assert copy.deepcopy(optimizer).muon.ns_dtype == torch.float32

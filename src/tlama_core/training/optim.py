@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+
+from tlama_core.training.lightning.precision import has_fast_bf16
 
 
 def _strategy_name(strategy: Any) -> str:
@@ -30,7 +33,8 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     """AdamW with weight decay on the 2-D weight matrices only (norms and biases decay 0), fused on CUDA.
 
     With `muon`, the 2-D weights of `model.layers` (attention and feed-forward matrices) move to Muon: see
-    `MuonAdamW`. Embeddings, the output layer and norms stay with AdamW, as Muon's authors prescribe.
+    `MuonAdamW`. Embeddings, the output layer and norms stay with AdamW, as Muon's authors prescribe. Muon
+    orthogonalises in bf16 where the device computes it fast (as torch's Muon does), in fp32 elsewhere.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     hidden: list[torch.nn.Parameter] = []
@@ -48,8 +52,72 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
                               fused=device_type == "cuda" or None)
     if not hidden:
         return adamw
-    return MuonAdamW(torch.optim.Muon(hidden, lr=learning_rate, weight_decay=weight_decay,
-                                      adjust_lr_fn="match_rms_adamw"), adamw)
+    ns_dtype = torch.bfloat16 if has_fast_bf16(device_type) else torch.float32
+    return MuonAdamW(Muon(hidden, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw",
+                          ns_dtype=ns_dtype), adamw)
+
+
+def orthogonalise(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration (torch's `_zeropower_via_newtonschulz`) computed in `dtype`."""
+    a, b, c = coefficients
+    x = update.to(dtype)
+    wide = x.size(0) > x.size(1)
+    if wide:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if wide else x
+
+
+class Muon(torch.optim.Muon):
+    """torch's Muon with the orthogonalisation in `ns_dtype`: torch's casts every update to bf16, which a CPU
+    without bf16 matrix units (AMX, AVX512-BF16) emulates about 30x slower than fp32 (bench/muon_cpu.py)."""
+
+    def __init__(self, params: Any, *, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "ns_dtype": self.ns_dtype}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickling brings ns_dtype; torch's load_state_dict also calls this, without it, on a built optimizer.
+        if "ns_dtype" in state:
+            self.ns_dtype = state.pop("ns_dtype")
+        super().__setstate__(state)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if self.ns_dtype == torch.bfloat16:
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buffer.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       self.ns_dtype)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def _adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch's Muon learning-rate scaling by the matrix's shape (`original` or `match_rms_adamw`)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * math.sqrt(max(1, rows / cols))
 
 
 def keyed_by_name(state_dict: dict[str, Any]) -> bool:
