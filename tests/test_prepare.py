@@ -262,3 +262,14 @@ def test_a_full_disk_while_taking_the_shards_lock_is_one_line_naming_the_lock_an
     assert re.fullmatch(rf"error: \[Errno 28\] disk full \(No space left on device\) writing 00000\.lock in {out}/ "
                         r"\([\d.]+ MiB free\); nothing was replaced: free space there .*", line)
     assert list(out.iterdir()) == []
+
+
+def test_an_out_that_is_a_file_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "--data", str(jsonl_dir(tmp_path / "data")), "--tokenizer", str(TOK), "--out",
+              str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"error: out={str(tmp_path / 'out')!r} is a file; the shards "
+                                                        "go into a directory: name a new or existing one.")
+    assert (tmp_path / "out").read_text() == "a file"
