@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
+from tlama_core import locks
 from tlama_core.cli import main
 from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, create_dataloader
 from tlama_core.data import streaming as streaming_module
@@ -164,9 +165,10 @@ def test_a_second_writer_of_a_shard_is_refused_naming_the_first(tmp_path):
                                  str(TOK), "--out", str(out), "--workers", "1"], capture_output=True, text=True,
                                 timeout=120)
         assert second.returncode == 2
-        assert (f"error: {out / '00000.bin'} is being written by another `tlama prepare` (pid {first.pid} on host "
-                f"{socket.gethostname()}, lock file {out / '00000.lock'})") in second.stderr
-        assert "Traceback" not in second.stderr and sorted(out.glob("00000.bin.*.tmp")) == temporaries
+        (line,) = second.stderr.splitlines()  # one line: the command was right, so no usage either
+        assert line.startswith(f"error: {out / '00000.bin'} is being written by another `tlama prepare` (pid "
+                               f"{first.pid} on host {socket.gethostname()}, lock file {out / '00000.lock'})")
+        assert sorted(out.glob("00000.bin.*.tmp")) == temporaries
         (tmp_path / "go").touch()
         stdout, _ = first.communicate(timeout=120)
         assert first.returncode == 0, stdout
@@ -236,10 +238,38 @@ def test_a_full_disk_is_one_line_naming_the_shard_and_the_free_space_and_loses_n
     monkeypatch.setattr(streaming_module, "atomic_open", filling)
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "--data", str(data), "--tokenizer", str(TOK), "--out", str(out), "--workers", "1"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "Traceback" not in err
-    (line,) = [line for line in err.splitlines() if "disk full" in line]
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
     assert re.fullmatch(rf"error: \[Errno 28\] disk full \(No space left on device\) writing 00000\.bin in {out}/ "
                         r"\([\d.]+ MiB free\); nothing was replaced: free space there \(or write to another "
                         rf"directory\) and run shard 0 again: '{good}'", line)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier shard and sidecar, no leftovers
+
+
+def test_a_full_disk_while_taking_the_shards_lock_is_one_line_naming_the_lock_and_leaves_none(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """A re-run on a disk still full fails at its first write, the lock file: named, and not left behind empty (a
+    later run would read it as a writer that never wrote its name)."""
+    def full(directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locks, "fsync_dir", full)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "--data", str(jsonl_dir(tmp_path / "data")), "--tokenizer", str(TOK), "--out", str(out)])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(rf"error: \[Errno 28\] disk full \(No space left on device\) writing 00000\.lock in {out}/ "
+                        r"\([\d.]+ MiB free\); nothing was replaced: free space there .*", line)
+    assert list(out.iterdir()) == []
+
+
+def test_an_out_that_is_a_file_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "--data", str(jsonl_dir(tmp_path / "data")), "--tokenizer", str(TOK), "--out",
+              str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"error: out={str(tmp_path / 'out')!r} is a file; the shards "
+                                                        "go into a directory: name a new or existing one.")
+    assert (tmp_path / "out").read_text() == "a file"

@@ -37,11 +37,14 @@ def write_shards(path: Path, start: int) -> Path:
     return path
 
 
-def run(tmp_path: Path, data: Path, steps: int, tokenizer: Path | None = None, **kwargs) -> Trainer:
-    loader = create_dataloader(data, tokenizer or builtin_tokenizer_path(), batch_size=2, seq_length=32,
-                               cache_dir=tmp_path / "cache")
+def run(tmp_path: Path, data: Path, steps: int, tokenizer: Path | None = None, val: Path | None = None,
+        **kwargs) -> Trainer:
+    def loader(path: Path):
+        return create_dataloader(path, tokenizer or builtin_tokenizer_path(), batch_size=2, seq_length=32,
+                                 cache_dir=tmp_path / "cache")
     model = Transformer(TlamaConfig(vocab_size=1024, d_model=32, n_layers=1, n_heads=4, max_seq_len=32))
-    return Trainer(model, loader, total_batch_size=128, steps=steps, checkpoint_steps=2, log_steps=1,
+    return Trainer(model, loader(data), val_data_loader=loader(val) if val else None, total_batch_size=128,
+                   steps=steps, checkpoint_steps=2, validation_steps=2, log_steps=1,
                    use_mixed_precision=False, checkpoints_dir=str(tmp_path / "ckpt"), logs_dir=str(tmp_path / "logs"),
                    verbose=False, **kwargs)
 
@@ -56,6 +59,19 @@ def test_a_resume_on_other_data_of_the_same_size_is_refused_unless_allowed(tmp_p
         run(tmp_path, data, 4).train(ckpt_path="last")
     result = run(tmp_path, data, 4, allow_data_change=True).train(ckpt_path="last")
     assert result["steps_completed"] == 4
+
+
+def test_a_resume_validating_on_other_data_is_refused_unless_allowed(tmp_path):
+    """Other validation text would make the resumed run's val_loss, and the best.ckpt it picks, measure other
+    text than the checkpoint's: refused like other training data; the same validation text passes."""
+    data, val = write_text(tmp_path / "corpus.txt", 0), write_text(tmp_path / "val.txt", 40_000)
+    run(tmp_path, data, 2, val=val).train()
+    assert run(tmp_path, data, 4, val=val).train(ckpt_path="last")["steps_completed"] == 4
+    write_text(val, 140_000)  # other text, the same size, the same name
+    with pytest.raises(CheckpointError, match="was validated on other data than this run validates on .*"
+                                              "allow_data_change=True"):
+        run(tmp_path, data, 6, val=val).train(ckpt_path="last")
+    assert run(tmp_path, data, 6, val=val, allow_data_change=True).train(ckpt_path="last")["steps_completed"] == 6
 
 
 def test_a_resume_with_the_same_data_rebuilt_elsewhere_is_accepted(tmp_path):

@@ -22,6 +22,7 @@ from test_interruption import wait_for
 from trainer_utils import ResumableLoader, tiny_model
 
 import tlama_core.atomic
+import tlama_core.locks
 from tlama_core.checkpoints import read_checkpoint
 from tlama_core.data import create_dataloader
 from tlama_core.data.workers import IgnoreStopSignals
@@ -330,6 +331,16 @@ def test_a_refused_lock_keeps_none_of_the_others(tmp_path):
     with pytest.raises(RunLockError):
         RunLock(tmp_path / "a", tmp_path / "b").acquire()
     assert not (tmp_path / "a" / LOCK_NAME).exists()
+
+
+def test_a_full_disk_when_taking_the_run_lock_names_it_and_leaves_no_empty_lock(tmp_path, monkeypatch):
+    def full(directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tlama_core.locks, "fsync_dir", full)
+    with pytest.raises(tlama_core.atomic.DiskFullError, match=rf"disk full .* writing {LOCK_NAME} in {tmp_path}/"):
+        RunLock(tmp_path).acquire()
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- loader workers and stop signals ------------------------------------------------------------------------

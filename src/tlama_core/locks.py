@@ -15,10 +15,12 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tlama_core.atomic import fsync_dir
+from tlama_core.atomic import disk_full_error, fsync_dir
 
 Lock = TypeVar("Lock", bound="OwnerLock")
 _HELD: set[Path] = set()  # lock files this process holds: its own pid in a lock is not always a live holder
@@ -72,10 +74,12 @@ class OwnerLock:
         self._taken = []
 
     def _take(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with _disk_full_named(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with _disk_full_named(path):
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_settled(path)
                 if holder is None and not path.exists():  # released meanwhile
@@ -85,12 +89,29 @@ class OwnerLock:
                 warnings.warn(self.taken_over(path, _describe(holder)), stacklevel=4)
                 path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._owner, f)
-                f.flush()
-                os.fsync(f.fileno())
-            fsync_dir(path.parent)
+            try:
+                with _disk_full_named(path):
+                    with os.fdopen(fd, "w") as f:
+                        json.dump(self._owner, f)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    fsync_dir(path.parent)
+            except OSError:  # an empty lock left here would read as a holder that never wrote its name
+                path.unlink(missing_ok=True)
+                raise
             return
+
+
+@contextmanager
+def _disk_full_named(path: Path) -> Iterator[None]:
+    """A full disk (or quota) while creating the lock file `path` is a DiskFullError naming it."""
+    try:
+        yield
+    except OSError as err:
+        full = disk_full_error(err, path)
+        if full is None:
+            raise
+        raise full from None
 
 
 # A running run owns its checkpoints and logs directories: a lock file there holds its pid and host. Without it a

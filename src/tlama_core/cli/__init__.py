@@ -46,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub_parser, run = commands[" ".join(path)]
     try:
         run(cfg[".".join(path)])
-    except (ValueError, FileNotFoundError, ImportError, LockError, DiskFullError) as err:  # user errors, named
+    except (LockError, DiskFullError) as err:  # the flags were right, the machine's state is not: no usage
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ValueError, FileNotFoundError, ImportError) as err:  # user errors, named
         sub_parser.error(_flag_named(str(err), " ".join(path), cfg[".".join(path)]))
 
 

@@ -46,6 +46,8 @@ def prepare(data: Any, tokenizer: str | os.PathLike, out: str | os.PathLike, *, 
         raise ValueError(f"shard={shard}: must be below num_shards={num_shards} (shards are 0 .. {num_shards - 1}).")
     if workers is not None:
         workers = check_count("workers", workers, 1)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"out={str(out)!r} is a file; the shards go into a directory: name a new or existing one.")
     source = resolve_source(data, split, text_field)
     if source.kind == "tokens":
         raise ValueError(f"data={str(data)!r} already holds token ids; pass text or records to prepare.")

@@ -113,8 +113,8 @@ class Trainer:
         precision: A Lightning precision (32-true, bf16-mixed, 16-mixed, ...); null: use_mixed_precision decides.
         max_steps: The whole run's optimizer steps (overrides epochs x steps); null: epochs x steps.
         keep_checkpoints: Keep only the newest N step checkpoints (and the best's); null: keep them all.
-        allow_data_change: Resume on training data other than the checkpoint's, from the same position (counted
-            in windows of the new data's order); false: such a resume is refused.
+        allow_data_change: Resume on training (or validation) data other than the checkpoint's, from the same
+            position (counted in windows of the new data's order); false: such a resume is refused.
         max_time: A time budget for the whole run, from the start of training (a resumed run's earlier time
             counts): seconds or "DD:HH:MM:SS". The run stops in time for its final validation and checkpoint,
             and a schedule with max_steps null decays over the budget; null: the run is planned in steps.
@@ -189,7 +189,7 @@ class Trainer:
 
         # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the one Lightning trainer
         self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir)
-        self._inputs = {**self._tokenizer.annotations, **data_record(train_data_loader)}
+        self._inputs = {**self._tokenizer.annotations, **data_record(train_data_loader, val_data_loader)}
         self._allow_data_change = allow_data_change
         csv_log = CsvLog(self.log_file) if master_process else None
         sinks = MetricSinks(csv_log, {"total_batch_size": total_batch_size, "seed": seed, "gradient_clip_val":

@@ -266,28 +266,42 @@ def host_copy(obj: Any, copies: dict[tuple, torch.Tensor] | None = None) -> Any:
     return obj
 
 
-DATA_KEY = "data"  # what a checkpoint records of the run's data: {"train": fingerprint}
+DATA_KEY = "data"  # what a checkpoint records of the run's data: {"train": fingerprint, "val": fingerprint}
 
 
-def data_record(train_loader: Any) -> dict[str, Any]:
-    """What every checkpoint records of the training data: the loader's fingerprint (`TokenDataLoader`'s, read from
+def data_record(train_loader: Any, val_loader: Any = None) -> dict[str, Any]:
+    """What every checkpoint records of the run's data: each loader's fingerprint (`TokenDataLoader`'s, read from
     its sidecars' content hashes, never by reading the data); nothing for a loader that has none."""
-    fingerprint = getattr(train_loader, "data_fingerprint", None)
-    return {DATA_KEY: {"train": fingerprint}} if isinstance(fingerprint, str) else {}
+    found = {split: getattr(loader, "data_fingerprint", None) for split, loader in (("train", train_loader),
+                                                                                     ("val", val_loader))}
+    found = {split: fingerprint for split, fingerprint in found.items() if isinstance(fingerprint, str)}
+    return {DATA_KEY: found} if found else {}
 
 
 def check_same_data(checkpoint: dict[str, Any], path: str | Path, inputs: dict[str, Any], *,
                     allow_data_change: bool = False) -> None:
     """A resumed run reads the training data the checkpoint's run read (else the position it resumes at indexes
-    other text), unless `allow_data_change`. Checkpoints that record none (older ones, runs on a loader without a
-    fingerprint) pass. The tokenizer is the run's tokenizer's to check (`RunTokenizer.check_resume`)."""
-    old, new = (checkpoint.get(DATA_KEY) or {}).get("train"), (inputs.get(DATA_KEY) or {}).get("train")
-    if old and new and old != new and not allow_data_change:
+    other text) and validates on its validation data (else its val_loss and best.ckpt measure other text), unless
+    `allow_data_change`. A split that either side records none of (older checkpoints, runs on a loader without a
+    fingerprint, a run without validation) passes. The tokenizer is the run's tokenizer's to check
+    (`RunTokenizer.check_resume`)."""
+    saved, now = checkpoint.get(DATA_KEY) or {}, inputs.get(DATA_KEY) or {}
+    changed = [split for split in ("train", "val") if saved.get(split) and now.get(split)
+               and saved[split] != now[split]]
+    if not changed or allow_data_change:
+        return
+    split = changed[0]
+    old, new = saved[split][:12], now[split][:12]
+    switch = "or pass allow_data_change=True (--trainer.allow_data_change true) to go on with this data"
+    if split == "train":
         raise CheckpointError(
             f"checkpoint {path} was trained on other data than this run reads (the training data's fingerprint was "
-            f"{old[:12]}, it is {new[:12]}): its data position would index other text. Resume with the same data, "
-            "or pass allow_data_change=True (--trainer.allow_data_change true) to go on with this data from the "
-            "same position, counted in windows of the new data's order.")
+            f"{old}, it is {new}): its data position would index other text. Resume with the same data, {switch} "
+            "from the same position, counted in windows of the new data's order.")
+    raise CheckpointError(
+        f"checkpoint {path} was validated on other data than this run validates on (the validation data's "
+        f"fingerprint was {old}, it is {new}): its val_loss, and the best.ckpt chosen by it, measure other text. "
+        f"Resume with the same validation data, {switch} (best.ckpt then compares losses on both).")
 
 
 def check_resumable(checkpoint: dict[str, Any], path: str | Path, expected_config: dict[str, Any] | None) -> None:
