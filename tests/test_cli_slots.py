@@ -76,6 +76,10 @@ def test_callback_and_logger_shorthand_flags_build_what_they_name_and_the_saved_
     (["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=abc"],
      "lightning.pytorch.callbacks.ModelCheckpoint: every_n_train_steps='abc' is not int or None."),
     (["--trainer.logger", "tensorbord"], "'tensorbord' is neither one of 'tensorboard', 'csv'"),
+    (["--trainer.callbacks+=TensorBoardLogger"],
+     "'TensorBoardLogger' is Lightning's, for --trainer.logger, not --trainer.callbacks: give it there."),
+    (["--trainer.logger+=ModelCheckpoint"],
+     "'ModelCheckpoint' is Lightning's, for --trainer.callbacks, not --trainer.logger: give it there."),
 ])
 def test_a_shorthand_argument_that_applies_to_nothing_exits_2_in_one_line(flags, says, tmp_path, monkeypatch,
                                                                             capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -44,3 +45,47 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     elif path.stem == "03_yaml_and_cli":
         assert (tmp_path / "checkpoints" / "config.yaml").is_file() and (tmp_path / "loss.png").is_file()
         assert "step=00000012.ckpt" in {p.name for p in (tmp_path / "checkpoints").iterdir()}  # resumed to 3 epochs
+
+
+def test_in_a_notebook_a_run_prints_a_line_at_each_tenth_of_its_steps_with_the_logged_loss(tmp_path, monkeypatch,
+                                                                                          capfd):
+    from trainer_utils import WindowLoader, make_trainer
+
+    from tlama_core.training.lightning import progress
+    from tlama_core.training.records.metrics import read_rows
+
+    assert not progress.in_notebook()  # pytest is no Jupyter kernel
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    trainer = make_trainer(tmp_path, epochs=3, validation_steps=6, verbose=True,
+                           val_data_loader=WindowLoader(8, 4, 16, seed=1))  # 24 steps: a line every 3
+    trainer.train()
+    out, err = capfd.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    rows = {int(r["step"]): r for r in read_rows(trainer.log_file)}
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == list(range(3, 25, 3))
+    for line in lines:
+        step, fields = int(line.split()[1].split("/")[0]), dict(f.split("=") for f in line.split()[2:])
+        assert line.split()[1].endswith("/24")
+        assert float(fields["loss"]) == pytest.approx(float(rows[step]["train_loss"]), rel=1e-3)
+        last_val = max((s for s, r in rows.items() if r["val_loss"] and s <= step), default=None)
+        assert ("val_loss" in fields) == (last_val is not None)  # a validating step's line follows its validation
+        if last_val is not None:
+            assert float(fields["val_loss"]) == pytest.approx(float(rows[last_val]["val_loss"]), rel=1e-3)
+    assert "Epoch 0" not in out + err  # no text bar
+
+
+@pytest.mark.slow
+def test_a_verbose_run_in_a_jupyter_kernel_fills_at_most_20_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cell = ("from pathlib import Path\n"
+            "from trainer_utils import WindowLoader, make_trainer\n"
+            "make_trainer(Path('.'), epochs=5, validation_steps=4, verbose=True,\n"
+            "             val_data_loader=WindowLoader(8, 4, 16, seed=1)).train()\n")  # 40 steps
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = notebook.cells[0].outputs
+    lines = [line for line in printed(notebook).splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == [f"{s}/40" for s in range(4, 41, 4)]
+    assert len(outputs) <= 20, [o.get("text", "")[:80] for o in outputs]
+    assert "Epoch 0" not in printed(notebook)

@@ -3,6 +3,7 @@ value and the fix (a union of types reports every alternative's failure, most of
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -55,12 +56,27 @@ def one_line(message: str) -> str:
         path, reason = problems[0]
         return f"{key}cannot import {path} ({reason})."
     unknown = _UNKNOWN_NAME.search(message)
+    home = _slot_of_lightning_class(unknown.group(1)) if unknown else None
+    if home is not None and home != name:  # a known class, in the wrong slot
+        return f"{key}{unknown.group(1)!r} is Lightning's, for --{home}, not --{name}: give it there."
     if unknown:
         choices = _CHOICES.search(message)
         names = f"one of {choices.group(1)}, nor " if choices else ""
         return (f"{key}{unknown.group(1)!r} is neither {names}a class name known here (Lightning's own, e.g. "
                 "ModelCheckpoint, TensorBoardLogger, DDPStrategy) nor an import path (package.module.Class).")
     return message
+
+
+_LIGHTNING_SLOTS = {"lightning.pytorch.callbacks": "trainer.callbacks", "lightning.pytorch.loggers": "trainer.logger",
+                    "lightning.pytorch.strategies": "trainer.strategy"}
+
+
+def _slot_of_lightning_class(given: str) -> str | None:
+    """The slot taking the Lightning class named `given` ("TensorBoardLogger": trainer.logger), if any."""
+    for module, slot in _LIGHTNING_SLOTS.items():
+        if isinstance(getattr(importlib.import_module(module), given, None), type):
+            return slot
+    return None
 
 
 def _block(message: str, first_line: str) -> str:

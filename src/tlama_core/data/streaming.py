@@ -5,6 +5,7 @@ most two units per process are in flight."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import multiprocessing
 import os
@@ -16,12 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tlama_core.atomic import atomic_open
 from tlama_core.data import documents, text
 from tlama_core.data.encoding import LONG_CHARS, Chunking, Encoded, Encoder
 from tlama_core.data.sources import TRAIN_FRACTION, Source
+
+# Lightning's rule: tqdm.auto's notebook bar needs ipywidgets, and without it warns ("IProgress not found") at import
+# in every notebook that imports the data package.
+if importlib.util.find_spec("ipywidgets") is not None:
+    from tqdm.auto import tqdm
+else:
+    from tqdm import tqdm
 
 Work = text.Piece | documents.Unit
 

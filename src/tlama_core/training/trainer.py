@@ -44,7 +44,7 @@ from tlama_core.training.lightning.cadence import StepCadence, StepLoader
 from tlama_core.training.lightning.hooks import HookBridge
 from tlama_core.training.lightning.module import TlamaLightningModule
 from tlama_core.training.lightning.precision import allow_tf32, device_type, resolve_precision
-from tlama_core.training.lightning.progress import StepProgressBar, print_end, print_start, quiet_lightning
+from tlama_core.training.lightning.progress import print_end, print_start, progress_display, quiet_lightning
 from tlama_core.training.lightning.signals import (
     PREEMPTION,
     TakeBackSigterm,
@@ -234,7 +234,7 @@ class Trainer:
         if cadence.enabled:  # train(): the cadence stops at a step end; train_step() keeps Lightning's own handler
             callbacks.append(TakeBackSigterm(self._on_stop_signal))
         kwargs = {**self._lightning_kwargs, "enable_progress_bar": progress,
-                  "callbacks": callbacks + ([StepProgressBar(cadence)] if progress else []), **overrides}
+                  "callbacks": callbacks + ([progress_display(cadence)] if progress else []), **overrides}
         with quiet_lightning(self.verbose and progress):
             return L.Trainer(**kwargs)
 

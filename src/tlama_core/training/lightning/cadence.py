@@ -175,6 +175,11 @@ class StepCadence(Callback):
             if isinstance(config.scheduler, StepFunctionLR):
                 config.scheduler.refresh()
 
+    @property
+    def pending_step(self) -> int | None:
+        """The step whose row and checkpoint wait for its validation's end (None: none)."""
+        return self._pending_step
+
     def is_last_step(self, step: int) -> bool:
         return step >= self.plan.max_steps
 

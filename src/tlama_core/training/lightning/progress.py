@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -32,10 +33,73 @@ class StepProgressBar(TQDMProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, steps.steps_in(batch_idx))
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
-        metrics = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in self.cadence.progress.items()}
-        if pl_module.last_val:
-            metrics["val_loss"] = f"{pl_module.last_val['val_loss']:.4f}"
-        return metrics
+        return step_metrics(self.cadence, pl_module)
+
+
+def step_metrics(cadence: Any, pl_module: Any) -> dict[str, Any]:
+    """The latest logged step's loss, lr and tokens/s, and the latest validation loss, formatted for display."""
+    metrics = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in cadence.progress.items()}
+    if pl_module.last_val:
+        metrics["val_loss"] = f"{pl_module.last_val['val_loss']:.4f}"
+    return metrics
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's shell there has a `kernel`; a terminal's has none)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
+
+
+class NotebookProgress(ProgressBar):
+    """The progress of a run in a notebook: one line at each tenth of the run's steps (and at its last step).
+
+    A notebook stores every redraw of a text bar as one more output of the cell (hundreds over a run), and
+    tqdm's widget bar needs ipywidgets; ten lines stay readable, in the notebook and in the saved file."""
+
+    def __init__(self, cadence: Any, lines: int = 10) -> None:
+        super().__init__()
+        self.cadence, self.lines, self._enabled = cadence, lines, True
+        self._due: int | None = None  # a line step whose line waits for its validation
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not (self._enabled and pl_module.accumulation.ends_step(batch_idx)):
+            return
+        step, total = trainer.global_step, self._total(trainer, pl_module)
+        if step % math.ceil(total / self.lines) == 0 or step == total:
+            if self.cadence.pending_step == step:  # its row is written after its validation
+                self._due = step
+            else:
+                self._print(step, total, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._enabled and self._due == trainer.global_step and not trainer.sanity_checking:
+            self._due = None
+            self._print(trainer.global_step, self._total(trainer, pl_module), pl_module)
+
+    @staticmethod
+    def _total(trainer, pl_module) -> int:
+        total = pl_module.plan.max_steps if pl_module.plan is not None else trainer.max_steps
+        return max(1, total)
+
+    def _print(self, step: int, total: int, pl_module) -> None:
+        shown = "  ".join(f"{k}={v}" for k, v in step_metrics(self.cadence, pl_module).items())
+        print(f"step {step}/{total}  {shown}", flush=True)
+
+
+def progress_display(cadence: Any) -> ProgressBar:
+    """Lightning's bar counting optimizer steps in a terminal; in a notebook, a line at each tenth of the run."""
+    return NotebookProgress(cadence) if in_notebook() else StepProgressBar(cadence)
 
 
 def print_start(trainer: Any, ckpt: str | None, max_time: float | None = None) -> None:
