@@ -112,7 +112,7 @@ class StepCadence(Callback):
         # step files past it (all of them, starting fresh) belong to a run this one does not continue.
         if self.enabled and self.sinks is not None and trainer.is_global_zero:
             if self.tokenizer is not None:
-                self.tokenizer.keep()
+                self.tokenizer.keep(self.checkpoints.directory)
             resume_step = trainer.global_step if trainer.ckpt_path else None
             self.sinks.open(trainer.loggers, resume_step, pl_module, self.plan)
             aside = set_aside_later_checkpoints(self.checkpoints.directory, resume_step)
