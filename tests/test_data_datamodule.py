@@ -36,6 +36,26 @@ def test_default_is_the_builtin_corpus_split_90_10(tmp_path, reference_ids):
     assert dm.tokenizer_path == str(builtin_tokenizer_path())
 
 
+def test_the_tokenizer_is_loaded_once_for_both_loaders_and_the_sample_hint(tmp_path, data_text, data_sp,
+                                                                            monkeypatch):
+    from tlama_core.cli.fit import opening_words
+    from tlama_core.data.tokenizer import SentencePieceTokenizer
+
+    loads, load = [], SentencePieceTokenizer.__init__
+
+    def counted(self, path) -> None:
+        loads.append(path)
+        load(self, path)
+
+    monkeypatch.setattr(SentencePieceTokenizer, "__init__", counted)
+    dm = TlamaDataModule(train_path=str(data_text), batch_size=4, seq_length=32, cache_dir=str(tmp_path))
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    words = opening_words(train)
+    assert loads == [builtin_tokenizer_path()]
+    assert train.tokenizer is val.tokenizer is dm.tokenizer
+    assert words == " ".join(data_sp.decode(train.dataset.window(0)[:32].tolist()).split("\n")[0].split()[:4])
+
+
 def test_loaders_are_built_once(tmp_path):
     dm = TlamaDataModule(batch_size=4, seq_length=32, cache_dir=str(tmp_path))
     dm.setup("fit")

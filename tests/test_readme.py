@@ -98,3 +98,14 @@ def test_every_tlama_command_of_the_readme_runs(tmp_path, monkeypatch, capsys):
     assert Path("checkpoints/config.yaml").is_file() and Path("loss.png").is_file()
     assert Path("hf-model/config.json").is_file() and Path("tlama-model/model.safetensors").is_file()
     assert Path("runs/mine/checkpoints/config.yaml").is_file()
+
+
+def test_the_readme_map_of_the_package_names_every_module_and_folder():
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("### Where things live"):].split("\n\n")[2]
+    package = REPO / "src" / "tlama_core"
+    entries = [p for p in [*package.iterdir(), *(package / "training").iterdir()]
+               if p.name not in ("__init__.py", "__pycache__", "moved.py", "assets")]
+    named = {p: (f"`{p.relative_to(package)}", f"`{p.name}`", f"`{p.name}/`") for p in entries}
+    missing = [str(p.relative_to(package)) for p, forms in named.items() if not any(f in table for f in forms)]
+    assert not missing, f"README's 'Where things live' names no row for {missing}"

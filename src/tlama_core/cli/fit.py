@@ -32,7 +32,7 @@ from tlama_core.atomic import DiskFullError, atomic_write
 from tlama_core.checkpoints import is_sharded_checkpoint
 from tlama_core.cli.errors import build_error, one_line, unreadable_error
 from tlama_core.cli.slots import CallbackSlot, LightningKeywords, LoggerSlot, StrategySlot, keep_untyped_values_as_data
-from tlama_core.data import TlamaDataModule, load_tokenizer
+from tlama_core.data import TlamaDataModule
 from tlama_core.locks import RunLockError
 from tlama_core.models import TlamaConfig, find_weights
 from tlama_core.models.config import preset
@@ -246,9 +246,10 @@ def opening_words(loader: Any, words: int = 4) -> str | None:
     """The first words of a run's training text (its first line, at most `words`): a prompt in the corpus's own
     style for the sample hint. None for token ids (no text behind them) or a loader that is not ours."""
     dataset = getattr(loader, "dataset", None)
-    if getattr(loader, "text_chars", None) is None or loader.tokenizer_path is None or not hasattr(dataset, "window"):
+    tokenizer = getattr(loader, "tokenizer", None)  # the one the loader read its text with
+    if getattr(loader, "text_chars", None) is None or tokenizer is None or not hasattr(dataset, "window"):
         return None
-    text = load_tokenizer(loader.tokenizer_path).decode(dataset.window(0)[:32].tolist()).lstrip()
+    text = tokenizer.decode(dataset.window(0)[:32].tolist()).lstrip()
     line, newline, _ = text.partition("\n")
     found = line.split()[:words] if newline else line.split()[:-1][:words]  # a line cut by the 32 tokens: drop
     return " ".join(found) or None                                         # its last (maybe partial) word

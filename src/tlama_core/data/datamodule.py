@@ -76,8 +76,8 @@ class TlamaDataModule(L.LightningDataModule):
         if tokenizer_path is None and (builtin or "text" in kinds or "records" in kinds):
             tokenizer_path = builtin_tokenizer_path()
         self.tokenizer_path = _str_or_none(tokenizer_path)
-        if self.tokenizer_path is not None:
-            load_tokenizer(self.tokenizer_path)  # FileNotFoundError naming the path, now rather than at fit
+        # Loaded once, here (a FileNotFoundError naming the path now rather than at fit): both loaders read with it.
+        self.tokenizer = load_tokenizer(self.tokenizer_path) if self.tokenizer_path is not None else None
         self.batch_size, self.seq_length, self.num_workers = batch_size, seq_length, num_workers
         self.seed, self.cache_dir, self.shuffle, self.text_field = seed, cache_dir, shuffle, text_field
         self._train: TokenDataLoader | None = None
@@ -119,7 +119,7 @@ class TlamaDataModule(L.LightningDataModule):
 
     def _loader(self, path: Any, role: str, shuffle: bool) -> TokenDataLoader:
         split = role if self.val_path is None or has_named_splits(path) else None
-        return create_dataloader(path, self.tokenizer_path, self.batch_size, self.seq_length, shuffle, seed=self.seed,
+        return create_dataloader(path, self.tokenizer, self.batch_size, self.seq_length, shuffle, seed=self.seed,
                                  num_workers=self.num_workers, cache_dir=self.cache_dir, split=split,
                                  text_field=self.text_field)
 

@@ -15,7 +15,7 @@ from tlama_core.data.dataset import CorpusInfo, TokenFile, TokenStream, TokenWin
 from tlama_core.data.integrity import fingerprint
 from tlama_core.data.sampler import WindowSampler
 from tlama_core.data.sources import Source, bin_sidecar, resolve_source
-from tlama_core.data.tokenizer import load_tokenizer
+from tlama_core.data.tokenizer import Tokenizer, load_tokenizer
 from tlama_core.data.workers import IgnoreStopSignals
 
 
@@ -23,7 +23,7 @@ class TokenDataLoader(DataLoader):
     """A DataLoader of (x, y) LongTensors (batch_size, seq_length) that carries its corpus facts and position.
 
     Attributes the trainer reads: `batch_size`, `seq_length`, `vocab_size`, `num_tokens`, `text_chars`,
-    `eos_id`, `bos_id`, `tokenizer_path`, `data_fingerprint`.
+    `eos_id`, `bos_id`, `tokenizer` (and its `tokenizer_path`), `data_fingerprint`.
     `state_dict()` / `load_state_dict()` save and restore the position to the batch
     (Lightning calls them on the loader); `shard(rank, world_size)` overrides torch.distributed's rank.
     """
@@ -40,7 +40,8 @@ class TokenDataLoader(DataLoader):
         self.text_chars: int | None = dataset.info.text_chars
         self.eos_id: int | None = dataset.info.eos_id
         self.bos_id: int | None = dataset.info.bos_id
-        self.tokenizer_path: Path | None = None  # the tokenizer file the ids were made with (create_dataloader)
+        self.tokenizer: Tokenizer | None = None  # the tokenizer the ids were made with (create_dataloader)
+        self.tokenizer_path: Path | None = None  # its file
         self._fingerprint: str | None = None
 
     @property
@@ -101,7 +102,7 @@ class _Pass:
 
 def create_dataloader(
     data_path: str | os.PathLike | Any,
-    tokenizer_path: str | os.PathLike | None,
+    tokenizer_path: str | os.PathLike | Tokenizer | None,
     batch_size: int,
     seq_length: int,
     shuffle: bool = True,
@@ -118,8 +119,9 @@ def create_dataloader(
     Args:
         data_path: a .txt file, .jsonl/.jsonl.gz/.parquet records, a directory or glob of them, a datasets.Dataset
             or save_to_disk directory, a .bin of ids, or .npy shards (see sources.py).
-        tokenizer_path: sentencepiece .model or Hugging Face tokenizer.json (or a directory holding one); needed
-            for text and records, optional for ids (then it supplies vocab/special ids).
+        tokenizer_path: sentencepiece .model or Hugging Face tokenizer.json (or a directory holding one), or a
+            tokenizer `load_tokenizer` returned; needed for text and records, optional for ids (then it supplies
+            vocab/special ids).
         batch_size: windows per batch. seq_length: tokens per window (x and y).
         shuffle: a permutation of the windows drawn from (seed, epoch); False reads them in order.
         seed: seed of the shuffled order. num_workers: DataLoader worker processes.
@@ -132,7 +134,7 @@ def create_dataloader(
     num_workers, seed = check_count("num_workers", num_workers, 0), check_count("seed", seed, 0)
     source = resolve_source(data_path, split, text_field)
     where = f"data_path={str(data_path)!r}" if isinstance(data_path, (str, os.PathLike)) else "data_path"
-    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    tokenizer = load_tokenizer(tokenizer_path) if isinstance(tokenizer_path, (str, os.PathLike)) else tokenizer_path
     if source.kind != "tokens":
         if tokenizer is None:
             raise ValueError(f"{where} is {source.kind}: pass tokenizer_path (a sentencepiece "
@@ -156,6 +158,7 @@ def create_dataloader(
     loader = TokenDataLoader(TokenWindows(tokens, seq_length, info), batch_size, shuffle=shuffle, seed=seed,
                              num_workers=num_workers, pin_memory=pin)
     loader.sampler.require_batches()  # under DDP, fail now rather than at the first epoch
+    loader.tokenizer = tokenizer
     loader.tokenizer_path = tokenizer.path if tokenizer is not None else None
     return loader
 

@@ -96,9 +96,14 @@ class StepPlan(MicroBatches):
         return self.data_parallel or self.world_size
 
     @property
+    def process_tokens_per_step(self) -> int:
+        """Tokens of one optimizer step on one process: its micro-batches of the step."""
+        return self.micro_batch_tokens * self.grad_accum
+
+    @property
     def tokens_per_step(self) -> int:
         """Tokens of one optimizer step on all devices: every micro-batch of every data-parallel process."""
-        return self.micro_batch_tokens * self.grad_accum * self.readers
+        return step_tokens(self.batch_size, self.seq_length, self.grad_accum, self.readers)
 
     @property
     def max_steps(self) -> int:
@@ -116,6 +121,11 @@ class StepPlan(MicroBatches):
         granted one at a time: `lightning_internals.allow_one_more_step`)."""
         return {"max_epochs": -1, "max_steps": -1, "limit_train_batches": None,
                 "accumulate_grad_batches": self.grad_accum, "val_check_interval": None}
+
+
+def step_tokens(batch_size: int, seq_length: int, grad_accum: int, readers: int) -> int:
+    """Tokens of one optimizer step on all devices (a plan's, or the step shape a checkpoint records)."""
+    return batch_size * seq_length * grad_accum * readers
 
 
 def plan_steps(batch_size: int, seq_length: int, batches_per_epoch: int | None, total_batch_size: int,

@@ -112,8 +112,7 @@ class TimeBudget:
         and two optimizer moments); `validation_tokens`: one process's tokens per validation (None: none)."""
         self._start = _clock()
         self._checkpoint_bytes = parameters * 4 * 3
-        tokens_per_step = plan.micro_batch_tokens * plan.grad_accum
-        self._validation_in_steps = (validation_tokens or 0) / tokens_per_step / 3
+        self._validation_in_steps = (validation_tokens or 0) / plan.process_tokens_per_step / 3
 
     def elapsed(self) -> float:
         """This process's seconds of the run so far (an earlier run's, for a resumed one, included)."""

@@ -165,7 +165,7 @@ class Trainer:
         self.device_type = device_type(accelerator)
         self.precision = resolve_precision(precision, use_mixed_precision, self.device_type)
         allow_tf32(self.device_type)
-        self.checkpoints_dir, self.logs_dir = Path(checkpoints_dir), Path(logs_dir)
+        self.logs_dir = Path(logs_dir)
         self.log_file = str(self.logs_dir / LOG_NAME)
         loggers = build_loggers(logger, logs_dir)
         hooks, self._lightning_callbacks = arguments.split_callbacks(callbacks, overrides.pop("callbacks", None),
@@ -188,7 +188,7 @@ class Trainer:
         }
 
         # ---- what runs around each step: hooks, the cadence (rows, checkpoints, stop), the one Lightning trainer
-        self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None), checkpoints_dir)
+        self._tokenizer = RunTokenizer(getattr(train_data_loader, "tokenizer_path", None))
         self._inputs = {**self._tokenizer.annotations, **data_record(train_data_loader, val_data_loader)}
         self._allow_data_change = allow_data_change
         csv_log = CsvLog(self.log_file) if master_process else None
@@ -245,6 +245,11 @@ class Trainer:
         return (self._trainer if self._stepper is None else self._stepper).global_step
 
     @property
+    def checkpoints_dir(self) -> Path:
+        """The run's checkpoint directory (its checkpoints' own, which the lock, resume and tokenizer use)."""
+        return self._checkpoints.directory
+
+    @property
     def current_epoch(self) -> int:
         return self._trainer.current_epoch
 
@@ -289,7 +294,7 @@ class Trainer:
         checkpoint.update(self._tokenizer.annotations)
         path = None
         if self.master_process:
-            self._tokenizer.keep()
+            self._tokenizer.keep(self.checkpoints_dir)
             path = str(self._checkpoints.save_model(checkpoint, self.current_step, best=is_best))
         if is_best and val_loss is not None:
             self._cadence.record_val_loss(val_loss)

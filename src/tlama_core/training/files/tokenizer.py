@@ -83,14 +83,14 @@ class RunTokenizer:
     run is accepted (a Trainer that is built and never trained, or a refused resume, writes nothing). The files
     are hashed once, here: the copy goes to the directory every checkpoint records."""
 
-    def __init__(self, tokenizer_path: str | os.PathLike | None, checkpoints_dir: str | os.PathLike) -> None:
-        self.checkpoints_dir = checkpoints_dir
+    def __init__(self, tokenizer_path: str | os.PathLike | None) -> None:
         self._files, record = tokenizer_files(tokenizer_path) if tokenizer_path is not None else ([], None)
         self.annotations: dict[str, Any] = {TOKENIZER_KEY: record} if record else {}  # for every checkpoint
 
-    def keep(self) -> None:
+    def keep(self, checkpoints_dir: str | os.PathLike) -> None:
+        """Copy the tokenizer into the run's `checkpoints_dir` (the run's checkpoints own that directory)."""
         if self.annotations:
-            copy_tokenizer(self._files, self.annotations[TOKENIZER_KEY], self.checkpoints_dir)
+            copy_tokenizer(self._files, self.annotations[TOKENIZER_KEY], checkpoints_dir)
 
     def check_resume(self, checkpoint: dict[str, Any], path: str | Path) -> None:
         """A resumed run reads its data with the tokenizer the checkpoint's run had, else its weights learnt other

@@ -50,7 +50,7 @@ class StepCadence(Callback):
 
     def __init__(self, log_steps: int, validation_steps: int, checkpoint_steps: int, checkpoints: RunCheckpoints,
                  sinks: MetricSinks | None, has_validation: bool, tokenizer: RunTokenizer | None = None,
-                 inputs: dict[str, Any] | None = None, budget: TimeBudget | None = None) -> None:
+                 inputs: dict[str, Any] | None = None, budget: TimeBudget | None = None, enabled: bool = True) -> None:
         self.plan: StepPlan | None = None  # the module's, from setup on
         self.checkpoints = checkpoints
         self.tokenizer = tokenizer  # copied beside the checkpoints once the run is accepted (master process)
@@ -65,7 +65,7 @@ class StepCadence(Callback):
         # Set by `Trainer._save_checkpoint` from a hook: save this step's checkpoint when the step is finished.
         self.save_request: SaveRequest | None = None
         self.finished = False  # the run's final step is done: nothing is saved on request any more
-        self.enabled = True  # off while `Trainer.train_step()` drives single steps
+        self.enabled = enabled  # off while `Trainer.train_step()` drives single steps
         self.progress: dict[str, float] = {}
         self._pending_step: int | None = None  # a step whose row and checkpoint wait for its validation
         self.throughput: Throughput | None = None
@@ -94,8 +94,7 @@ class StepCadence(Callback):
     def stepping_copy(self) -> StepCadence:
         """A disabled cadence for `Trainer.train_step()` (no rows, no periodic checkpoints) keeping this one's
         best val loss; it still measures throughput and saves on request."""
-        cadence = StepCadence(1, 1, 1, self.checkpoints, None, has_validation=False)
-        cadence.enabled = False
+        cadence = StepCadence(1, 1, 1, self.checkpoints, None, has_validation=False, enabled=False)
         cadence.load_state_dict(self.state_dict())
         return cadence
 
@@ -113,7 +112,7 @@ class StepCadence(Callback):
         # step files past it (all of them, starting fresh) belong to a run this one does not continue.
         if self.enabled and self.sinks is not None and trainer.is_global_zero:
             if self.tokenizer is not None:
-                self.tokenizer.keep()
+                self.tokenizer.keep(self.checkpoints.directory)
             resume_step = trainer.global_step if trainer.ckpt_path else None
             self.sinks.open(trainer.loggers, resume_step, pl_module, self.plan)
             aside = set_aside_later_checkpoints(self.checkpoints.directory, resume_step)

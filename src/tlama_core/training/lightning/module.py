@@ -27,7 +27,7 @@ from tlama_core.training.optim import (
     check_muon_strategy,
     keyed_by_name,
 )
-from tlama_core.training.plan import Accumulation, MicroBatches, StepPlan
+from tlama_core.training.plan import Accumulation, MicroBatches, StepPlan, step_tokens
 from tlama_core.training.records.metrics import StepRecord
 from tlama_core.training.scheduler import (
     LRSchedule,
@@ -386,7 +386,7 @@ class TlamaLightningModule(L.LightningModule):
         another, and Lightning's micro-batch counters are rescaled to it (the loader's position counts windows)."""
         shape, p = self._step_shape(), self.plan
         saved_readers = saved.get("data_parallel", saved["world_size"])
-        saved_tokens = saved["batch_size"] * saved["seq_length"] * saved["grad_accum"] * saved_readers
+        saved_tokens = step_tokens(saved["batch_size"], saved["seq_length"], saved["grad_accum"], saved_readers)
         same_micro = (saved["batch_size"], saved["seq_length"]) == (p.batch_size, p.seq_length)
         if same_micro and saved_tokens == p.tokens_per_step:
             if saved["grad_accum"] != p.grad_accum:
