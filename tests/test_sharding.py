@@ -13,11 +13,13 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+from torch.distributed.tensor import DTensor
 from trainer_utils import WindowLoader, make_trainer, tiny_model
 
 from tlama_core.data import builtin_corpus_path
-from tlama_core.models import TlamaConfig
+from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training import TlamaLightningModule, Trainer
 from tlama_core.training.records.metrics import read_rows
 from tlama_core.training.sharding import check_tensor_parallel
@@ -74,6 +76,52 @@ def test_a_module_that_shards_nothing_under_model_parallel_is_an_error(tmp_path)
                         enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(RuntimeError, match="was not sharded.*super\\(\\).configure_model"):
         trainer.fit(module, train_dataloaders=WindowLoader(8, 4, 16))
+
+
+def plain_model_parallel_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, strategy=ModelParallelStrategy(1, 1), logger=False,
+                     enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                     use_distributed_sampler=False, default_root_dir=tmp_path, **kwargs)
+
+
+def test_a_module_built_in_init_module_on_a_plain_trainer_gets_the_one_process_weights(tmp_path):
+    """`trainer.init_module(empty_init=True)` puts the module on the meta device; configure_model then draws the
+    weights `Transformer(config)` draws (Lightning's own materialisation would reset them with torch's inits and
+    leave the norms uninitialised): the same validation loss and, gathered, the same weights; then it trains."""
+    config = tiny_model().config
+    torch.manual_seed(5)
+    reference = Transformer(config).eval()
+    val = WindowLoader(8, 4, 16, seed=1)
+    with torch.no_grad():
+        expected_loss = sum(float(reference(x, targets=y)[1]) for x, y in val) / len(val)
+    trainer = plain_model_parallel_trainer(tmp_path, max_steps=1)
+    torch.manual_seed(5)
+    with trainer.init_module(empty_init=True):
+        module = TlamaLightningModule(config=config)
+    assert module.model.output.weight.is_meta
+    [result] = trainer.validate(module, dataloaders=val, verbose=False)
+    assert result["val_loss"] == pytest.approx(expected_loss, rel=1e-6)
+    weights = {n: p.full_tensor() if isinstance(p, DTensor) else p for n, p in module.model.named_parameters()}
+    assert sorted(weights) == sorted(n for n, _ in reference.named_parameters())
+    assert [n for n, p in reference.named_parameters() if not torch.equal(weights[n].detach(), p.detach())] == []
+    trainer.fit(module, train_dataloaders=WindowLoader(8, 4, 16))
+    assert trainer.global_step == 1
+
+
+@pytest.mark.parametrize("precision, compute_dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+def test_fsdp2_computes_in_bf16_with_fp32_parameters_when_the_run_is_bf16(tmp_path, precision, compute_dtype):
+    """FSDP2's MixedPrecisionPolicy: the weights a block computes with are bf16 in a bf16-mixed run, the sharded
+    parameters the optimizer updates stay fp32."""
+    seen = []
+
+    class Dtypes(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            wq = pl_module.model.layers[0].attention.wq
+            seen.append(wq.weight.dtype)
+            wq.register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype) and None)
+
+    make(tmp_path, steps=1, strategy="fsdp2", precision=precision, callbacks=[Dtypes()]).train()
+    assert seen[0] == torch.float32 and set(seen[1:]) == {compute_dtype} and len(seen) == 3  # 2 micro-batches
 
 
 def test_muon_under_fsdp2_is_refused_naming_adamw(tmp_path):
