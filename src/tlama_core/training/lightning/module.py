@@ -37,7 +37,6 @@ from tlama_core.training.scheduler import (
     follow_rate,
 )
 from tlama_core.training.sharding import (
-    compile_blocks,
     data_parallel,
     has_meta,
     is_model_parallel,
@@ -196,9 +195,8 @@ class TlamaLightningModule(L.LightningModule):
         if is_model_parallel(strategy) and not is_sharded(self.model):
             if self.muon:
                 check_muon_strategy(strategy)
-            if self.compile_model:
-                compile_blocks(self.model)
-            shard_model(self.model, self.device_mesh, mixed_precision=str(self.trainer.precision) == "bf16-mixed")
+            shard_model(self.model, self.device_mesh, mixed_precision=str(self.trainer.precision) == "bf16-mixed",
+                        compile=self.compile_model)
         if has_meta(self.model):
             materialize(self.model, strategy.root_device)
         if self.compile_model and not is_sharded(self.model) and getattr(self.model, "_compiled_call_impl",
