@@ -25,6 +25,7 @@ from tlama_core.training.records.metrics import read_rows
 from tlama_core.training.sharding import check_tensor_parallel
 
 HERE = Path(__file__).parent
+CLIP = 0.6  # shard_run.py's gradient_clip_val
 
 
 def make(tmp_path: Path, **kwargs) -> Trainer:
@@ -185,16 +186,18 @@ def test_fsdp2_on_two_processes_trains_as_ddp_does(ddp_run, fsdp2_run):
     assert column(fsdp2_run, "val_loss") == pytest.approx(column(ddp_run, "val_loss"), rel=1e-4)
     assert len(column(fsdp2_run, "val_loss")) == 2 and len(column(fsdp2_run, "train_loss")) == 8
     assert column(fsdp2_run, "grad_norm") == pytest.approx(column(ddp_run, "grad_norm"), rel=1e-3)  # global norm
+    assert min(column(ddp_run, "grad_norm")) < CLIP < max(column(ddp_run, "grad_norm"))  # steps clipped and not
     # Each process saved its own shards; one CSV log, written once.
     for step in (4, 8):
         shards = sorted(p.name for p in (fsdp2_run / "ckpt" / f"step={step:08d}.ckpt").iterdir())
         assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     assert sorted(p.name for p in (fsdp2_run / "logs").iterdir()) == ["train_log.csv"]
-    # An all_ranks hook sees, on every process, the row the CSV gets (the loss averaged over processes).
-    for rank in (0, 1):
-        rows = json.loads((fsdp2_run / f"steps_rank{rank}.json").read_text())
-        assert [r["train_loss"] for r in rows] == column(fsdp2_run, "train_loss")
-        assert [r["grad_norm"] for r in rows] == column(fsdp2_run, "grad_norm")
+    # An all_ranks hook sees, on every process, the row the CSV gets (the loss averaged over processes), under
+    # FSDP2 as under DDP.
+    for run, rank in ((run, rank) for run in (fsdp2_run, ddp_run) for rank in (0, 1)):
+        rows = json.loads((run / f"steps_rank{rank}.json").read_text())
+        assert [r["train_loss"] for r in rows] == column(run, "train_loss")
+        assert [r["grad_norm"] for r in rows] == column(run, "grad_norm")
 
 
 @pytest.mark.slow
@@ -214,6 +217,7 @@ def test_two_by_two_fsdp2_and_tensor_parallel_train_as_ddp_does_and_resume_under
     assert sorted(p.name for p in (tmp_path / "ckpt" / "step=00000004.ckpt").iterdir()) == [
         ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp", "meta.pt"]
     assert column(tmp_path, "val_loss") == pytest.approx(column(ddp_run, "val_loss")[:1], rel=1e-4)
+    assert column(tmp_path, "grad_norm") == pytest.approx(column(ddp_run, "grad_norm")[:4], rel=1e-3)
     launch("shard_run.py", tmp_path, "ddp", "2", "--steps", "8", "--resume")
     assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
 
@@ -273,6 +277,18 @@ def test_train_step_under_fsdp2_steps_as_train_does(tmp_path, fsdp2_run):
     for rank in (0, 1):
         rows = json.loads((tmp_path / f"stepping_rank{rank}.json").read_text())
         assert [r["train_loss"] for r in rows] == pytest.approx(column(fsdp2_run, "train_loss")[:3], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_nan_in_one_processs_shard_stops_every_process_before_the_checkpoint(tmp_path):
+    """The finite-weights check on FSDP2 shards: each process checks its own and they agree, so a NaN that only
+    rank 1 holds stops both at the same step, with its checkpoint unwritten and the last good one named."""
+    launch("shard_run.py", tmp_path, "fsdp2", "2", "--poison", "8")
+    for rank in (0, 1):
+        error = (tmp_path / f"error_rank{rank}.txt").read_text()
+        assert error.startswith("the weights hold non-finite values (nan/inf) at step 8") and "step=00000004" in error
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("step=")) == [
+        "step=00000004.ckpt"]
 
 
 @pytest.mark.slow
