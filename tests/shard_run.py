@@ -1,5 +1,6 @@
 """A tiny training run under a multi-process strategy, for the sharding tests:
-`python shard_run.py OUT STRATEGY DEVICES [--steps N] [--resume] [--plain] [--stepping N] [--meta]`.
+`python shard_run.py OUT STRATEGY DEVICES [--steps N] [--resume] [--plain] [--stepping N] [--meta] [--bf16] [--ac]
+[--poison N]`.
 
 STRATEGY: ddp, fsdp2 (FSDP2 over every process), 2x1 or 2x2 (ModelParallelStrategy objects: 2 data-parallel x 1 or
 2 tensor-parallel).
@@ -9,8 +10,9 @@ OUT/steps_rank{R}.json and, at the end, the checksum of its full weights to OUT/
 --plain trains a TlamaLightningModule on a plain lightning.Trainer instead of the facade (losses to
 OUT/plain_rank{R}.json); --stepping N drives N steps with `train_step()`; --meta builds the model on the meta
 device (the facade then shards it and each process draws only its shards); --bf16 trains in bf16 autocast (else
-fp32, whatever the CPU); --poison N writes a NaN into rank 1's shard of one weight at the end of step N and records
-on every process the error the run stops with (OUT/error_rank{R}.txt).
+fp32, whatever the CPU); --ac recomputes each block in the backward pass (activation_checkpointing); --poison N
+writes a NaN into rank 1's shard of one weight at the end of step N and records on every process the error the run
+stops with (OUT/error_rank{R}.txt).
 """
 
 import argparse
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--meta", action="store_true")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--poison", type=int, default=0)
+    parser.add_argument("--ac", action="store_true")
     args = parser.parse_args()
     corpus = args.out / "corpus.txt"
     loaders = [create_dataloader(corpus, builtin_tokenizer_path(), batch_size=2, seq_length=32, split=split,
@@ -119,7 +122,8 @@ def main() -> None:
                       log_steps=1, checkpoint_steps=4, validation_steps=4, validation_batches=2,
                       learning_rate=3e-3, gradient_clip_val=CLIP, checkpoints_dir=str(args.out / "ckpt"),
                       logs_dir=str(args.out / "logs"), seed=3, verbose=False, accelerator="cpu", devices=args.devices,
-                      use_mixed_precision=args.bf16, strategy=strategy(args.strategy), callbacks=callbacks)
+                      use_mixed_precision=args.bf16, strategy=strategy(args.strategy), callbacks=callbacks,
+                      activation_checkpointing=args.ac)
     rank = trainer._trainer.global_rank
     if args.stepping:
         rows = [trainer.train_step() for _ in range(args.stepping)]

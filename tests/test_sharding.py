@@ -211,9 +211,10 @@ def test_a_meta_device_fsdp2_run_resumes_exactly_from_its_sharded_checkpoint(tmp
 
 @pytest.mark.slow
 def test_two_by_two_fsdp2_and_tensor_parallel_train_as_ddp_does_and_resume_under_ddp(tmp_path, ddp_run):
-    """4 processes as 2 data-parallel x 2 tensor-parallel (built on the meta device: each draws its 2-D shards) to
-    step 4, then resumed from that sharded checkpoint on 2 DDP processes: DDP's losses throughout."""
-    launch("shard_run.py", tmp_path, "2x2", "4", "--steps", "4", "--meta", timeout=600)
+    """4 processes as 2 data-parallel x 2 tensor-parallel (built on the meta device: each draws its 2-D shards;
+    each block recomputed in the backward pass) to step 4, then resumed from that sharded checkpoint on 2 DDP
+    processes: DDP's losses throughout."""
+    launch("shard_run.py", tmp_path, "2x2", "4", "--steps", "4", "--meta", "--ac", timeout=600)
     assert sorted(p.name for p in (tmp_path / "ckpt" / "step=00000004.ckpt").iterdir()) == [
         ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp", "meta.pt"]
     assert column(tmp_path, "val_loss") == pytest.approx(column(ddp_run, "val_loss")[:1], rel=1e-4)
