@@ -6,7 +6,8 @@ STRATEGY: ddp, fsdp2 (FSDP2 over every process), 2x1 or 2x2 (ModelParallelStrate
 2 tensor-parallel).
 Lightning's launcher re-runs this script once per extra process, as it would a user's train.py. The run validates
 every 4 steps and checkpoints every 4; each process writes what its `all_ranks` hook saw at every step end to
-OUT/steps_rank{R}.json and, at the end, the checksum of its full weights to OUT/weights_rank{R}.txt.
+OUT/steps_rank{R}.json (at every validation's end to OUT/val_rank{R}.json) and, at the end, the checksum of its
+full weights to OUT/weights_rank{R}.txt.
 --plain trains a TlamaLightningModule on a plain lightning.Trainer instead of the facade (losses to
 OUT/plain_rank{R}.json); --stepping N drives N steps with `train_step()`; --meta builds the model on the meta
 device (the facade then shards it and each process draws only its shards); --bf16 trains in bf16 autocast (else
@@ -36,13 +37,18 @@ class StepRecorder:
     all_ranks = True
 
     def __init__(self, out: Path) -> None:
-        self.out, self.rows = out, []
+        self.out, self.rows, self.val = out, [], []
 
     def on_step_end(self, trainer, metrics):
         self.rows.append({k: metrics[k] for k in ("step", "train_loss", "grad_norm", "lr")})
 
+    def on_validate_end(self, trainer, metrics):
+        self.val.append(metrics["val_loss"])
+
     def on_train_end(self, trainer):
-        (self.out / f"steps_rank{trainer._trainer.global_rank}.json").write_text(json.dumps(self.rows))
+        rank = trainer._trainer.global_rank
+        (self.out / f"steps_rank{rank}.json").write_text(json.dumps(self.rows))
+        (self.out / f"val_rank{rank}.json").write_text(json.dumps(self.val))
 
 
 class Poison:

@@ -198,6 +198,7 @@ def test_fsdp2_on_two_processes_trains_as_ddp_does(ddp_run, fsdp2_run):
         rows = json.loads((run / f"steps_rank{rank}.json").read_text())
         assert [r["train_loss"] for r in rows] == column(run, "train_loss")
         assert [r["grad_norm"] for r in rows] == column(run, "grad_norm")
+        assert json.loads((run / f"val_rank{rank}.json").read_text()) == column(run, "val_loss")
 
 
 @pytest.mark.slow
