@@ -260,6 +260,25 @@ def test_the_strategy_flag_hands_the_trainer_the_strategy_it_names(flags, kind, 
         assert strategy is cli.config_init.trainer.strategy  # the object the flags built, not a copy or a name
 
 
+def test_fsdp2_from_the_command_line_builds_the_model_on_the_meta_device_and_trains_as_the_default_does(
+        tmp_path, monkeypatch):
+    """`tlama fit --trainer.strategy fsdp2` builds no full model (each process draws its shards from the meta
+    device), and the weights it draws are those of the default build: the same losses."""
+    monkeypatch.chdir(tmp_path)
+    config = str(write_yaml(tmp_path / "run.yaml", {**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "steps": 2}}))
+    rows = {}
+    for strategy in ("fsdp2", "auto"):
+        cli = TlamaCLI(["--config", config, "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                        "--trainer.strategy", strategy, "--model.muon", "false", "--trainer.checkpoints_dir",
+                        f"{strategy}/checkpoints", "--trainer.logs_dir", f"{strategy}/logs"])
+        assert cli.model.model.output.weight.is_meta == (strategy == "fsdp2")
+        cli.run()
+        rows[strategy] = [float(r[k]) for r in read_rows(f"{strategy}/logs/train_log.csv")
+                          for k in ("train_loss", "val_loss") if r[k]]
+    assert len(rows["fsdp2"]) == 3  # two steps, one validation
+    assert rows["fsdp2"] == pytest.approx(rows["auto"], rel=1e-5)
+
+
 def test_a_strategy_object_from_the_command_line_trains_as_the_default_does(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = str(write_yaml(tmp_path / "run.yaml", {**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "steps": 2}}))

@@ -13,16 +13,19 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+from torch.distributed.tensor import DTensor
 from trainer_utils import WindowLoader, make_trainer, tiny_model
 
 from tlama_core.data import builtin_corpus_path
-from tlama_core.models import TlamaConfig
+from tlama_core.models import TlamaConfig, Transformer
 from tlama_core.training import TlamaLightningModule, Trainer
 from tlama_core.training.records.metrics import read_rows
 from tlama_core.training.sharding import check_tensor_parallel
 
 HERE = Path(__file__).parent
+CLIP = 0.6  # shard_run.py's gradient_clip_val
 
 
 def make(tmp_path: Path, **kwargs) -> Trainer:
@@ -74,6 +77,52 @@ def test_a_module_that_shards_nothing_under_model_parallel_is_an_error(tmp_path)
                         enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(RuntimeError, match="was not sharded.*super\\(\\).configure_model"):
         trainer.fit(module, train_dataloaders=WindowLoader(8, 4, 16))
+
+
+def plain_model_parallel_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, strategy=ModelParallelStrategy(1, 1), logger=False,
+                     enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                     use_distributed_sampler=False, default_root_dir=tmp_path, **kwargs)
+
+
+def test_a_module_built_in_init_module_on_a_plain_trainer_gets_the_one_process_weights(tmp_path):
+    """`trainer.init_module(empty_init=True)` puts the module on the meta device; configure_model then draws the
+    weights `Transformer(config)` draws (Lightning's own materialisation would reset them with torch's inits and
+    leave the norms uninitialised): the same validation loss and, gathered, the same weights; then it trains."""
+    config = tiny_model().config
+    torch.manual_seed(5)
+    reference = Transformer(config).eval()
+    val = WindowLoader(8, 4, 16, seed=1)
+    with torch.no_grad():
+        expected_loss = sum(float(reference(x, targets=y)[1]) for x, y in val) / len(val)
+    trainer = plain_model_parallel_trainer(tmp_path, max_steps=1)
+    torch.manual_seed(5)
+    with trainer.init_module(empty_init=True):
+        module = TlamaLightningModule(config=config)
+    assert module.model.output.weight.is_meta
+    [result] = trainer.validate(module, dataloaders=val, verbose=False)
+    assert result["val_loss"] == pytest.approx(expected_loss, rel=1e-6)
+    weights = {n: p.full_tensor() if isinstance(p, DTensor) else p for n, p in module.model.named_parameters()}
+    assert sorted(weights) == sorted(n for n, _ in reference.named_parameters())
+    assert [n for n, p in reference.named_parameters() if not torch.equal(weights[n].detach(), p.detach())] == []
+    trainer.fit(module, train_dataloaders=WindowLoader(8, 4, 16))
+    assert trainer.global_step == 1
+
+
+@pytest.mark.parametrize("precision, compute_dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+def test_fsdp2_computes_in_bf16_with_fp32_parameters_when_the_run_is_bf16(tmp_path, precision, compute_dtype):
+    """FSDP2's MixedPrecisionPolicy: the weights a block computes with are bf16 in a bf16-mixed run, the sharded
+    parameters the optimizer updates stay fp32."""
+    seen = []
+
+    class Dtypes(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            wq = pl_module.model.layers[0].attention.wq
+            seen.append(wq.weight.dtype)
+            wq.register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype) and None)
+
+    make(tmp_path, steps=1, strategy="fsdp2", precision=precision, callbacks=[Dtypes()]).train()
+    assert seen[0] == torch.float32 and set(seen[1:]) == {compute_dtype} and len(seen) == 3  # 2 micro-batches
 
 
 def test_muon_under_fsdp2_is_refused_naming_adamw(tmp_path):
@@ -137,16 +186,19 @@ def test_fsdp2_on_two_processes_trains_as_ddp_does(ddp_run, fsdp2_run):
     assert column(fsdp2_run, "val_loss") == pytest.approx(column(ddp_run, "val_loss"), rel=1e-4)
     assert len(column(fsdp2_run, "val_loss")) == 2 and len(column(fsdp2_run, "train_loss")) == 8
     assert column(fsdp2_run, "grad_norm") == pytest.approx(column(ddp_run, "grad_norm"), rel=1e-3)  # global norm
+    assert min(column(ddp_run, "grad_norm")) < CLIP < max(column(ddp_run, "grad_norm"))  # steps clipped and not
     # Each process saved its own shards; one CSV log, written once.
     for step in (4, 8):
         shards = sorted(p.name for p in (fsdp2_run / "ckpt" / f"step={step:08d}.ckpt").iterdir())
         assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     assert sorted(p.name for p in (fsdp2_run / "logs").iterdir()) == ["train_log.csv"]
-    # An all_ranks hook sees, on every process, the row the CSV gets (the loss averaged over processes).
-    for rank in (0, 1):
-        rows = json.loads((fsdp2_run / f"steps_rank{rank}.json").read_text())
-        assert [r["train_loss"] for r in rows] == column(fsdp2_run, "train_loss")
-        assert [r["grad_norm"] for r in rows] == column(fsdp2_run, "grad_norm")
+    # An all_ranks hook sees, on every process, the row the CSV gets (the loss averaged over processes), under
+    # FSDP2 as under DDP.
+    for run, rank in ((run, rank) for run in (fsdp2_run, ddp_run) for rank in (0, 1)):
+        rows = json.loads((run / f"steps_rank{rank}.json").read_text())
+        assert [r["train_loss"] for r in rows] == column(run, "train_loss")
+        assert [r["grad_norm"] for r in rows] == column(run, "grad_norm")
+        assert json.loads((run / f"val_rank{rank}.json").read_text()) == column(run, "val_loss")
 
 
 @pytest.mark.slow
@@ -160,12 +212,14 @@ def test_a_meta_device_fsdp2_run_resumes_exactly_from_its_sharded_checkpoint(tmp
 
 @pytest.mark.slow
 def test_two_by_two_fsdp2_and_tensor_parallel_train_as_ddp_does_and_resume_under_ddp(tmp_path, ddp_run):
-    """4 processes as 2 data-parallel x 2 tensor-parallel (built on the meta device: each draws its 2-D shards) to
-    step 4, then resumed from that sharded checkpoint on 2 DDP processes: DDP's losses throughout."""
-    launch("shard_run.py", tmp_path, "2x2", "4", "--steps", "4", "--meta", timeout=600)
+    """4 processes as 2 data-parallel x 2 tensor-parallel (built on the meta device: each draws its 2-D shards;
+    each block recomputed in the backward pass) to step 4, then resumed from that sharded checkpoint on 2 DDP
+    processes: DDP's losses throughout."""
+    launch("shard_run.py", tmp_path, "2x2", "4", "--steps", "4", "--meta", "--ac", timeout=600)
     assert sorted(p.name for p in (tmp_path / "ckpt" / "step=00000004.ckpt").iterdir()) == [
         ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp", "meta.pt"]
     assert column(tmp_path, "val_loss") == pytest.approx(column(ddp_run, "val_loss")[:1], rel=1e-4)
+    assert column(tmp_path, "grad_norm") == pytest.approx(column(ddp_run, "grad_norm")[:4], rel=1e-3)
     launch("shard_run.py", tmp_path, "ddp", "2", "--steps", "8", "--resume")
     assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
 
@@ -225,6 +279,18 @@ def test_train_step_under_fsdp2_steps_as_train_does(tmp_path, fsdp2_run):
     for rank in (0, 1):
         rows = json.loads((tmp_path / f"stepping_rank{rank}.json").read_text())
         assert [r["train_loss"] for r in rows] == pytest.approx(column(fsdp2_run, "train_loss")[:3], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_nan_in_one_processs_shard_stops_every_process_before_the_checkpoint(tmp_path):
+    """The finite-weights check on FSDP2 shards: each process checks its own and they agree, so a NaN that only
+    rank 1 holds stops both at the same step, with its checkpoint unwritten and the last good one named."""
+    launch("shard_run.py", tmp_path, "fsdp2", "2", "--poison", "8")
+    for rank in (0, 1):
+        error = (tmp_path / f"error_rank{rank}.txt").read_text()
+        assert error.startswith("the weights hold non-finite values (nan/inf) at step 8") and "step=00000004" in error
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("step=")) == [
+        "step=00000004.ckpt"]
 
 
 @pytest.mark.slow

@@ -70,14 +70,17 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def shard_model(model: Transformer, mesh: Any, *, mixed_precision: bool) -> None:
-    """Apply tensor parallelism on `mesh["tensor_parallel"]` (when larger than 1), then FSDP2 per block and at the
-    root on `mesh["data_parallel"]`; `mixed_precision`: bf16 parameters in compute, fp32 gradient reductions."""
+def shard_model(model: Transformer, mesh: Any, *, mixed_precision: bool, compile: bool = False) -> None:
+    """Apply tensor parallelism on `mesh["tensor_parallel"]` (when larger than 1), compile each block (`compile`),
+    then FSDP2 per block and at the root on `mesh["data_parallel"]`; `mixed_precision`: bf16 parameters in compute,
+    fp32 gradient reductions. (Activation checkpointing wraps each block where the model calls it.)"""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     tp_mesh, dp_mesh = mesh["tensor_parallel"], mesh["data_parallel"]
     if tp_mesh.size() > 1:
         tensor_parallel(model, tp_mesh)
+    if compile:
+        compile_blocks(model)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else (
         MixedPrecisionPolicy())
     for block in model.layers:

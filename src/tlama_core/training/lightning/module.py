@@ -37,7 +37,6 @@ from tlama_core.training.scheduler import (
     follow_rate,
 )
 from tlama_core.training.sharding import (
-    compile_blocks,
     data_parallel,
     has_meta,
     is_model_parallel,
@@ -109,15 +108,19 @@ class TlamaLightningModule(L.LightningModule):
         # `self.log` feeds Lightning's callbacks (ModelCheckpoint, EarlyStopping) always, and its loggers unless
         # the facade's own metrics row reaches them (one row, one x axis).
         self.log_to_loggers = True
-        self.val_metrics, self.test_metrics = HeldOutLoss("val"), HeldOutLoss("test")
+        # Only the Transformer goes on the meta device (`trainer.init_module(empty_init=True)`): configure_model
+        # materialises it, and a meta tensor left on the module would make Lightning re-empty the whole module and
+        # reset it with torch's default inits (RMSNorm, which has none, keeping uninitialised memory).
+        with torch.device("cpu") if torch.get_default_device().type == "meta" else contextlib.nullcontext():
+            self.val_metrics, self.test_metrics = HeldOutLoss("val"), HeldOutLoss("test")
+            # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
+            # would synchronise the device; the cadence reads it at logged and checkpointed steps.
+            self.register_buffer("first_bad_step", torch.zeros((), dtype=torch.long), persistent=False)
         self.last_step: StepRecord | None = None
         self.last_val: dict[str, float] | None = None
         self.micro_loss: torch.Tensor | None = None  # the latest micro-batch's own mean loss
         self.saving_val_loss: float | None = None  # see `saving`
         self.weights_checked_step: int | None = None  # the step whose weights were checked before a save
-        # The first step whose loss was not finite, kept on the device (0: none yet): checking it every step
-        # would synchronise the device; the cadence reads it at logged and checkpointed steps.
-        self.register_buffer("first_bad_step", torch.zeros((), dtype=torch.long), persistent=False)
         self._reset_step_accumulators()
         self._restart_step_clock()
 
@@ -192,9 +195,8 @@ class TlamaLightningModule(L.LightningModule):
         if is_model_parallel(strategy) and not is_sharded(self.model):
             if self.muon:
                 check_muon_strategy(strategy)
-            if self.compile_model:
-                compile_blocks(self.model)
-            shard_model(self.model, self.device_mesh, mixed_precision=str(self.trainer.precision) == "bf16-mixed")
+            shard_model(self.model, self.device_mesh, mixed_precision=str(self.trainer.precision) == "bf16-mixed",
+                        compile=self.compile_model)
         if has_meta(self.model):
             materialize(self.model, strategy.root_device)
         if self.compile_model and not is_sharded(self.model) and getattr(self.model, "_compiled_call_impl",
