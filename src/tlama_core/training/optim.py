@@ -25,7 +25,8 @@ def check_muon_strategy(strategy: Any) -> None:
     """Refuse Muon under a strategy that shards the parameters, naming it."""
     if shards_parameters(strategy):
         raise ValueError(f"muon=True with strategy={_strategy_name(strategy)!r}: Muon orthogonalises whole weight "
-                         f"matrices and this strategy shards them. Use AdamW (muon=False; in tlama fit: --model.muon false) or a DDP strategy.")
+                         f"matrices and this strategy shards them. Use AdamW (muon=False; in tlama fit: "
+                         f"--model.muon false) or a DDP strategy.")
 
 
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
