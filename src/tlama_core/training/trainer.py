@@ -1,12 +1,13 @@
 """The documented `Trainer`: its parameters become a configured `lightning.Trainer`, which runs the loop.
 
 The facade translates (tokens -> accumulation, optimizer steps -> micro-batch counts, spec hooks -> Lightning
-hooks, mixed precision -> a precision, logger names -> Lightning loggers) and keeps the documented attributes in
-sync; Lightning executes. Each mechanism it adds lives in a module named for it (cadence, metrics, ...).
+hooks, mixed precision -> a precision, logger names -> Lightning loggers); Lightning executes. Each mechanism it
+adds lives in a module named for it (cadence, metrics, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -260,8 +261,7 @@ class Trainer:
     def _fitting(self) -> bool:
         """Whether `train()` is running its steps (this is called from a hook), not yet past its final one."""
         state = self._trainer.state
-        return (self._stepper is None and state.fn == "fit" and state.stage is not None
-                and not self._cadence.finished)
+        return self._stepper is None and state.fn == "fit" and state.stage is not None and not self._cadence.finished
 
     # ---- documented methods --------------------------------------------------------------------------
     def _set_seed(self, seed: int) -> None:
@@ -274,10 +274,7 @@ class Trainer:
         if self._csv is None:
             return
         row = {"epoch": self.current_epoch, "step": self.current_step, "timestamp": round(time.time(), 3), **metrics}
-        if self._run_lock is not None:  # train() holds it
-            self._csv.write(row)
-            return
-        with RunLock(self.logs_dir):
+        with contextlib.nullcontext() if self._run_lock is not None else RunLock(self.logs_dir):  # train() holds it
             self._csv.write(row)
 
     def _save_checkpoint(self, val_loss: float | None = None, is_best: bool = False) -> str | None:

@@ -19,14 +19,7 @@ from tlama_core.training import lightning_internals
 from tlama_core.training.arguments import check_rate, check_weight_averaging
 from tlama_core.training.files.finite import check_weights_finite
 from tlama_core.training.lightning.held_out import HeldOutLoss
-from tlama_core.training.optim import (
-    MuonAdamW,
-    build_optimizer,
-    by_index,
-    by_name,
-    check_muon_strategy,
-    keyed_by_name,
-)
+from tlama_core.training.optim import MuonAdamW, build_optimizer, by_index, by_name, check_muon_strategy, keyed_by_name
 from tlama_core.training.plan import Accumulation, MicroBatches, StepPlan, step_tokens
 from tlama_core.training.records.metrics import StepRecord
 from tlama_core.training.scheduler import (
