@@ -229,6 +229,19 @@ def test_a_full_disk_during_a_sharded_save_is_one_error_and_leaves_the_previous_
     assert names(tmp_path / "ckpt") == ["step=00000002.ckpt"]  # no staged directory left holding the space
 
 
+def test_a_sharded_checkpoint_of_another_model_or_step_shape_is_refused_naming_it(tmp_path):
+    """The checks a checkpoint file gets on resume apply to a sharded directory: the model's shape (before any
+    shard is read) and the step's shape."""
+    make(tmp_path, steps=2, strategy="fsdp2").train()
+    step = tmp_path / "ckpt" / "step=00000002.ckpt"
+    assert step.is_dir()
+    with pytest.raises(CheckpointError, match=r"step=00000002.ckpt was made for another model shape: n_layers: "
+                                              r"checkpoint 2, model 3"):
+        make(tmp_path, steps=4, strategy="fsdp2", model=tiny_model(n_layers=3)).train(ckpt_path="last")
+    with pytest.raises(CheckpointError, match=r"grad_accum 2 \(this run 4\); 128 tokens a step against this run's 256"):
+        make(tmp_path, steps=4, strategy="fsdp2", total_batch_size=256).train(ckpt_path=str(step))
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_a_damaged_shard_file_is_an_error_naming_it(tmp_path, damage):
     make(tmp_path, steps=2, strategy="fsdp2").train()
