@@ -91,6 +91,21 @@ def test_keep_checkpoints_keeps_the_newest_and_the_best(tmp_path):
     assert os.readlink(ckpt / "best.ckpt") == "step=00000003.ckpt"
 
 
+def test_best_and_retention_work_on_sharded_directories(tmp_path, monkeypatch):
+    """strategy="fsdp2": best.ckpt links to the best step's directory, retention removes older directories."""
+    from tlama_core.training.files.sharded_saves import ShardedSaves
+
+    files, sharded, original = saves(monkeypatch), [], ShardedSaves.save
+    monkeypatch.setattr(ShardedSaves, "save", lambda self, trainer, path: (sharded.append(path.name),
+                                                                          original(self, trainer, path)))
+    make(tmp_path, steps=6, strategy="fsdp2", keep_checkpoints=1, callbacks=[BestAt({3: 0.1})]).train()
+    ckpt = tmp_path / "ckpt"
+    assert names(ckpt) == ["best.ckpt", "step=00000003.ckpt", "step=00000006.ckpt"]
+    assert os.readlink(ckpt / "best.ckpt") == "step=00000003.ckpt" and (ckpt / "best.ckpt").is_dir()
+    assert files == [] and sharded == [f"step={s:08d}.ckpt" for s in (2, 3, 4, 6)]  # each step saved once
+    assert read_checkpoint(ckpt / "best.ckpt", tensors=False)["step"] == 3
+
+
 def test_keep_checkpoints_must_be_at_least_one(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints=0 must be an integer >= 1"):
         make(tmp_path, keep_checkpoints=0)
