@@ -168,7 +168,7 @@ def test_two_by_two_fsdp2_and_tensor_parallel_train_as_ddp_does_and_resume_under
         ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp", "meta.pt"]
     assert column(tmp_path, "val_loss") == pytest.approx(column(ddp_run, "val_loss")[:1], rel=1e-4)
     launch("shard_run.py", tmp_path, "ddp", "2", "--steps", "8", "--resume")
-    assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-4)
+    assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-6)  # README's bound
 
 
 @pytest.mark.slow
@@ -178,10 +178,10 @@ def test_a_two_process_fsdp2_run_resumes_on_one_process_and_a_one_process_run_on
     down, up = tmp_path / "down", tmp_path / "up"
     launch("shard_run.py", down, "fsdp2", "2", "--steps", "4")
     launch("shard_run.py", down, "fsdp2", "1", "--steps", "8", "--resume")
-    assert column(down, "train_loss") == pytest.approx(column(fsdp2_run, "train_loss"), rel=1e-4)
+    assert column(down, "train_loss") == pytest.approx(column(fsdp2_run, "train_loss"), rel=1e-6)  # README's bound
     launch("shard_run.py", up, "auto", "1", "--steps", "4")
     launch("shard_run.py", up, "fsdp2", "2", "--steps", "8", "--resume")
-    assert column(up, "train_loss") == pytest.approx(column(fsdp2_run, "train_loss"), rel=1e-4)
+    assert column(up, "train_loss") == pytest.approx(column(fsdp2_run, "train_loss"), rel=1e-6)
 
 
 @pytest.mark.slow
@@ -210,6 +210,16 @@ def test_every_reader_of_a_model_takes_a_two_process_sharded_checkpoint_on_one_p
     for other in (load_model(hf), started):
         for (name, p), q in zip(model.named_parameters(), other.parameters(), strict=True):
             assert torch.equal(p, q), name
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_checkpoint_file_resumes_on_one_process(tmp_path, ddp_run):
+    """DDP's checkpoint is one file (rank 0's): a job that lost a process goes on with it on one, with twice the
+    accumulation, as the uninterrupted 2-process run does."""
+    launch("shard_run.py", tmp_path, "ddp", "2", "--steps", "4")
+    assert (tmp_path / "ckpt" / "step=00000004.ckpt").is_file()
+    launch("shard_run.py", tmp_path, "auto", "1", "--steps", "8", "--resume")
+    assert column(tmp_path, "train_loss") == pytest.approx(column(ddp_run, "train_loss"), rel=1e-6)
 
 
 @pytest.mark.slow
