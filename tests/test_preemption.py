@@ -69,11 +69,14 @@ def test_a_preempted_slurm_job_checkpoints_its_step_is_requeued_and_resumes_exac
     assert losses(cut) == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
 
 
-def test_a_single_task_slurm_job_is_requeued_too(tmp_path, monkeypatch):
+@pytest.mark.parametrize("auto_requeue", [True, False])
+def test_a_single_task_slurm_job_is_requeued_too(tmp_path, monkeypatch, auto_requeue):
     """One task (SingleDeviceStrategy, whose strategy has no cluster environment of its own): SIGUSR1 checkpoints
-    the step and the job is requeued."""
+    the step and the job is requeued; with SLURMEnvironment(auto_requeue=False) the run returns without asking
+    scontrol, for the user's own requeue."""
     import signal
 
+    from lightning.fabric.plugins.environments import SLURMEnvironment
     from trainer_utils import make_trainer
 
     bin_dir = tmp_path / "bin"
@@ -91,7 +94,11 @@ def test_a_single_task_slurm_job_is_requeued_too(tmp_path, monkeypatch):
             if trainer.current_step == 2:
                 os.kill(os.getpid(), signal.SIGUSR1)
 
-    result = make_trainer(tmp_path, steps=6, checkpoint_steps=100, callbacks=[Preempt()]).train()
-    assert (result["steps_completed"], result["interrupted"], result["requeued"]) == (2, True, "77")
-    assert (tmp_path / "scontrol.txt").read_text() == "requeue 77\n"
+    plugins = [] if auto_requeue else [SLURMEnvironment(auto_requeue=False)]
+    result = make_trainer(tmp_path, steps=6, checkpoint_steps=100, callbacks=[Preempt()],
+                          trainer_kwargs={"plugins": plugins}).train()
+    requeued = "77" if auto_requeue else None
+    assert (result["steps_completed"], result["interrupted"], result["requeued"]) == (2, True, requeued)
+    scontrol = tmp_path / "scontrol.txt"
+    assert (scontrol.read_text() if auto_requeue else scontrol.exists()) == ("requeue 77\n" if auto_requeue else False)
     assert (tmp_path / "ckpt" / "step=00000002.ckpt").is_file()

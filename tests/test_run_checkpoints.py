@@ -91,6 +91,21 @@ def test_keep_checkpoints_keeps_the_newest_and_the_best(tmp_path):
     assert os.readlink(ckpt / "best.ckpt") == "step=00000003.ckpt"
 
 
+def test_best_and_retention_work_on_sharded_directories(tmp_path, monkeypatch):
+    """strategy="fsdp2": best.ckpt links to the best step's directory, retention removes older directories."""
+    from tlama_core.training.files.sharded_saves import ShardedSaves
+
+    files, sharded, original = saves(monkeypatch), [], ShardedSaves.save
+    monkeypatch.setattr(ShardedSaves, "save", lambda self, trainer, path: (sharded.append(path.name),
+                                                                          original(self, trainer, path)))
+    make(tmp_path, steps=6, strategy="fsdp2", keep_checkpoints=1, callbacks=[BestAt({3: 0.1})]).train()
+    ckpt = tmp_path / "ckpt"
+    assert names(ckpt) == ["best.ckpt", "step=00000003.ckpt", "step=00000006.ckpt"]
+    assert os.readlink(ckpt / "best.ckpt") == "step=00000003.ckpt" and (ckpt / "best.ckpt").is_dir()
+    assert files == [] and sharded == [f"step={s:08d}.ckpt" for s in (2, 3, 4, 6)]  # each step saved once
+    assert read_checkpoint(ckpt / "best.ckpt", tensors=False)["step"] == 3
+
+
 def test_keep_checkpoints_must_be_at_least_one(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints=0 must be an integer >= 1"):
         make(tmp_path, keep_checkpoints=0)
@@ -227,6 +242,19 @@ def test_a_full_disk_during_a_sharded_save_is_one_error_and_leaves_the_previous_
     with pytest.raises(OSError, match=r"disk full .*step=00000004.ckpt .*resume with ckpt_path='last' \(step=00000002"):
         make(tmp_path, steps=4, strategy="fsdp2").train()
     assert names(tmp_path / "ckpt") == ["step=00000002.ckpt"]  # no staged directory left holding the space
+
+
+def test_a_sharded_checkpoint_of_another_model_or_step_shape_is_refused_naming_it(tmp_path):
+    """The checks a checkpoint file gets on resume apply to a sharded directory: the model's shape (before any
+    shard is read) and the step's shape."""
+    make(tmp_path, steps=2, strategy="fsdp2").train()
+    step = tmp_path / "ckpt" / "step=00000002.ckpt"
+    assert step.is_dir()
+    with pytest.raises(CheckpointError, match=r"step=00000002.ckpt was made for another model shape: n_layers: "
+                                              r"checkpoint 2, model 3"):
+        make(tmp_path, steps=4, strategy="fsdp2", model=tiny_model(n_layers=3)).train(ckpt_path="last")
+    with pytest.raises(CheckpointError, match=r"grad_accum 2 \(this run 4\); 128 tokens a step against this run's 256"):
+        make(tmp_path, steps=4, strategy="fsdp2", total_batch_size=256).train(ckpt_path=str(step))
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
