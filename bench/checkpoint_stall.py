@@ -4,9 +4,9 @@ rank 0) and FSDP2 (a sharded directory, each process its shards), saving every 4
 Rank 0 times every step end to the next (the run's own clock, through an on_step_end hook). A step that saves is
 followed by a longer interval; the figure is the median interval after a saving step over the median interval after
 a plain one (1.0: the save costs training nothing). Both come from the same run, so machine load hits them alike.
-Each strategy runs twice: saving in the background (the run's way), and the `synchronous` mode's reference, the same save
-waited for inside the step (what Lightning's own saving costs: rank 0's torch.save, or its distributed checkpoint,
-while the other processes wait at their next collective).
+Each strategy runs twice: saving in the background (the run's way), and the `synchronous` mode's reference, the
+same save waited for inside the step (what Lightning's own saving costs: rank 0's torch.save, or its distributed
+checkpoint, while the other processes wait at their next collective).
 
     python bench/checkpoint_stall.py [--strategies ddp fsdp2] [--steps 33] [--modes background synchronous]
 """
