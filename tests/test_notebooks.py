@@ -74,6 +74,24 @@ def test_in_a_notebook_a_run_prints_a_line_at_each_tenth_of_its_steps_with_the_l
     assert "Epoch 0" not in out + err  # no text bar
 
 
+def test_a_run_stopped_before_its_planned_last_step_still_ends_on_a_line_in_a_notebook(capsys):
+    from types import SimpleNamespace
+
+    from tlama_core.training.lightning.progress import NotebookProgress
+
+    cadence = SimpleNamespace(progress={"loss": 2.5}, pending_step=None)
+    module = SimpleNamespace(plan=SimpleNamespace(max_steps=100), last_val=None,
+                             accumulation=SimpleNamespace(ends_step=lambda batch_idx: True))
+    bar = NotebookProgress(cadence)
+    for step in range(1, 8):  # a time budget ends the run at step 7 of the 100 planned: no tenth reached
+        trainer = SimpleNamespace(global_step=step, max_steps=100)
+        bar.on_train_batch_end(trainer, module, None, None, step - 1)
+    assert capsys.readouterr().out == ""
+    bar.on_train_end(trainer, module)
+    bar.on_train_end(trainer, module)  # once
+    assert capsys.readouterr().out.splitlines() == ["step 7/100  loss=2.5"]
+
+
 @pytest.mark.slow
 def test_a_verbose_run_in_a_jupyter_kernel_fills_at_most_20_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -61,6 +61,7 @@ class NotebookProgress(ProgressBar):
         super().__init__()
         self.cadence, self.lines, self._enabled = cadence, lines, True
         self._due: int | None = None  # a line step whose line waits for its validation
+        self._shown: int | None = None  # the step of the latest line
 
     def disable(self) -> None:
         self._enabled = False
@@ -87,12 +88,18 @@ class NotebookProgress(ProgressBar):
             self._due = None
             self._print(trainer.global_step, self._total(trainer, pl_module), pl_module)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # A run that stops before its planned last step (max_time, a signal, EarlyStopping) still ends on a line.
+        if self._enabled and self._shown != trainer.global_step and trainer.global_step > 0:
+            self._print(trainer.global_step, self._total(trainer, pl_module), pl_module)
+
     @staticmethod
     def _total(trainer, pl_module) -> int:
         total = pl_module.plan.max_steps if pl_module.plan is not None else trainer.max_steps
         return max(1, total)
 
     def _print(self, step: int, total: int, pl_module) -> None:
+        self._shown = step
         shown = "  ".join(f"{k}={v}" for k, v in step_metrics(self.cadence, pl_module).items())
         print(f"step {step}/{total}  {shown}", flush=True)
 
