@@ -86,6 +86,9 @@ def test_tokenizer_defaults_to_the_one_the_run_used(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"tokenizer_path": "my.model"}}))
     assert resolve_tokenizer(weights) == Path("my.model")
     assert resolve_tokenizer(weights, "given.model") == Path("given.model")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"tokenizer_path": "shakespeare-bpe-2048"}}))
+    assert resolve_tokenizer(weights) == builtin_tokenizer_path(2048)  # a shipped tokenizer, by name
+    assert resolve_tokenizer(weights, "shakespeare-bpe-1024") == builtin_tokenizer_path(1024)
 
 
 def test_a_run_on_token_ids_names_no_tokenizer_so_none_is_guessed(tmp_path):

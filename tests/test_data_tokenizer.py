@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sentencepiece as spm
 
 from tlama_core.data import builtin_corpus_path, builtin_tokenizer_path, load_tokenizer, train_tokenizer
 from tlama_core.data.corpus import BUILTIN_VOCAB_SIZE, build_builtin_tokenizer
-from tlama_core.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from tlama_core.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, shipped_tokenizers
 
 
 def test_train_tokenizer_writes_a_model_with_the_documented_special_ids(data_text, tmp_path):
@@ -55,6 +57,29 @@ def test_builtin_tokenizer_is_the_one_trained_on_the_train_split(tmp_path):
     rebuilt = build_builtin_tokenizer(BUILTIN_VOCAB_SIZE, tmp_path / "rebuilt.model")
     assert rebuilt.read_bytes() == shipped.read_bytes()
     assert load_tokenizer(shipped).vocab_size == 1024
+
+
+@pytest.mark.parametrize("vocab_size", [1024, 2048])
+def test_each_shipped_tokenizer_is_rebuilt_from_the_train_split_and_opens_by_its_name(vocab_size, tmp_path):
+    name = f"shakespeare-bpe-{vocab_size}"
+    shipped = builtin_tokenizer_path(vocab_size)
+    assert build_builtin_tokenizer(vocab_size, tmp_path / "rebuilt.model").read_bytes() == shipped.read_bytes()
+    by_name = load_tokenizer(name)
+    assert by_name.path == shipped and by_name.vocab_size == vocab_size
+    assert name in shipped_tokenizers()
+
+
+def test_a_file_named_like_a_shipped_tokenizer_is_taken_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tokenizer(builtin_corpus_path(), tmp_path / "shakespeare-bpe-2048", vocab_size=300)  # .model added
+    Path("shakespeare-bpe-2048.model").rename("shakespeare-bpe-2048")
+    assert load_tokenizer("shakespeare-bpe-2048").vocab_size == 300
+
+
+def test_an_unknown_name_is_an_error_listing_the_shipped_tokenizers():
+    with pytest.raises(FileNotFoundError, match="'shakespeare-bpe-4096': no such file.*ships: shakespeare-bpe-1024, "
+                                                "shakespeare-bpe-2048"):
+        load_tokenizer("shakespeare-bpe-4096")
 
 
 def test_builtin_corpus_is_tiny_shakespeare():

@@ -10,7 +10,7 @@ import yaml
 from tlama_core.cli.fit import CONFIG_NAME
 from tlama_core.data import builtin_tokenizer_path, load_tokenizer
 from tlama_core.data.sources import list_files
-from tlama_core.data.tokenizer import Tokenizer
+from tlama_core.data.tokenizer import Tokenizer, tokenizer_file
 from tlama_core.models import generation
 from tlama_core.models.loading import CHECKPOINT, Weights
 from tlama_core.training.files.tokenizer import run_tokenizer
@@ -26,7 +26,7 @@ def configured_tokenizer(checkpoint: Path) -> Path | None:
     data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
     data = data.get("init_args") or data  # `data: {class_path, init_args}` too
     if data.get("tokenizer_path"):
-        return Path(data["tokenizer_path"])
+        return tokenizer_file(data["tokenizer_path"])
     if data.get("train_path") is None:
         return builtin_tokenizer_path()  # the built-in corpus
     try:
@@ -40,7 +40,7 @@ def known_tokenizer(weights: Weights, tokenizer: str | os.PathLike | None = None
     names; else the tokenizer a weights directory holds (a Hugging Face model's tokenizer.model or tokenizer.json);
     else None: nothing says which tokenizer the weights were trained with."""
     if tokenizer is not None:
-        return Path(tokenizer)
+        return tokenizer_file(tokenizer)
     if weights.kind == CHECKPOINT:
         return run_tokenizer(weights.path) or configured_tokenizer(weights.path)
     return next((weights.path / n for n in ("tokenizer.model", "tokenizer.json") if (weights.path / n).is_file()),

@@ -1,9 +1,9 @@
-"""The built-in corpus (Tiny Shakespeare) and its sentencepiece BPE tokenizer, shipped in `assets/`.
+"""The built-in corpus (Tiny Shakespeare) and its sentencepiece BPE tokenizers, shipped in `assets/`.
 
-The tokenizer is trained on the train split only (the first 90% of the characters, as nanoGPT splits it), so
-validation text is never seen by it. Rebuild it, e.g. with another vocabulary size, with
-`python -c "from tlama_core.data.corpus import build_builtin_tokenizer as b; print(b(2048))"` (then set
-BUILTIN_VOCAB_SIZE to match, so the loaders pick the new file).
+The tokenizers (1024 pieces, the default, and 2048) are trained on the train split only (the first 90% of the
+characters, as nanoGPT splits it), so validation text is never seen by them. Build another vocabulary size with
+`python -c "from tlama_core.data.corpus import build_builtin_tokenizer as b; print(b(4096))"` (then set
+BUILTIN_VOCAB_SIZE to match to make it the loaders' default).
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlama_core.data.sources import TRAIN_FRACTION
-from tlama_core.data.tokenizer import train_tokenizer_from_lines
+from tlama_core.data.tokenizer import ASSETS, train_tokenizer_from_lines
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 BUILTIN_VOCAB_SIZE = 1024
 
 

@@ -28,8 +28,9 @@ class TlamaDataModule(L.LightningDataModule):
             datasets save_to_disk directory (or, from Python, a datasets.Dataset), a .bin of ids or a directory
             of .npy shards. None: the built-in Tiny Shakespeare.
         val_path: Validation data, in any of the same forms. None: split off the training data (see above).
-        tokenizer_path: Sentencepiece .model or Hugging Face tokenizer.json that tokenizes text. None: the built-in
-            Shakespeare BPE tokenizer for text (train your own for other text); pre-tokenized data needs none.
+        tokenizer_path: Sentencepiece .model or Hugging Face tokenizer.json that tokenizes text, or the name of
+            one the package ships (`shakespeare-bpe-1024`, `shakespeare-bpe-2048`). None: the built-in Shakespeare
+            BPE tokenizer (1024 pieces) for text (train your own for other text); pre-tokenized data needs none.
         batch_size: Sequences per micro-batch, per process.
         seq_length: Tokens per sequence.
         num_workers: DataLoader worker processes (0 reads in the training process).

@@ -2,7 +2,9 @@
 
 `load_tokenizer(path)` opens a sentencepiece `.model`, a Hugging Face `tokenizer.json`, or a directory holding
 either, and returns a `Tokenizer`: `encode(text) -> list[int]`, `encode_batch(texts)`, `decode(ids) -> str`,
-`vocab_size`, `bos_id`, `eos_id` (None when the tokenizer has none). Everything that makes or reads tokens (the
+`vocab_size`, `bos_id`, `eos_id` (None when the tokenizer has none). A bare name of a tokenizer the package
+ships (`shakespeare-bpe-2048`) opens that file, so a config can name one without knowing where tlama-core is
+installed. Everything that makes or reads tokens (the
 token cache, loaders, generation, export) goes through it, so a new kind of tokenizer is one class here.
 
 Special ids of the models trained here: unk=0, bos=1, eos=2, no pad piece (pad_id=-1; batches are dense windows
@@ -26,6 +28,7 @@ from tlama_core.data.training_text import training_lines, training_sources
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # a directory's tokenizer, the first found
+ASSETS = Path(__file__).resolve().parent / "assets"  # the built-in corpus and the tokenizers shipped for it
 
 # Trainer options behind the lossless, deterministic defaults described above; any can be overridden.
 DEFAULT_TRAINER_OPTIONS: dict[str, Any] = {
@@ -101,19 +104,34 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
     A missing path is a FileNotFoundError and a file that is not a tokenizer a ValueError, each naming the path.
     """
-    path = Path(path)
+    path = tokenizer_file(path)
     if path.is_dir():
         path = next((path / n for n in TOKENIZER_FILES if (path / n).is_file()), path)
     if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer_path={str(path)!r}: no such file; pass a sentencepiece .model file or a Hugging Face "
-            "tokenizer.json (train one with tlama_core.data.train_tokenizer or use builtin_tokenizer_path())."
+            "tokenizer.json (train one with tlama_core.data.train_tokenizer), or the name of one the package "
+            f"ships: {', '.join(shipped_tokenizers())}."
         )
     if path.suffix == ".json":
         from tlama_core.data.hf_tokenizer import HFTokenizer  # imports `tokenizers`, an optional extra
 
         return HFTokenizer(path)
     return SentencePieceTokenizer(path)
+
+
+def shipped_tokenizers() -> list[str]:
+    """The names of the tokenizers shipped with the package (sentencepiece BPE models of the built-in corpus)."""
+    return sorted(p.stem for p in ASSETS.glob("*.model"))
+
+
+def tokenizer_file(path: str | os.PathLike) -> Path:
+    """`path` itself, or the file of the shipped tokenizer it names: a bare name, not a file here, that
+    `shipped_tokenizers()` lists (a file of that name in the working directory is taken first)."""
+    path = Path(path)
+    if not path.exists() and path.name == str(path) and path.name in shipped_tokenizers():
+        return ASSETS / f"{path.name}.model"
+    return path
 
 
 def optional_id(special_id: int) -> int | None:
