@@ -4,7 +4,7 @@ the model's own forward and backward on the same step.
 torch.optim.Muon casts every update to bf16; a CPU without bf16 matrix units (AMX, AVX512-BF16) emulates those
 matmuls. `build_optimizer(..., muon=True)` orthogonalises in fp32 there and in bf16 where bf16 is fast. Prints
 the bf16 / fp32 ratio of the Muon step's time and each as a share of a forward + backward of the
-configs/shakespeare-5min.yaml shape (32 x 64 tokens).
+configs/shakespeare-cpu.yaml model (4 blocks of width 256) on 32 x 64 tokens.
 
     python bench/muon_cpu.py [--repeats 5] [--threads 2]
 """

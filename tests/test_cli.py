@@ -356,6 +356,20 @@ def test_max_time_flag_plans_the_run_in_time_and_is_saved_with_the_config(tmp_pa
     assert saved["trainer"]["max_time"] == "00:00:00:04" and saved["model"]["scheduler"]["decay_type"] == "wsd"
 
 
+@pytest.mark.parametrize("recipe, vocab_size", [("shakespeare-60s", 1024), ("shakespeare-5min", 2048)])
+def test_each_time_recipe_trains_its_own_shape_and_tokenizer_until_its_budget_ends(recipe, vocab_size, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(REPO / "configs" / f"{recipe}.yaml"), "--trainer.max_time", "3",
+          "--trainer.validation_batches", "2", "--trainer.verbose", "false"])
+    rows = read_rows("logs/train_log.csv")
+    assert rows[-1]["val_loss"] and int(rows[-1]["step"]) < 10_000  # time ended it, with a final validation
+    saved = yaml.safe_load(Path("checkpoints/config.yaml").read_text())
+    assert saved["trainer"]["max_time"] == 3 and saved["model"]["scheduler"]["decay_type"] == "linear"
+    checkpoint = torch.load(next(Path("checkpoints").glob("step=*.ckpt")), weights_only=True)
+    assert checkpoint["state_dict"]["model.output.weight"].shape[0] == vocab_size  # the recipe's tokenizer
+
+
 def test_a_bad_max_time_flag_exits_2_naming_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
