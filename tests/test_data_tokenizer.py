@@ -59,19 +59,22 @@ def test_builtin_tokenizer_is_the_one_trained_on_the_train_split(tmp_path):
     assert load_tokenizer(shipped).vocab_size == 1024
 
 
+def test_the_2048_piece_tokenizer_is_rebuilt_from_the_train_split(tmp_path):
+    shipped = builtin_tokenizer_path(2048)
+    assert build_builtin_tokenizer(2048, tmp_path / "rebuilt.model").read_bytes() == shipped.read_bytes()
+
+
 @pytest.mark.parametrize("vocab_size", [1024, 2048])
-def test_each_shipped_tokenizer_is_rebuilt_from_the_train_split_and_opens_by_its_name(vocab_size, tmp_path):
+def test_each_shipped_tokenizer_opens_by_its_name(vocab_size):
     name = f"shakespeare-bpe-{vocab_size}"
-    shipped = builtin_tokenizer_path(vocab_size)
-    assert build_builtin_tokenizer(vocab_size, tmp_path / "rebuilt.model").read_bytes() == shipped.read_bytes()
     by_name = load_tokenizer(name)
-    assert by_name.path == shipped and by_name.vocab_size == vocab_size
+    assert by_name.path == builtin_tokenizer_path(vocab_size) and by_name.vocab_size == vocab_size
     assert name in shipped_tokenizers()
 
 
-def test_a_file_named_like_a_shipped_tokenizer_is_taken_first(tmp_path, monkeypatch):
+def test_a_file_named_like_a_shipped_tokenizer_is_taken_first(data_text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_tokenizer(builtin_corpus_path(), tmp_path / "shakespeare-bpe-2048", vocab_size=300)  # .model added
+    train_tokenizer(data_text, tmp_path / "shakespeare-bpe-2048", vocab_size=300)  # .model added
     Path("shakespeare-bpe-2048.model").rename("shakespeare-bpe-2048")
     assert load_tokenizer("shakespeare-bpe-2048").vocab_size == 300
 
