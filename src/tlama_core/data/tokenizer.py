@@ -4,8 +4,8 @@
 either, and returns a `Tokenizer`: `encode(text) -> list[int]`, `encode_batch(texts)`, `decode(ids) -> str`,
 `vocab_size`, `bos_id`, `eos_id` (None when the tokenizer has none). A bare name of a tokenizer the package
 ships (`shakespeare-bpe-2048`) opens that file, so a config can name one without knowing where tlama-core is
-installed. Everything that makes or reads tokens (the
-token cache, loaders, generation, export) goes through it, so a new kind of tokenizer is one class here.
+installed. Everything that makes or reads tokens (the token cache, loaders, generation, export) goes through it,
+so a new kind of tokenizer is one class here.
 
 Special ids of the models trained here: unk=0, bos=1, eos=2, no pad piece (pad_id=-1; batches are dense windows
 of the token stream, nothing is padded). The defaults keep text lossless, so `decode(encode(text)) == text`:
